@@ -1,0 +1,20 @@
+# Two entry points, both self-installing: `make demo` and `make test`.
+# The virtual environment lives in .venv and is reused; delete it to start fresh.
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+.PHONY: demo test venv
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/stablekit generate "a large red star on a blue background" --out out/demo.png
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q

@@ -1,0 +1,1 @@
+"""stablekit: Stable Diffusion in one offline toolkit."""
