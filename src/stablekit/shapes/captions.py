@@ -1,0 +1,145 @@
+"""Natural-language captions for rendered specs, and the seeded batch / dataset API.
+
+A caption always names the shape; size, color, background and position are each left out
+independently with probability `drop_p` (0.3 by the spec) and then vary freely in the image,
+because the spec was sampled with them anyway. The outline style is always named when present.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from stablekit.shapes.render import IMAGE_SIZE, ShapeSpec, render, sample_spec
+
+OPTIONAL_ATTRIBUTES = ("size", "color", "background", "position")
+ATTRIBUTES = ("shape",) + OPTIONAL_ATTRIBUTES
+DROP_P = 0.3
+
+POSITION_PHRASES = {
+    "center": ("in the center", "in the middle"),
+    "left": ("on the left",),
+    "right": ("on the right",),
+    "top": ("at the top",),
+    "bottom": ("at the bottom",),
+}
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _join(*parts: str | None) -> str:
+    return " ".join(p for p in parts if p)
+
+
+# Each template takes (article + noun phrase, bare noun phrase, position phrase or None,
+# background color or None); the order of the fields is what varies between them.
+def _t_plain(anp, np_, pos, bg):
+    return _join(anp, pos, f"on {_article(bg)} {bg} background" if bg else None)
+
+
+def _t_comma(anp, np_, pos, bg):
+    return _join(np_, pos) + (f", {bg} background" if bg else "")
+
+
+def _t_bg_first(anp, np_, pos, bg):
+    return _join(f"{bg} background with", anp, pos) if bg else _join(anp, pos)
+
+
+def _t_against(anp, np_, pos, bg):
+    return _join(anp, f"against {_article(bg)} {bg} background" if bg else None, pos)
+
+
+def _t_picture(anp, np_, pos, bg):
+    return _join("a picture of", anp, pos, f"on {_article(bg)} {bg} background" if bg else None)
+
+
+TEMPLATES = (_t_plain, _t_comma, _t_bg_first, _t_against, _t_picture)
+
+
+def caption_with_attrs(
+    spec: ShapeSpec, rng: np.random.Generator, drop_p: float = DROP_P, shape_word: str | None = None,
+    template: int | None = None,
+) -> tuple[str, dict]:
+    """Caption `spec`; returns (text, named) where `named` maps each named attribute to its value.
+
+    `named` always holds "shape" and, for the outline style, "hollow": True. `shape_word`
+    replaces the shape's name in the text (e.g. "<hexagon>" or "sks square") while `named`
+    keeps the true shape. `template` picks a template by index instead of at random.
+    """
+    keep = rng.random(len(OPTIONAL_ATTRIBUTES)) >= drop_p
+    t = int(rng.integers(len(TEMPLATES))) if template is None else template
+    variant = int(rng.integers(2))
+    named = {"shape": spec.shape}
+    for attr, k in zip(OPTIONAL_ATTRIBUTES, keep):
+        if k:
+            named[attr] = getattr(spec, attr)
+    if spec.hollow:
+        named["hollow"] = True
+    phrases = POSITION_PHRASES[spec.position]
+    pos = phrases[variant % len(phrases)] if "position" in named else None
+    np_ = _join(named.get("size"), named.get("color"), shape_word or spec.shape,
+                "outline" if spec.hollow else None)
+    text = TEMPLATES[t](f"{_article(np_)} {np_}", np_, pos, named.get("background"))
+    return text, named
+
+
+def caption(spec: ShapeSpec, rng: np.random.Generator, drop_p: float = DROP_P, **kwargs) -> str:
+    """A natural caption of `spec` (see caption_with_attrs)."""
+    return caption_with_attrs(spec, rng, drop_p, **kwargs)[0]
+
+
+def sample_item(seed: int, index: int, drop_p: float = DROP_P, shape_word: str | None = None,
+                **spec_opts) -> tuple[ShapeSpec, str, dict]:
+    """Item `index` of the stream `seed`: (spec, caption, named attributes).
+
+    Each item has its own generator seeded by (seed, index), so a stream is the same however it
+    is split into batches.
+    """
+    rng = np.random.default_rng([seed, index])
+    spec = sample_spec(rng, **spec_opts)
+    text, named = caption_with_attrs(spec, rng, drop_p, shape_word=shape_word)
+    return spec, text, named
+
+
+def make_batch(n: int, seed: int, start: int = 0, drop_p: float = DROP_P,
+               shape_word: str | None = None, **spec_opts):
+    """Render items start..start+n-1 of stream `seed`: (uint8 [n,64,64,3], captions, specs).
+
+    `spec_opts` go to sample_spec (shapes=, colors=, backgrounds=, sizes=, positions=, hollow=,
+    or any pinned field such as shape="hexagon").
+    """
+    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    captions, specs = [], []
+    for i in range(n):
+        spec, text, _ = sample_item(seed, start + i, drop_p, shape_word, **spec_opts)
+        images[i] = render(spec)
+        captions.append(text)
+        specs.append(spec)
+    return images, captions, specs
+
+
+def render_dataset(out_dir: str | Path, n: int, seed: int, start: int = 0, drop_p: float = DROP_P,
+                   shape_word: str | None = None, **spec_opts) -> Path:
+    """Write n items as NNNNNN.png + NNNNNN.txt pairs plus metadata.json; returns the folder.
+
+    This is the flat image + caption layout the kohya-style trainers read. metadata.json holds,
+    per file, the caption, the attributes it names and the full spec.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        spec, text, named = sample_item(seed, start + i, drop_p, shape_word, **spec_opts)
+        stem = f"{start + i:06d}"
+        Image.fromarray(render(spec)).save(out / f"{stem}.png")
+        (out / f"{stem}.txt").write_text(text + "\n")
+        records.append({"file": f"{stem}.png", "caption": text, "named": named, "spec": spec.to_dict()})
+    meta = {"seed": seed, "start": start, "n": n, "drop_p": drop_p, "shape_word": shape_word,
+            "options": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in spec_opts.items()},
+            "items": records}
+    (out / "metadata.json").write_text(json.dumps(meta, indent=1))
+    return out
