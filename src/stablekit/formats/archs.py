@@ -1,0 +1,124 @@
+"""The architectures stablekit knows, their shipped diffusers configs, and building modules from configs.
+
+`formats/configs/<arch>/` holds the hub configs (no weights) of the reference models:
+sd1 = runwayml SD 1.5, sd2 = stabilityai SD 2.1-base (512, epsilon), sd2-v = SD 2.1 (768,
+v-prediction), sdxl = SDXL base 1.0. A "configs" dict here is what a diffusers folder holds as
+JSON: {"unet": ..., "vae": ..., "text_encoder": ..., "text_encoder_2": ... or None,
+"scheduler": ...}; single files written by stablekit carry the same dict in their metadata.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+
+from stablekit.errors import StablekitError
+
+ARCHS = ("sd1", "sd2", "sd2-v", "sdxl")
+CONFIG_ROOT = Path(__file__).parent / "configs"
+# Sub-folder and file of each component's config inside a diffusers folder.
+CONFIG_FILES = {
+    "unet": "unet/config.json",
+    "vae": "vae/config.json",
+    "text_encoder": "text_encoder/config.json",
+    "text_encoder_2": "text_encoder_2/config.json",
+    "scheduler": "scheduler/scheduler_config.json",
+}
+# Tokenizer pad tokens: OpenAI CLIP pads with <|endoftext|>, OpenCLIP (SD 2.x, SDXL's second
+# encoder) with "!" (id 0).
+PAD_TOKENS = {"sd1": ("<|endoftext|>", None), "sd2": ("!", None), "sd2-v": ("!", None),
+              "sdxl": ("<|endoftext|>", "!")}
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHS:
+        raise StablekitError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHS)}")
+    return arch
+
+
+def read_configs(folder: Path) -> dict:
+    """The component configs of a diffusers folder (text_encoder_2 None when absent)."""
+    configs = {}
+    for name, rel in CONFIG_FILES.items():
+        path = Path(folder) / rel
+        if not path.is_file():
+            if name == "text_encoder_2":
+                configs[name] = None
+                continue
+            raise StablekitError(f"{path} is missing; a diffusers model folder needs {rel}")
+        try:
+            configs[name] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StablekitError(f"cannot read {path}: {exc}") from None
+    return configs
+
+
+def shipped_configs(arch: str) -> dict:
+    """The configs of one of the reference architectures, from the package."""
+    return read_configs(CONFIG_ROOT / check_arch(arch))
+
+
+def tokenizers_for(arch: str, configs: dict | None = None):
+    """(tokenizer, tokenizer_2 or None) for an architecture, built offline."""
+    from stablekit.formats.tokenizer import clip_tokenizer
+
+    pad1, pad2 = PAD_TOKENS.get(arch, ("<|endoftext|>", "!"))
+    has_second = configs["text_encoder_2"] is not None if configs else pad2 is not None
+    return clip_tokenizer(pad1), (clip_tokenizer(pad2 or "!") if has_second else None)
+
+
+def build_modules(configs: dict, empty: bool = False) -> dict:
+    """diffusers/transformers modules from configs: {"unet", "vae", "text_encoder", "text_encoder_2"}.
+
+    empty=True builds on the meta device (no memory, no init time); fill them with
+    `load_state_dict(sd, assign=True)`.
+    """
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    ctx = init_empty_weights() if empty else contextlib.nullcontext()
+    modules = {}
+    with ctx:
+        modules["unet"] = UNet2DConditionModel.from_config(configs["unet"])
+        modules["vae"] = AutoencoderKL.from_config(configs["vae"])
+        modules["text_encoder"] = CLIPTextModel(CLIPTextConfig.from_dict(_clip_dict(configs["text_encoder"])))
+        te2 = configs.get("text_encoder_2")
+        modules["text_encoder_2"] = (
+            CLIPTextModelWithProjection(CLIPTextConfig.from_dict(_clip_dict(te2))) if te2 else None
+        )
+    return modules
+
+
+def _clip_dict(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def module_configs(components) -> dict:
+    """The configs dict of loaded Components (JSON-serialisable)."""
+    configs = {
+        "unet": dict(components.unet.config),
+        "vae": dict(components.vae.config),
+        "text_encoder": _te_config(components.text_encoder),
+        "text_encoder_2": _te_config(components.text_encoder_2) if components.text_encoder_2 is not None else None,
+        "scheduler": dict(components.scheduler_config),
+    }
+    return json.loads(json.dumps(configs, default=_jsonable))
+
+
+def _te_config(model) -> dict:
+    d = model.config.to_dict()
+    d["architectures"] = [type(model).__name__]
+    for k in ("dtype", "torch_dtype", "transformers_version", "_name_or_path"):
+        d.pop(k, None)
+    return d
+
+
+def _jsonable(value):
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    raise TypeError(f"not JSON-serialisable: {value!r}")
