@@ -1,0 +1,316 @@
+"""`stablekit shapes pretrain`: the embedded model from nothing, in Stable Diffusion's two stages.
+
+    data   render the captioned training set (base shapes only), cached as one .npz
+    vae    stage 1: KL autoencoder, 64x64x3 <-> 16x16x4
+    text   CLIP-architecture text encoder, contrastive image-text pretraining, then frozen
+    cache  latents (posterior mean x scale factor) and text hidden states per distinct caption
+    unet   stage 2: conditional UNet, v-objective on SD's noise schedule, caption dropout, EMA
+    export the Components as a diffusers folder and a single LDM-layout .safetensors
+
+Every stage trains through stablekit.train (atomic checkpoints, exact resume), so the command can
+be killed and rerun at any time: finished stages are skipped, the running one resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stablekit.shapes import architecture as arch
+from stablekit.train import TrainConfig, train
+from stablekit.train.checkpoint import save_atomic
+
+
+@dataclass
+class PretrainConfig:
+    out: str = "runs/shapes-pretrain"
+    seed: int = 0
+    n_images: int = 100_000
+    vae_steps: int = 1500
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    text_steps: int = 800
+    text_batch: int = 256
+    text_lr: float = 1e-3
+    unet_steps: int = 4000
+    unet_batch: int = 64
+    unet_lr: float = 5e-4
+    caption_dropout: float = 0.1
+    snr_gamma: float = 5.0
+    threads: int = 0
+
+
+STAGES = ("data", "vae", "text", "cache", "unet", "export")
+
+
+def _pixels(images_u8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+class PixelData:
+    """Rendered images (and tokenised captions) as a training dataset."""
+
+    def __init__(self, images: np.ndarray, caption_index: np.ndarray, input_ids: torch.Tensor | None = None):
+        self.images, self.caption_index, self.input_ids = images, caption_index, input_ids
+
+    def __len__(self):
+        return len(self.images)
+
+    def get_batch(self, indices):
+        batch = {"pixels": _pixels(self.images[indices])}
+        if self.input_ids is not None:
+            cid = torch.from_numpy(self.caption_index[indices])
+            batch.update(input_ids=self.input_ids[cid], caption_ids=cid)
+        return batch
+
+
+class LatentData:
+    """Cached latents + per-caption text hidden states: stage 2 never runs the VAE or text encoder."""
+
+    def __init__(self, latents: torch.Tensor, caption_index: np.ndarray, text: torch.Tensor, uncond: torch.Tensor):
+        self.latents, self.caption_index, self.text, self.uncond = latents, caption_index, text, uncond
+
+    def __len__(self):
+        return len(self.latents)
+
+    def get_batch(self, indices):
+        idx = torch.from_numpy(np.asarray(indices))
+        return {"latents": self.latents[idx], "text": self.text[torch.from_numpy(self.caption_index[indices])],
+                "uncond": self.uncond}
+
+
+# ---------------------------------------------------------------------------------------------
+def stage_data(cfg: PretrainConfig, out: Path) -> None:
+    from stablekit.shapes.captions import make_batch
+
+    path = out / "data.npz"
+    if path.exists():
+        return
+    t = time.time()
+    images, captions, _ = make_batch(cfg.n_images, seed=cfg.seed)
+    unique, index = np.unique(np.array(captions), return_inverse=True)
+    tmp = out / "data.tmp.npz"
+    np.savez(tmp, images=images, captions=unique, caption_index=index.astype(np.int64))
+    tmp.replace(path)
+    print(f"data: {cfg.n_images} images, {len(unique)} distinct captions, {time.time() - t:.0f} s")
+
+
+def load_data(out: Path):
+    d = np.load(out / "data.npz")
+    return d["images"], [str(c) for c in d["captions"]], d["caption_index"]
+
+
+def _grid(images_u8: list[np.ndarray], cols: int):
+    from PIL import Image
+
+    rows = (len(images_u8) + cols - 1) // cols
+    h, w = images_u8[0].shape[:2]
+    grid = Image.new("RGB", (cols * w, rows * h), (128, 128, 128))
+    for i, im in enumerate(images_u8):
+        grid.paste(Image.fromarray(im), ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def _to_u8(x: torch.Tensor) -> list[np.ndarray]:
+    return list(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+def stage_vae(cfg: PretrainConfig, out: Path):
+    final = out / "vae" / "final.pt"
+    vae = arch.build_vae(cfg.seed)
+    if final.exists():
+        vae.load_state_dict(torch.load(final, weights_only=True))
+        return vae
+    images, _, caption_index = load_data(out)
+    held_out = _pixels(images[-16:])
+
+    def recon_grid(step):
+        rec = vae.decode(vae.encode(held_out).latent_dist.mode()).sample
+        return _grid(_to_u8(held_out) + _to_u8(rec), cols=16)
+
+    from stablekit.train.strategies import AutoencoderStrategy
+
+    tc = TrainConfig(out_dir=str(out / "vae"), steps=cfg.vae_steps, batch_size=cfg.vae_batch, lr=cfg.vae_lr,
+                     warmup_steps=100, ema_decay=0.0, mixed_precision="bf16", seed=cfg.seed,
+                     checkpoint_every=250, sample_every=250, threads=cfg.threads, weight_decay=0.0)
+    train(tc, AutoencoderStrategy(vae, sample_fn=recon_grid), PixelData(images[:-16], caption_index))
+    save_atomic(vae.state_dict(), final)
+    return vae
+
+
+def stage_text(cfg: PretrainConfig, out: Path):
+    from stablekit.formats.tokenizer import clip_tokenizer
+    from stablekit.train.strategies.contrastive import ContrastiveTextStrategy, SmallImageEncoder
+
+    final = out / "text" / "final.pt"
+    te = arch.build_text_encoder(cfg.seed)
+    if final.exists():
+        te.load_state_dict(torch.load(final, weights_only=True))
+        return te
+    images, captions, caption_index = load_data(out)
+    tok = clip_tokenizer()
+    ids = tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    strategy = ContrastiveTextStrategy(te, SmallImageEncoder(arch.TEXT_CONFIG["projection_dim"] * 2), 
+                                       embed_dim=arch.TEXT_CONFIG["projection_dim"] * 2)
+    tc = TrainConfig(out_dir=str(out / "text"), steps=cfg.text_steps, batch_size=cfg.text_batch, lr=cfg.text_lr,
+                     warmup_steps=50, seed=cfg.seed, checkpoint_every=200, sample_every=0, threads=cfg.threads,
+                     weight_decay=0.1, log_every=10)
+    train(tc, strategy, PixelData(images, caption_index, ids))
+    save_atomic(te.state_dict(), final)
+    return te
+
+
+@torch.no_grad()
+def encode_text(te, tok, captions: list[str], batch: int = 512) -> torch.Tensor:
+    """Last hidden state after the final layer norm (SD 1.x conditioning, clip skip 1)."""
+    te.eval()
+    chunks = []
+    for i in range(0, len(captions), batch):
+        ids = tok(captions[i:i + batch], padding="max_length", max_length=77, truncation=True,
+                  return_tensors="pt").input_ids
+        chunks.append(te(input_ids=ids).last_hidden_state)
+    return torch.cat(chunks)
+
+
+def stage_cache(cfg: PretrainConfig, out: Path, vae, te):
+    from stablekit.formats.tokenizer import clip_tokenizer
+
+    path = out / "cache.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    images, captions, caption_index = load_data(out)
+    vae.eval()
+    t = time.time()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(_pixels(images[i:i + 500])).latent_dist.mode()
+                             for i in range(0, len(images), 500)])
+    scale = float(1.0 / latents.std())
+    tok = clip_tokenizer()
+    cache = {"latents": latents * scale, "scaling_factor": torch.tensor(scale),
+             "text": encode_text(te, tok, captions), "uncond": encode_text(te, tok, [""])[0],
+             "caption_index": torch.from_numpy(caption_index)}
+    save_atomic(cache, path)
+    print(f"cache: latents {tuple(latents.shape)} scale {scale:.4f}, text {tuple(cache['text'].shape)}, {time.time() - t:.0f} s")
+    return cache
+
+
+def make_sampler(unet, vae, te, scaling_factor: float, prompts: list[str], seed: int = 0, steps: int = 20, cfg_scale: float = 5.0):
+    """Validation grid for training: a fixed prompt set, diffusers' Euler, CFG."""
+    from diffusers import EulerDiscreteScheduler
+
+    from stablekit.formats.tokenizer import clip_tokenizer
+
+    tok = clip_tokenizer()
+    cond = encode_text(te, tok, prompts)
+    uncond = encode_text(te, tok, [""]).expand_as(cond)
+
+    @torch.no_grad()
+    def sample(step):
+        sched = EulerDiscreteScheduler.from_config(arch.SCHEDULER_CONFIG)
+        sched.set_timesteps(steps)
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn((len(prompts), 4, 16, 16), generator=g) * sched.init_noise_sigma
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(torch.cat([x, x]), t)
+            out = unet(inp, t, torch.cat([uncond, cond])).sample
+            u, c = out.chunk(2)
+            x = sched.step(u + cfg_scale * (c - u), t, x).prev_sample
+        return _grid(_to_u8(vae.decode(x / scaling_factor).sample), cols=8)
+
+    return sample
+
+
+GRID_PROMPTS = [f"a {size} {color} {shape} on a {bg} background"
+                for shape, color, bg, size in [("circle", "red", "blue", "large"), ("square", "green", "yellow", "small"),
+                                               ("triangle", "blue", "white", "large"), ("star", "yellow", "black", "large"),
+                                               ("circle", "purple", "orange", "small"), ("square", "orange", "purple", "large"),
+                                               ("triangle", "white", "red", "small"), ("star", "black", "green", "small")]]
+GRID_PROMPTS += ["a red star on the left", "a small blue circle at the top", "a green square at the bottom",
+                 "a large white triangle on the right", "a circle", "a square on a red background",
+                 "yellow triangle in the center, purple background", "a black circle on a white background"]
+
+
+def stage_unet(cfg: PretrainConfig, out: Path, vae, te, cache):
+    from stablekit.train.strategies import DiffusionStrategy
+
+    unet = arch.build_unet(cfg.seed)
+    data = LatentData(cache["latents"], cache["caption_index"].numpy(), cache["text"], cache["uncond"])
+    sampler = make_sampler(unet, vae, te, float(cache["scaling_factor"]), GRID_PROMPTS, seed=cfg.seed)
+    strategy = DiffusionStrategy(unet, arch.SCHEDULER_CONFIG, caption_dropout=cfg.caption_dropout,
+                                 snr_gamma=cfg.snr_gamma, sample_fn=sampler)
+    tc = TrainConfig(out_dir=str(out / "unet"), steps=cfg.unet_steps, batch_size=cfg.unet_batch, lr=cfg.unet_lr,
+                     warmup_steps=200, ema_decay=0.999, seed=cfg.seed, checkpoint_every=100, sample_every=250,
+                     threads=cfg.threads, weight_decay=0.01, log_every=10)
+    train(tc, strategy, data)  # leaves the EMA weights in `unet`
+    return unet
+
+
+def load_unet_from_checkpoint(out: Path):
+    """The EMA UNet of the newest checkpoint (export mid-run works too)."""
+    from stablekit.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    state = load_checkpoint(latest_checkpoint(out / "unet"))
+    unet = arch.build_unet()
+    unet.load_state_dict(state["strategy"]["unet"])
+    if state.get("ema"):
+        with torch.no_grad():
+            for p, s in zip([p for p in unet.parameters() if p.requires_grad], state["ema"]["shadow"]):
+                p.copy_(s)
+    return unet, state["step"]
+
+
+def build_components(vae, te, unet, scaling_factor: float, name: str = "shapes"):
+    from stablekit.components import Components
+    from stablekit.formats.tokenizer import clip_tokenizer
+
+    vae.register_to_config(scaling_factor=scaling_factor)
+    return Components(arch="shapes", unet=unet.eval(), vae=vae.eval(), text_encoder=te.eval(),
+                      tokenizer=clip_tokenizer(), scheduler_config=dict(arch.SCHEDULER_CONFIG), name=name)
+
+
+def stage_export(cfg: PretrainConfig, out: Path, vae, te, cache, dest: Path):
+    from stablekit.formats import save_model
+
+    unet, step = load_unet_from_checkpoint(out)
+    comps = build_components(vae, te, unet, float(cache["scaling_factor"]))
+    dest.mkdir(parents=True, exist_ok=True)
+    save_model(comps, dest / "diffusers", to="diffusers", dtype=torch.float16)
+    save_model(comps, dest / "shapes.safetensors", to="single-file", dtype=torch.float16)
+    (dest / "training.json").write_text(json.dumps({"unet_step": step, "config": asdict(cfg)}, indent=2))
+    print(f"export: UNet step {step} -> {dest}")
+
+
+# ---------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--until", choices=STAGES, default="export",
+                        help="stop after this stage (finished stages are always skipped)")
+    parser.add_argument("--export-to", default=None,
+                        help="folder for the exported model (default: <out>/model)")
+    for f in fields(PretrainConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+
+
+def run(args) -> int:
+    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pretrain.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    want = STAGES[: STAGES.index(args.until) + 1]
+    t0 = time.time()
+    stage_data(cfg, out)
+    vae = stage_vae(cfg, out) if "vae" in want else None
+    te = stage_text(cfg, out) if "text" in want else None
+    cache = stage_cache(cfg, out, vae, te) if "cache" in want else None
+    if "unet" in want:
+        stage_unet(cfg, out, vae, te, cache)
+    if "export" in want:
+        stage_export(cfg, out, vae, te, cache, Path(args.export_to or out / "model"))
+    print(f"pretrain: done in {time.time() - t0:.0f} s")
+    return 0

@@ -1,0 +1,82 @@
+"""Contrastive image-text pretraining of a CLIP-architecture text encoder (Radford et al. 2021).
+
+SD freezes a CLIP text encoder that was trained this way; we do the same on the target domain.
+A small image encoder exists only to give the text encoder something to agree with and is
+thrown away. The text side uses the pooled (end-of-text) state, as CLIP does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SmallImageEncoder(nn.Module):
+    """Strided convs to 4x4, then a linear layer over the whole map: keeps *where* as well as *what*."""
+
+    def __init__(self, dim: int, width: int = 32, image_size: int = 64):
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width, 4 * width]
+        layers = []
+        for cin, cout in zip(chans, chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
+        self.convs = nn.Sequential(*layers)
+        side = image_size // 16
+        self.head = nn.Linear(chans[-1] * side * side, dim)
+
+    def forward(self, x):
+        return self.head(self.convs(x).flatten(1))
+
+
+@dataclass
+class ContrastiveTextStrategy:
+    text_encoder: nn.Module  # transformers CLIPTextModel
+    image_encoder: nn.Module
+    embed_dim: int
+    name: str = "text-encoder"
+    text_projection: nn.Module = field(init=False)
+    logit_scale: nn.Parameter = field(init=False)
+
+    def __post_init__(self):
+        hidden = self.text_encoder.config.hidden_size
+        self.text_projection = nn.Linear(hidden, self.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(2.659))  # ln(1/0.07), CLIP's initial temperature
+
+    def trainable_parameters(self):
+        return (list(self.text_encoder.parameters()) + list(self.image_encoder.parameters())
+                + list(self.text_projection.parameters()) + [self.logit_scale])
+
+    def loss(self, batch: dict, generator: torch.Generator):
+        self.text_encoder.train()
+        self.image_encoder.train()
+        img = F.normalize(self.image_encoder(batch["pixels"]).float(), dim=-1)
+        pooled = self.text_encoder(input_ids=batch["input_ids"]).pooler_output
+        txt = F.normalize(self.text_projection(pooled).float(), dim=-1)
+        # Identical captions in a batch are not negatives of each other's images.
+        same = batch["caption_ids"][:, None] == batch["caption_ids"][None, :]
+        logits = self.logit_scale.clamp(max=4.6052).exp() * img @ txt.T
+        target = same.float() / same.float().sum(1, keepdim=True)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T))
+        with torch.no_grad():
+            acc = (logits.argmax(1) == torch.arange(len(logits))).float().mean()
+        return loss, {"acc": acc}
+
+    def state_dict(self) -> dict:
+        return {
+            "text_encoder": self.text_encoder.state_dict(),
+            "image_encoder": self.image_encoder.state_dict(),
+            "text_projection": self.text_projection.state_dict(),
+            "logit_scale": self.logit_scale.detach().clone(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.text_encoder.load_state_dict(state["text_encoder"])
+        self.image_encoder.load_state_dict(state["image_encoder"])
+        self.text_projection.load_state_dict(state["text_projection"])
+        with torch.no_grad():
+            self.logit_scale.copy_(state["logit_scale"])
+
+    def samples(self, step: int):
+        return None
