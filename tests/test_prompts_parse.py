@@ -33,6 +33,7 @@ MORE_CASES = [
     ("[word]", [("word", 1 / 1.1)]),
     ("[[word]]", [("word", 1 / 1.1 / 1.1)]),
     ("(word:1.3)", [("word", 1.3)]),
+    ("(word : 1.3 )", [("word ", 1.3)]),  # spaces around the weight (A1111 1.6+)
     ("(word:-0.5)", [("word", -0.5)]),
     ("\\\\ back", [("\\ back", 1.0)]),
     ("a\\b", [("ab", 1.0)]),  # a lone backslash is dropped, as in A1111

@@ -4,9 +4,10 @@ Follows the behaviour of AUTOMATIC1111 stable-diffusion-webui `modules/prompt_pa
 (`parse_prompt_attention`) and `modules/extra_networks.py` (`parse_prompt`), including their
 quirks, so that a prompt copied from an A1111 infotext gives the same weights here:
 
-- `(text)` multiplies by 1.1, `[text]` divides by 1.1, `(text:1.3)` multiplies by 1.3; nesting
-  multiplies (`((a))` -> 1.21). Factors are applied in the order the brackets close, so the
-  floats are bit-identical to A1111's (`(((house:1.3))` -> 1.5730000000000004).
+- `(text)` multiplies by 1.1, `[text]` divides by 1.1, `(text:1.3)` (or `(text: 1.3 )`, as in
+  A1111 1.6+) multiplies by 1.3; nesting multiplies (`((a))` -> 1.21). Factors are applied in
+  the order the brackets close, so the floats are bit-identical to A1111's
+  (`(((house:1.3))` -> 1.5730000000000004).
 - `\\(`, `\\)`, `\\[`, `\\]`, `\\\\` are literal characters; a lone backslash is dropped.
 - Brackets left open at the end still apply, from where they opened to the end of the prompt;
   a closing bracket with nothing open is plain text.
@@ -34,7 +35,7 @@ _UNIT = re.compile(
       \\[()\[\]\\]                    # escaped bracket or backslash -> the literal character
     | \\                              # lone backslash -> dropped
     | [(\[]                           # opening bracket
-    | :(?P<weight>[+-]?[.\d]+)\)      # ":1.3)" closes a round bracket with an explicit weight
+    | :\s*(?P<weight>[+-]?[.\d]+)\s*\)  # ":1.3)" / ": 1.3 )" closes a round bracket with a weight
     | [)\]]                           # closing bracket
     | [^\\()\[\]:]+                   # plain text
     | :                               # a colon that starts no weight
