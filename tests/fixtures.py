@@ -5,6 +5,7 @@ the real architecture (block types and counts, layers per block, SD2's linear pr
 SDXL's text_time embedding and per-level transformer depths), so the LDM key layout and its
 conversion are the real ones; only the widths are tiny. Built from the shipped configs in
 `stablekit/formats/configs/<arch>/` with the widths overridden. Same seed -> same weights.
+Import from a test module as `from fixtures import tiny_components` (pytest puts tests/ on sys.path).
 """
 from __future__ import annotations
 

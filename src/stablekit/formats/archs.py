@@ -83,7 +83,7 @@ def build_modules(configs: dict, empty: bool = False) -> dict:
     modules = {}
     with ctx:
         modules["unet"] = UNet2DConditionModel.from_config(configs["unet"])
-        modules["vae"] = AutoencoderKL.from_config(configs["vae"])
+        modules["vae"] = AutoencoderKL.from_config(configs["vae"]) if configs.get("vae") else None
         modules["text_encoder"] = CLIPTextModel(CLIPTextConfig.from_dict(_clip_dict(configs["text_encoder"])))
         te2 = configs.get("text_encoder_2")
         modules["text_encoder_2"] = (
@@ -100,7 +100,7 @@ def module_configs(components) -> dict:
     """The configs dict of loaded Components (JSON-serialisable)."""
     configs = {
         "unet": dict(components.unet.config),
-        "vae": dict(components.vae.config),
+        "vae": dict(components.vae.config) if components.vae is not None else None,
         "text_encoder": _te_config(components.text_encoder),
         "text_encoder_2": _te_config(components.text_encoder_2) if components.text_encoder_2 is not None else None,
         "scheduler": dict(components.scheduler_config),

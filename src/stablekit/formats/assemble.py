@@ -1,0 +1,57 @@
+"""Filling empty (meta-device) modules with loaded tensors and wrapping them as Components."""
+from __future__ import annotations
+
+import torch
+
+from stablekit.components import Components
+from stablekit.formats.archs import build_modules
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def empty_modules(configs: dict) -> tuple[dict, dict[str, dict[str, tuple]]]:
+    """Meta-device modules for `configs` and the shape of every tensor they expect."""
+    modules = {k: v for k, v in build_modules(configs, empty=True).items() if v is not None}
+    expected = {name: {k: tuple(v.shape) for k, v in m.state_dict().items()} for name, m in modules.items()}
+    return modules, expected
+
+
+def fill(modules: dict, state_dicts: dict[str, dict[str, torch.Tensor]], dtype: torch.dtype | None) -> dict:
+    """Load state dicts into meta modules by assignment (no second copy), eval mode."""
+    for name, module in modules.items():
+        module.load_state_dict(state_dicts[name], strict=True, assign=True)
+        still_empty = [n for n, p in module.named_parameters() if p.is_meta]
+        if still_empty:
+            raise RuntimeError(f"{name}: parameters left unloaded: {still_empty[:5]}")
+        if dtype is not None and hasattr(module.config, "dtype") and not isinstance(module.config, dict):
+            module.config.dtype = dtype  # transformers configs record the weights' dtype
+        module.eval()
+    return modules
+
+
+def set_prediction_type(configs: dict, prediction_type: str | None) -> dict:
+    from stablekit.errors import StablekitError
+
+    if prediction_type is not None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise StablekitError(f"unknown prediction type {prediction_type!r}; use epsilon or v_prediction")
+        configs["scheduler"] = dict(configs["scheduler"], prediction_type=prediction_type)
+    return configs
+
+
+def make_components(arch: str, modules: dict, configs: dict, tokenizers, name: str, hash: str, source: str,
+                    extra: dict) -> Components:
+    return Components(
+        arch=arch,
+        unet=modules["unet"],
+        vae=modules.get("vae"),
+        text_encoder=modules["text_encoder"],
+        tokenizer=tokenizers[0],
+        scheduler_config=dict(configs["scheduler"]),
+        text_encoder_2=modules.get("text_encoder_2"),
+        tokenizer_2=tokenizers[1],
+        name=name,
+        hash=hash,
+        source=source,
+        extra=extra,
+    )

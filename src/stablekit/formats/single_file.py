@@ -1,0 +1,104 @@
+"""Single-file checkpoints in the LDM layout: load (safetensors, or pickles when allowed) and save.
+
+What stablekit writes also carries, under the safetensors metadata key "stablekit", a JSON record
+{"format": 1, "arch", "layout", "configs"} with the full diffusers config of every component and
+the scheduler, so models of any width (the embedded shapes model, tiny test models) load back
+exactly; files without it are matched against the four reference architectures.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from stablekit.components import Components
+from stablekit.errors import StablekitError
+from stablekit.formats import ldm
+from stablekit.formats.archs import ARCHS, module_configs, shipped_configs, tokenizers_for
+from stablekit.formats.assemble import empty_modules, fill, make_components, set_prediction_type
+from stablekit.formats.detect import detect_arch
+from stablekit.formats.hashes import a1111_legacy_hash, a1111_short_hash
+from stablekit.formats.weights import open_weights, write_safetensors
+
+META_KEY = "stablekit"
+META_FORMAT = 1
+
+
+def read_record(weights) -> dict | None:
+    """The stablekit metadata record of a file, or None."""
+    raw = weights.metadata.get(META_KEY)
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+        if not isinstance(record, dict) or not {"arch", "layout", "configs"} <= set(record):
+            raise ValueError("missing fields")
+    except ValueError as exc:
+        raise StablekitError(f"{weights.path}: the '{META_KEY}' metadata is damaged ({exc}); "
+                             "pass arch= to load it as a reference architecture") from None
+    return record
+
+
+def resolve(weights, arch: str | None, prediction_type: str | None) -> tuple[str, str, dict]:
+    """(arch, layout, configs) for a file: its stablekit record, else detection, else `arch`."""
+    record = read_record(weights)
+    if record is not None and arch in (None, record["arch"]):
+        arch, layout, configs = record["arch"], record["layout"], record["configs"]
+    else:
+        detected_prediction = None
+        if arch is None:
+            arch, detected_prediction = detect_arch(weights)
+        elif arch not in ARCHS:
+            raise StablekitError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHS)}")
+        configs = shipped_configs(arch)
+        layout = ldm.layout_for(arch, configs)
+        prediction_type = prediction_type or detected_prediction
+    return arch, layout, set_prediction_type(configs, prediction_type)
+
+
+def load_single_file(path, arch=None, dtype=torch.float32, allow_pickle=False, prediction_type=None) -> Components:
+    path = Path(path)
+    weights = open_weights(path, allow_pickle=allow_pickle)
+    arch, layout, configs = resolve(weights, arch, prediction_type)
+    modules, expected = empty_modules(configs)
+    state_dicts, unmapped = ldm.read_state_dicts(weights, layout, configs, expected, dtype, what=arch)
+    fill(modules, state_dicts, dtype)
+    del state_dicts
+    extra = {
+        "format": "single-file",
+        "layout": layout,
+        "legacy_hash": a1111_legacy_hash(path),
+        # Tensors the diffusers modules have no place for (position_ids, SD 2's unused last
+        # OpenCLIP layer, schedule buffers, EMA copies): kept so a save writes the same key set.
+        "ldm_extra": {k: weights.get(k, dtype) for k in unmapped},
+        "file_metadata": {k: v for k, v in weights.metadata.items() if k != META_KEY},
+    }
+    return make_components(arch, modules, configs, tokenizers_for(arch, configs), name=path.stem,
+                           hash=a1111_short_hash(path), source=str(path), extra=extra)
+
+
+def save_single_file(components: Components, path, dtype: torch.dtype | None = None) -> None:
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise StablekitError(f"{path}: single files are written as .safetensors only; use a .safetensors name")
+    if path.is_dir():
+        raise StablekitError(f"{path} is a folder; give a file name ending in .safetensors")
+    configs = module_configs(components)
+    layout = components.extra.get("layout") or ldm.layout_for(components.arch, configs)
+    if layout not in ldm.TEXT_LAYOUTS:
+        raise StablekitError(f"unknown LDM layout {layout!r} in Components.extra")
+    modules = {name: getattr(components, name) for name in ldm.COMPONENTS if getattr(components, name) is not None}
+    items = ldm.write_items(modules, layout, configs, dtype)
+    written = {item[0] for item in items}
+    from stablekit.formats.weights import cast
+
+    for key, tensor in components.extra.get("ldm_extra", {}).items():
+        if key not in written:
+            out = tensor.dtype if dtype is None or not tensor.is_floating_point() else dtype
+            items.append((key, (lambda t=tensor, d=out: cast(t, d)), tuple(tensor.shape), out))
+    record = {"format": META_FORMAT, "arch": components.arch, "layout": layout, "configs": configs}
+    metadata = dict(components.extra.get("file_metadata", {}))
+    metadata.update({"format": "pt", META_KEY: json.dumps(record, sort_keys=True)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors(path, items, metadata)
