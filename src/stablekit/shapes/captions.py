@@ -60,22 +60,18 @@ def _t_picture(anp, np_, pos, bg):
 TEMPLATES = (_t_plain, _t_comma, _t_bg_first, _t_against, _t_picture)
 
 
-def caption_with_attrs(
-    spec: ShapeSpec, rng: np.random.Generator, drop_p: float = DROP_P, shape_word: str | None = None,
-    template: int | None = None,
-) -> tuple[str, dict]:
-    """Caption `spec`; returns (text, named) where `named` maps each named attribute to its value.
+def compose_caption(spec: ShapeSpec, named_attrs, template: int = 0, variant: int = 0,
+                    shape_word: str | None = None) -> tuple[str, dict]:
+    """Caption `spec` naming exactly `named_attrs` (the shape is always named) with template
+    number `template` and phrase variant `variant`; returns (text, named values).
 
     `named` always holds "shape" and, for the outline style, "hollow": True. `shape_word`
     replaces the shape's name in the text (e.g. "<hexagon>" or "sks square") while `named`
-    keeps the true shape. `template` picks a template by index instead of at random.
+    keeps the true shape.
     """
-    keep = rng.random(len(OPTIONAL_ATTRIBUTES)) >= drop_p
-    t = int(rng.integers(len(TEMPLATES))) if template is None else template
-    variant = int(rng.integers(2))
     named = {"shape": spec.shape}
-    for attr, k in zip(OPTIONAL_ATTRIBUTES, keep):
-        if k:
+    for attr in OPTIONAL_ATTRIBUTES:
+        if attr in named_attrs:
             named[attr] = getattr(spec, attr)
     if spec.hollow:
         named["hollow"] = True
@@ -83,8 +79,20 @@ def caption_with_attrs(
     pos = phrases[variant % len(phrases)] if "position" in named else None
     np_ = _join(named.get("size"), named.get("color"), shape_word or spec.shape,
                 "outline" if spec.hollow else None)
-    text = TEMPLATES[t](f"{_article(np_)} {np_}", np_, pos, named.get("background"))
+    text = TEMPLATES[template % len(TEMPLATES)](f"{_article(np_)} {np_}", np_, pos, named.get("background"))
     return text, named
+
+
+def caption_with_attrs(
+    spec: ShapeSpec, rng: np.random.Generator, drop_p: float = DROP_P, shape_word: str | None = None,
+) -> tuple[str, dict]:
+    """Random caption of `spec`: each optional attribute left out with probability `drop_p`,
+    a random template. Returns (text, named) as compose_caption does."""
+    keep = rng.random(len(OPTIONAL_ATTRIBUTES)) >= drop_p
+    template = int(rng.integers(len(TEMPLATES)))
+    variant = int(rng.integers(2))
+    named_attrs = [a for a, k in zip(OPTIONAL_ATTRIBUTES, keep) if k]
+    return compose_caption(spec, named_attrs, template, variant, shape_word)
 
 
 def caption(spec: ShapeSpec, rng: np.random.Generator, drop_p: float = DROP_P, **kwargs) -> str:
@@ -143,3 +151,27 @@ def render_dataset(out_dir: str | Path, n: int, seed: int, start: int = 0, drop_
             "items": records}
     (out / "metadata.json").write_text(json.dumps(meta, indent=1))
     return out
+
+
+def parse_caption(text: str) -> dict:
+    """The attributes a shapes-world caption names, read back from its words (inverse of
+    compose_caption for every template): {"shape": ..., "color": ..., ...}."""
+    from stablekit.shapes.render import ALL_COLORS, ALL_SHAPES, SIZES
+
+    words = text.lower().replace(",", " ").split()
+    named = {}
+    for k, w in enumerate(words):
+        nxt = words[k + 1] if k + 1 < len(words) else ""
+        if w in ALL_SHAPES:
+            named["shape"] = w
+        elif w in ALL_COLORS:
+            named["background" if nxt == "background" else "color"] = w
+        elif w in SIZES:
+            named["size"] = w
+        elif w == "outline":
+            named["hollow"] = True
+    lowered = " ".join(words)
+    for position, phrases in POSITION_PHRASES.items():
+        if any(p in lowered for p in phrases):
+            named["position"] = position
+    return named

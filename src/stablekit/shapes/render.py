@@ -222,6 +222,15 @@ def sample_spec(
     minus the background. `hollow=True` (the outline style) forces the large size.
     """
     background = str(rng.choice(list(backgrounds)))
+
+    def clashes(bg):  # the object could not get a color different from this background
+        if "color" in fixed:
+            return fixed["color"] == bg
+        return all(c == bg for c in colors)
+
+    if "background" not in fixed and clashes(background):  # never in the default stream
+        fine = [b for b in backgrounds if not clashes(b)]
+        background = str(rng.choice(fine)) if fine else background
     obj_choices = [c for c in colors if c != fixed.get("background", background)]
     color = str(rng.choice(obj_choices)) if obj_choices else None
     shape = str(rng.choice(list(shapes)))
