@@ -57,18 +57,12 @@ def tiny_components(arch: str = "sd1", seed: int = 0) -> Components:
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; use one of {ARCHS}")
     configs = tiny_configs(arch)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        modules = build_modules(configs)
-        gen = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-                module = modules[name]
-                if module is None:
-                    continue
-                for p in module.parameters():
-                    p.add_(torch.randn(p.shape, generator=gen) * 0.02)
-                module.eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: thread start-up costs more than it saves (3x on 2 busy cores)
+    try:
+        modules = _seeded_modules(configs, seed)
+    finally:
+        torch.set_num_threads(threads)
     tokenizer, tokenizer_2 = tokenizers_for(arch, configs)
     return Components(
         arch=arch,
@@ -81,3 +75,19 @@ def tiny_components(arch: str = "sd1", seed: int = 0) -> Components:
         tokenizer_2=tokenizer_2,
         name=f"tiny-{arch}",
     )
+
+
+def _seeded_modules(configs: dict, seed: int) -> dict:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        modules = build_modules(configs)
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+                module = modules[name]
+                if module is None:
+                    continue
+                for p in module.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+                module.eval()
+    return modules

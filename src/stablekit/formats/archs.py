@@ -79,9 +79,16 @@ def build_modules(configs: dict, empty: bool = False) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    ctx = init_empty_weights() if empty else contextlib.nullcontext()
     modules = {}
-    with ctx:
+    with contextlib.ExitStack() as stack:
+        if empty:
+            # Parameters on the meta device, and no random init (on meta it is slow and pointless).
+            from diffusers.models.modeling_utils import no_init_weights as diffusers_no_init
+            from transformers.initialization import no_init_weights as transformers_no_init
+
+            stack.enter_context(init_empty_weights())
+            stack.enter_context(diffusers_no_init())
+            stack.enter_context(transformers_no_init())
         modules["unet"] = UNet2DConditionModel.from_config(configs["unet"])
         modules["vae"] = AutoencoderKL.from_config(configs["vae"]) if configs.get("vae") else None
         modules["text_encoder"] = CLIPTextModel(CLIPTextConfig.from_dict(_clip_dict(configs["text_encoder"])))

@@ -105,18 +105,35 @@ def _read_component(sub: Path, files, shapes: dict[str, tuple], dtype) -> dict[s
 
 
 def _load_tokenizers(path: Path, arch: str, configs: dict):
-    """The folder's tokenizers (they may hold added tokens), else the offline-built ones."""
-    from transformers import CLIPTokenizer
+    """CLIP tokenizers with the folder's pad tokens, built offline; the folder's own tokenizer
+    files are read (slower) only when its text encoder has tokens beyond CLIP's 49,408."""
+    from stablekit.formats.tokenizer import clip_tokenizer
 
     out = []
-    for built, folder in zip(tokenizers_for(arch, configs), TOKENIZERS.values()):
+    for built, (component, folder) in zip(tokenizers_for(arch, configs), TOKENIZERS.items()):
         if built is not None and (path / folder).is_dir():
-            try:
+            if configs[component].get("vocab_size", 49408) != 49408:
+                from transformers import CLIPTokenizer
+
                 built = CLIPTokenizer.from_pretrained(str(path / folder), local_files_only=True)
-            except Exception:  # unreadable tokenizer files: the built tokenizer has CLIP's ids
-                pass
+            else:
+                pad = _pad_token(path / folder)
+                if pad and pad != built.pad_token:
+                    built = clip_tokenizer(pad)
         out.append(built)
     return out
+
+
+def _pad_token(folder: Path) -> str | None:
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        try:
+            pad = json.loads((folder / name).read_text()).get("pad_token")
+        except (OSError, ValueError, AttributeError):
+            continue
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        if isinstance(pad, str):
+            return pad
+    return None
 
 
 def save_folder(components: Components, path, dtype: torch.dtype | None = None) -> None:
