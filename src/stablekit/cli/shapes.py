@@ -2,7 +2,7 @@
 
     stablekit shapes render --n 5000 --out DIR [--seed S] [--shapes ...] [--hollow]
     stablekit shapes judge DIR [--json]
-    stablekit shapes eval --model M [--steps 20] [--sampler NAME] [--out DIR]
+    stablekit shapes eval [--model M] [--steps 20] [--sampler NAME] [--out DIR]
     stablekit shapes pretrain ...          (the recipe lives in stablekit.shapes.pretrain)
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_judge)
 
     p = sub.add_parser("eval", help="prompt adherence and diversity of a model on the fixed prompt set")
-    p.add_argument("--model", required=True, help="model path understood by stablekit.load")
+    p.add_argument("--model", default=None, help="model path understood by stablekit.load (default: the embedded model)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--sampler", default=None, help="sampler name (default: the model's default)")
     p.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the pipeline's)")
@@ -142,7 +142,8 @@ def run_eval(args) -> int:
 
     generate = model_generate_fn(args.model, cfg=args.cfg)
     report = evaluate_model(generate, steps=args.steps, sampler=args.sampler, prompt_set=args.prompt_set,
-                            out_dir=args.out, limit=args.limit, label=Path(args.model).name)
+                            out_dir=args.out, limit=args.limit,
+                            label=Path(args.model).name if args.model else "embedded model")
     print(markdown_table(report))
     if args.out:
         print(f"report written to {args.out}")

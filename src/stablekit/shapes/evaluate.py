@@ -177,14 +177,15 @@ def write_report(report: dict, images, items, out_dir: str | Path) -> Path:
     return out
 
 
-def model_generate_fn(model_path: str, cfg: float | None = None, **load_kwargs) -> Callable:
-    """A generate_fn over `stablekit.load(model_path)`: one 64x64 image per (prompt, seed)."""
+def model_generate_fn(model_path: str | None = None, cfg: float | None = None, **load_kwargs) -> Callable:
+    """A generate_fn over `stablekit.load(model_path)` (None: the embedded model): one 64x64
+    image per (prompt, seed)."""
     try:
         from stablekit import load
     except ImportError as exc:
         raise StablekitError("stablekit.load is not available yet in this build; "
                              "evaluate with evaluate_model(your_generate_fn) instead") from exc
-    pipe = load(model_path, **load_kwargs)
+    pipe = load(model_path, **load_kwargs) if model_path else load(**load_kwargs)
 
     def generate(prompts, seeds, steps=20, sampler=None):
         extra = {"cfg": cfg} if cfg is not None else {}
