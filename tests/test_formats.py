@@ -9,13 +9,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fixtures import tiny_components, tiny_configs
+from fixtures import one_thread, tiny_components, tiny_configs
 from stablekit.formats import clip_tokenizer, inspect_model, load_model, save_model
 from stablekit.formats.archs import ARCHS, shipped_configs
 from stablekit.formats.detect import detect_arch
 from stablekit.formats.weights import open_weights
 
 MODULES = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
 
 
 def assert_same_weights(a, b, dtype=None):
@@ -180,12 +186,14 @@ def test_dtype_none_keeps_the_file_dtypes(tiny, tmp_path):
 
 
 def test_loaded_model_runs(single_files):
-    comps = load_model(single_files["sd1"], dtype="bf16")
+    original = tiny_components("sd1")
+    comps = load_model(single_files["sd1"])
     ids = comps.tokenizer(["a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        hidden = comps.text_encoder(ids).last_hidden_state
-        out = comps.unet(torch.randn(1, 4, 8, 8, dtype=torch.bfloat16), 10, encoder_hidden_states=hidden).sample
-    assert out.shape == (1, 4, 8, 8) and torch.isfinite(out).all()
+        outs = [c.unet(x, 10, encoder_hidden_states=c.text_encoder(ids).last_hidden_state).sample
+                for c in (original, comps)]
+    assert outs[0].shape == (1, 4, 8, 8) and torch.equal(outs[0], outs[1])
 
 
 # ----------------------------------------------------------------------------- detection
