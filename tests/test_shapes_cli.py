@@ -1,8 +1,6 @@
 """`stablekit shapes ...` commands: render -> judge round trip, eval wiring over stablekit.load."""
 import json
 
-import pytest
-
 import stablekit
 from stablekit.cli import main
 from stablekit.shapes import render

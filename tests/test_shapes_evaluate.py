@@ -7,7 +7,7 @@ import pytest
 
 from stablekit.shapes import render
 from stablekit.shapes.evaluate import evaluate_images, evaluate_model, normalized_entropy
-from stablekit.shapes.prompts import PromptItem, load_prompt_set
+from stablekit.shapes.prompts import load_prompt_set
 
 
 @pytest.fixture(scope="module")
