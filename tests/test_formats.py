@@ -159,6 +159,21 @@ def test_unmapped_tensors_are_kept(tiny, single_files, tmp_path):
     assert all(torch.equal(out[k], tensors[k]) for k in tensors)
 
 
+def test_old_style_clip_keys_load_and_are_written_back(tiny, single_files, tmp_path):
+    # Early SD 1.x files: cond_stage_model.transformer.encoder... without `text_model.`
+    tensors = file_tensors(single_files["sd1"])
+    old = {k.replace("transformer.text_model.", "transformer."): v for k, v in tensors.items()}
+    with safe_open(str(single_files["sd1"]), "pt") as f:
+        metadata = f.metadata()
+    src = tmp_path / "old.safetensors"
+    save_file(old, str(src), metadata=metadata)
+    loaded = load_model(src)
+    assert_same_weights(tiny["sd1"], loaded)
+    out = file_tensors(save_model(loaded, tmp_path / "out.safetensors"))
+    assert out.keys() == old.keys()
+    assert all(torch.equal(out[k], old[k]) for k in old)
+
+
 def test_saving_does_not_change_the_components(tiny, tmp_path):
     comps = tiny["sd1"]
     save_model(comps, tmp_path / "half.safetensors", dtype="fp16")

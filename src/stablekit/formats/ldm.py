@@ -248,30 +248,52 @@ def _check_plan(plan, expected: dict[str, dict[str, tuple]]) -> None:
 
 
 # --------------------------------------------------------------------------- read and write
+# Early SD 1.x files lack transformers' `text_model.` level in the CLIP keys; A1111 renames them
+# the same way (modules/sd_models.py, checkpoint_dict_replacements_sd1).
+_OLD_CLIP = {f"cond_stage_model.transformer.{p}": f"cond_stage_model.transformer.text_model.{p}"
+             for p in ("embeddings.", "encoder.", "final_layer_norm.")}
+
+
+def canonical_keys(keys) -> dict[str, str]:
+    """{canonical LDM key: key as written in the file}."""
+    out = {}
+    for key in keys:
+        canonical = key
+        for old, new in _OLD_CLIP.items():
+            if key.startswith(old):
+                canonical = new + key[len(old):]
+                break
+        out[canonical] = key
+    return out
+
+
 def read_state_dicts(weights, layout: str, configs: dict, expected: dict[str, dict[str, tuple]],
                      dtype: torch.dtype | None, what: str):
-    """State dicts {component: {diffusers key: tensor}} from an LDM file, plus unmapped LDM keys.
+    """(state dicts {component: {diffusers key: tensor}}, unmapped file keys, renamed keys).
 
     Each file tensor is read once, cast to `dtype` as it is read, and split into the diffusers
     tensors it feeds (fused q/k/v are cloned apart so nothing holds the fused tensor alive).
+    renamed: {canonical key: file key} for old-style keys, so a save can write them back as found.
     """
-    file_shapes = {k: weights.shape(k) for k in weights.keys()}
+    names = canonical_keys(weights.keys())
+    file_shapes = {k: weights.shape(f) for k, f in names.items()}
     check_file_against(weights.path, file_shapes, expected_ldm(expected, layout, configs), what)
     plan = trace_plan(file_shapes, layout, configs)
     _check_plan(plan, expected)
-    uses = defaultdict(list)  # file key -> [(component, diffusers key, ops)]
+    uses = defaultdict(list)  # canonical file key -> [(component, diffusers key, ops)]
     for component, shapes in expected.items():
         for key in shapes:
             trace = plan[component][key]
             uses[trace.key].append((component, key, trace.ops))
     state_dicts = {component: {} for component in expected}
-    for file_key, targets in uses.items():
-        tensor = weights.get(file_key, dtype)
+    for canonical, targets in uses.items():
+        tensor = weights.get(names[canonical], dtype)
         for component, key, ops in targets:
             state_dicts[component][key] = apply_ops(tensor, ops).clone() if ops else tensor
         del tensor
-    unmapped = [k for k in weights.keys() if k not in uses]
-    return state_dicts, unmapped
+    unmapped = [f for k, f in names.items() if k not in uses]
+    renamed = {k: f for k, f in names.items() if k != f and k in uses}
+    return state_dicts, unmapped, renamed
 
 
 def write_items(modules: dict, layout: str, configs: dict, dtype: torch.dtype | None):

@@ -62,7 +62,7 @@ def load_single_file(path, arch=None, dtype=torch.float32, allow_pickle=False, p
     weights = open_weights(path, allow_pickle=allow_pickle)
     arch, layout, configs = resolve(weights, arch, prediction_type)
     modules, expected = empty_modules(configs)
-    state_dicts, unmapped = ldm.read_state_dicts(weights, layout, configs, expected, dtype, what=arch)
+    state_dicts, unmapped, renamed = ldm.read_state_dicts(weights, layout, configs, expected, dtype, what=arch)
     fill(modules, state_dicts, dtype)
     del state_dicts
     extra = {
@@ -72,6 +72,7 @@ def load_single_file(path, arch=None, dtype=torch.float32, allow_pickle=False, p
         # Tensors the diffusers modules have no place for (position_ids, SD 2's unused last
         # OpenCLIP layer, schedule buffers, EMA copies): kept so a save writes the same key set.
         "ldm_extra": {k: weights.get(k, dtype) for k in unmapped},
+        "ldm_renamed": renamed,  # old-style key names, written back as found
         "file_metadata": {k: v for k, v in weights.metadata.items() if k != META_KEY},
     }
     return make_components(arch, modules, configs, tokenizers_for(arch, configs), name=path.stem,
@@ -89,7 +90,8 @@ def save_single_file(components: Components, path, dtype: torch.dtype | None = N
     if layout not in ldm.TEXT_LAYOUTS:
         raise StablekitError(f"unknown LDM layout {layout!r} in Components.extra")
     modules = {name: getattr(components, name) for name in ldm.COMPONENTS if getattr(components, name) is not None}
-    items = ldm.write_items(modules, layout, configs, dtype)
+    renamed = components.extra.get("ldm_renamed", {})
+    items = [(renamed.get(key, key), *rest) for key, *rest in ldm.write_items(modules, layout, configs, dtype)]
     written = {item[0] for item in items}
     from stablekit.formats.weights import cast
 
