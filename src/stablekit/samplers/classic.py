@@ -40,7 +40,7 @@ def sample_euler_ancestral(model: Model, x: Tensor, sigmas: Tensor, *, extra_arg
         report(callback, i, sigmas, x, denoised)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0:
+        if sigmas[i + 1] > 0 and eta:
             x = x + noise(x) * sigma_up
     return x
 
