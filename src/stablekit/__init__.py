@@ -1,1 +1,39 @@
-"""stablekit: Stable Diffusion in one offline toolkit."""
+"""stablekit: Stable Diffusion in one offline toolkit.
+
+    import stablekit
+    pipe = stablekit.load()                      # the embedded shapes model
+    pipe = stablekit.load("model.safetensors")   # or any SD 1.x / 2.x / SDXL file or diffusers folder
+    images = pipe.generate("a large red star on a blue background", steps=20, cfg=7, seed=1, batch_size=3)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+EMBEDDED_MODEL = Path(__file__).parent / "shapes" / "model" / "shapes.safetensors"
+
+
+def default_model_path() -> Path:
+    """The embedded default model (the shapes-world model trained by `stablekit shapes pretrain`)."""
+    from stablekit.errors import StablekitError
+
+    if not EMBEDDED_MODEL.exists():
+        raise StablekitError(f"the embedded model {EMBEDDED_MODEL} is missing; pass --model PATH or run 'stablekit shapes pretrain'")
+    return EMBEDDED_MODEL
+
+
+def load(path: str | Path | None = None, dtype=None, arch: str | None = None, allow_pickle: bool = False,
+         prediction_type: str | None = None, progress: bool = True):
+    """Load a model (diffusers folder, single .safetensors; None: the embedded model) as a Pipeline."""
+    import torch
+
+    from stablekit.formats import load_model
+    from stablekit.generate.pipeline import Pipeline
+
+    components = load_model(path or default_model_path(), arch=arch, dtype=dtype or torch.float32,
+                            allow_pickle=allow_pickle, prediction_type=prediction_type)
+    return Pipeline(components, progress=progress)
+
+
+__all__ = ["load", "__version__"]

@@ -14,19 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-
-def alphas_cumprod_from_config(cfg: dict) -> torch.Tensor:
-    """The DDPM schedule a scheduler config describes (SD: scaled_linear 0.00085..0.012, 1000 steps)."""
-    n = cfg.get("num_train_timesteps", 1000)
-    b0, b1 = cfg.get("beta_start", 0.00085), cfg.get("beta_end", 0.012)
-    kind = cfg.get("beta_schedule", "scaled_linear")
-    if kind == "scaled_linear":
-        betas = torch.linspace(b0**0.5, b1**0.5, n, dtype=torch.float64) ** 2
-    elif kind == "linear":
-        betas = torch.linspace(b0, b1, n, dtype=torch.float64)
-    else:
-        raise ValueError(f"beta_schedule {kind!r} is not supported for training")
-    return torch.cumprod(1 - betas, 0).float()
+from stablekit.generate.denoiser import alphas_cumprod_from_config
 
 
 @dataclass

@@ -1,0 +1,122 @@
+"""txt2img on one generation core: prompt encoding, seeded noise, the denoiser, a sampler, the VAE.
+
+img2img, inpainting, hires fix and ControlNet reuse this core: they change the starting latents,
+the sigma range, or what the Denoiser adds to the UNet call, never the samplers.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from stablekit.components import Components
+from stablekit.generate.denoiser import Denoiser
+from stablekit.generate.noise import ImageNoise, resolve_seed
+from stablekit.generate.params import GenerationParams
+from stablekit.prompts.encode import PromptEncoder
+from stablekit.samplers import get_sampler, get_sigmas, resolve_schedule
+
+StepCallback = Callable[[dict], None]
+
+
+def latents_to_images(components: Components, latents: torch.Tensor) -> list[Image.Image]:
+    """VAE decode, then [-1, 1] -> uint8 exactly as diffusers' image processor does."""
+    vae = components.vae
+    z = latents / vae.config.scaling_factor
+    if getattr(vae.config, "shift_factor", None):
+        z = z + vae.config.shift_factor
+    with torch.no_grad():
+        x = vae.decode(z.to(vae.dtype)).sample.float()
+    x = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in (x * 255).round().astype(np.uint8)]
+
+
+class Pipeline:
+    """Generation with a loaded model. `generate()` returns PIL images carrying their metadata.
+
+    Each image's `.info` holds "parameters" (A1111's text, exactly as the web UI writes it) and
+    "stablekit" (JSON with every setting needed to regenerate it).
+    """
+
+    def __init__(self, components: Components, progress: bool = True):
+        self.components = components
+        self.progress = progress
+        self.prompts = PromptEncoder(components)
+        self.denoiser = Denoiser.from_components(components)
+
+    @property
+    def native_size(self) -> int:
+        c = self.components
+        return int(c.unet.config.sample_size) * c.vae_scale_factor
+
+    def generate(self, prompt: str = "", callback: StepCallback | None = None, **settings) -> list[Image.Image]:
+        """txt2img. Settings are GenerationParams fields: negative_prompt, steps, cfg, sampler,
+        schedule, seed, width, height, batch_size, batch_count, clip_skip."""
+        return self.run(GenerationParams(prompt=prompt, **settings), callback=callback)
+
+    def run(self, params: GenerationParams, callback: StepCallback | None = None) -> list[Image.Image]:
+        c = self.components
+        params = GenerationParams(**params.to_dict())  # never mutate the caller's
+        params.validate()
+        params.width = params.width or self.native_size
+        params.height = params.height or self.native_size
+        params.seed = resolve_seed(params.seed)
+        sampler = get_sampler(params.sampler)
+        schedule = resolve_schedule(params.schedule, params.sampler)
+        cond, uncond = self.prompts.encode_pair(params.prompt, params.negative_prompt, params.clip_skip)
+        sigmas = get_sigmas(schedule, params.steps, self.denoiser, sampler=params.sampler)
+
+        f = c.vae_scale_factor
+        shape = (c.unet.config.in_channels, params.height // f, params.width // f)
+        total = params.steps * params.batch_count
+        bar = tqdm(total=total, desc="generate", disable=not self.progress, dynamic_ncols=True)
+        images: list[Image.Image] = []
+        for b in range(params.batch_count):
+            seeds = [params.seed + b * params.batch_size + i for i in range(params.batch_size)]
+            noise = ImageNoise(seeds)
+            x = noise.initial_latents(*shape).to(c.dtype) * sigmas[0]
+            extra = {"cond": cond.repeat(len(seeds)), "uncond": uncond.repeat(len(seeds)), "cfg_scale": params.cfg}
+            if c.is_sdxl:
+                extra["added_time_ids"] = torch.tensor([[params.height, params.width, 0, 0, params.height, params.width]],
+                                                       dtype=c.dtype).repeat(len(seeds), 1)
+
+            def on_step(info, b=b) -> None:
+                bar.update(1)
+                if callback is not None:
+                    callback({"batch": b, "batches": params.batch_count, "step": info.i + 1, "steps": info.steps})
+
+            with torch.no_grad():
+                latents = sampler(self.denoiser, x, sigmas, extra_args=extra, callback=on_step, noise=noise)
+            for seed, image in zip(seeds, latents_to_images(c, latents)):
+                self._annotate(image, params, seed, schedule)
+                images.append(image)
+        bar.close()
+        return images
+
+    def _annotate(self, image: Image.Image, params: GenerationParams, seed: int, schedule: str) -> None:
+        from stablekit import __version__
+        from stablekit.metadata import format_parameters
+
+        c = self.components
+        settings = {
+            "Steps": params.steps,
+            "Sampler": params.sampler,
+            "Schedule type": params.schedule,
+            "CFG scale": params.cfg,
+            "Seed": seed,
+            "Size": f"{params.width}x{params.height}",
+            "Model hash": c.hash or None,
+            "Model": c.name or None,
+            "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+            "Version": f"stablekit {__version__}",
+        }
+        image.info["parameters"] = format_parameters(params.prompt, params.negative_prompt,
+                                                     {k: v for k, v in settings.items() if v is not None})
+        record = {**params.to_dict(), "seed": seed, "batch_size": 1, "batch_count": 1, "schedule_resolved": schedule,
+                  "model": {"name": c.name, "hash": c.hash, "arch": c.arch, "source": c.source},
+                  "stablekit": __version__}
+        image.info["stablekit"] = json.dumps(record, sort_keys=True)
