@@ -143,7 +143,7 @@ class Denoiser:
             sample=(x * c_in).to(dtype),
             timestep=self.sigma_to_t(sigma),
             encoder_hidden_states=context.hidden_states.to(x.device, dtype),
-            added_cond_kwargs=self._added_cond_kwargs(context, added_time_ids, x.shape[0]),
+            added_cond_kwargs=self._added_cond_kwargs(context, added_time_ids, x),
             sigma=sigma,
         )
         kwargs = dict(self.unet_kwargs)
@@ -155,14 +155,15 @@ class Denoiser:
                         added_cond_kwargs=inputs.added_cond_kwargs, return_dict=False, **kwargs)[0]
         return out.to(x.dtype)
 
-    def _added_cond_kwargs(self, context: Conditioning, added_time_ids: Tensor | None, batch: int) -> dict | None:
+    def _added_cond_kwargs(self, context: Conditioning, added_time_ids: Tensor | None, x: Tensor) -> dict | None:
+        """SDXL's extra conditioning (diffusers' added_cond_kwargs); None for SD 1.x / 2.x UNets."""
         if getattr(self.unet.config, "addition_embed_type", None) != "text_time":
             return None
         if context.pooled is None or added_time_ids is None:
             raise ValueError("an SDXL UNet needs pooled text embeddings (Conditioning.pooled) and added_time_ids")
         time_ids = torch.as_tensor(added_time_ids).reshape(-1, 6)
-        return {"text_embeds": context.pooled.to(self.unet.dtype),
-                "time_ids": _to_batch(time_ids, batch).to(context.pooled.device, self.unet.dtype)}
+        return {"text_embeds": context.pooled.to(x.device, self.unet.dtype),
+                "time_ids": _to_batch(time_ids, x.shape[0]).to(x.device, self.unet.dtype)}
 
     def _to_x0(self, x: Tensor, sigma: Tensor, model_output: Tensor) -> Tensor:
         s = _per_image(sigma, x)
