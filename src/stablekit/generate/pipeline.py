@@ -23,16 +23,19 @@ from stablekit.samplers import get_sampler, get_sigmas, resolve_schedule
 StepCallback = Callable[[dict], None]
 
 
-def latents_to_images(components: Components, latents: torch.Tensor) -> list[Image.Image]:
-    """VAE decode, then [-1, 1] -> uint8 exactly as diffusers' image processor does."""
+def decode(components: Components, latents: torch.Tensor) -> np.ndarray:
+    """VAE decode to float images [B, H, W, 3] in [0, 1], as diffusers' image processor does."""
     vae = components.vae
     z = latents / vae.config.scaling_factor
     if getattr(vae.config, "shift_factor", None):
         z = z + vae.config.shift_factor
     with torch.no_grad():
         x = vae.decode(z.to(vae.dtype)).sample.float()
-    x = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(a) for a in (x * 255).round().astype(np.uint8)]
+    return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def to_pil(images: np.ndarray) -> list[Image.Image]:
+    return [Image.fromarray(a) for a in (images * 255).round().astype(np.uint8)]
 
 
 class Pipeline:
@@ -53,12 +56,14 @@ class Pipeline:
         c = self.components
         return int(c.unet.config.sample_size) * c.vae_scale_factor
 
-    def generate(self, prompt: str = "", callback: StepCallback | None = None, **settings) -> list[Image.Image]:
+    def generate(self, prompt: str = "", callback: StepCallback | None = None, output: str = "pil",
+                 **settings) -> list[Image.Image]:
         """txt2img. Settings are GenerationParams fields: negative_prompt, steps, cfg, sampler,
-        schedule, seed, width, height, batch_size, batch_count, clip_skip."""
-        return self.run(GenerationParams(prompt=prompt, **settings), callback=callback)
+        schedule, seed, width, height, batch_size, batch_count, clip_skip. output="np" returns
+        float arrays [H, W, 3] in [0, 1] (no metadata) instead of PIL images."""
+        return self.run(GenerationParams(prompt=prompt, **settings), callback=callback, output=output)
 
-    def run(self, params: GenerationParams, callback: StepCallback | None = None) -> list[Image.Image]:
+    def run(self, params: GenerationParams, callback: StepCallback | None = None, output: str = "pil") -> list:
         c = self.components
         params = GenerationParams(**params.to_dict())  # never mutate the caller's
         params.validate()
@@ -91,7 +96,11 @@ class Pipeline:
 
             with torch.no_grad():
                 latents = sampler(self.denoiser, x, sigmas, extra_args=extra, callback=on_step, noise=noise)
-            for seed, image in zip(seeds, latents_to_images(c, latents)):
+            pixels = decode(c, latents)
+            if output == "np":
+                images.extend(pixels)
+                continue
+            for seed, image in zip(seeds, to_pil(pixels)):
                 self._annotate(image, params, seed, schedule)
                 images.append(image)
         bar.close()
