@@ -19,6 +19,8 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
     LCMScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
@@ -119,6 +121,21 @@ def test_heun_matches_heun_discrete_karras(unet, prompts, prediction):
     theirs = run_diffusers(unet, prompts, HeunDiscreteScheduler.from_config(
         config(prediction, timestep_spacing="linspace", use_karras_sigmas=True)), 5)
     assert_close(run_ours(unet, prompts, prediction, "Heun", sigmas("Karras", 5), vp_start=False), theirs)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_dpm2_matches_kdpm2_discrete(unet, prompts, prediction):
+    # our sigmas without A1111's discard-penultimate; Normal, as diffusers rounds Karras timesteps here
+    theirs = run_diffusers(unet, prompts, KDPM2DiscreteScheduler.from_config(
+        config(prediction, timestep_spacing="linspace")), 10)
+    assert_close(run_ours(unet, prompts, prediction, "DPM2", sigmas("Normal", 10), vp_start=False), theirs)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_dpm2_ancestral_matches_kdpm2_ancestral_with_same_noise(unet, prompts, prediction):
+    theirs = run_diffusers(unet, prompts, KDPM2AncestralDiscreteScheduler.from_config(
+        config(prediction, timestep_spacing="linspace")), 10)
+    assert_close(run_ours(unet, prompts, prediction, "DPM2 a", sigmas("Normal", 10), vp_start=False), theirs)
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
