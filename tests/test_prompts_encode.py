@@ -3,12 +3,36 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from fixtures import tiny_components
+from fixtures import tiny_configs
+from stablekit.components import Components
 from stablekit.errors import StablekitError
+from stablekit.formats.archs import tokenizers_for
 from stablekit.prompts.encode import PromptEncoder
 
 PLAIN = "a photo of a cat, red hat"
 LONG = ", ".join(["a small cat"] * 30)  # 119 tokens: two chunks
+
+
+def text_components(arch: str, seed: int = 0) -> Components:
+    """Components with only the tiny text encoder(s) and tokenizer(s) of tests/fixtures.py's
+    configs (no UNet/VAE: they cost seconds to build and prompts never touch them)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    configs = tiny_configs(arch)
+
+    def build(cls, cfg):
+        model = cls(CLIPTextConfig.from_dict({k: v for k, v in cfg.items() if not k.startswith("_")}))
+        with torch.no_grad():  # perturb every tensor, so layer norms are not all ones
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape) * 0.02)
+        return model.eval()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        te = build(CLIPTextModel, configs["text_encoder"])
+        te2 = build(CLIPTextModelWithProjection, configs["text_encoder_2"]) if configs["text_encoder_2"] else None
+    tok, tok2 = tokenizers_for(arch, configs)
+    return Components(arch, None, None, te, tok, configs["scheduler"], te2, tok2, name=f"tiny-text-{arch}")
 
 
 @pytest.fixture(scope="module")
@@ -16,13 +40,13 @@ def models():
     # Tiny models run far faster on one thread when other jobs share the two cores.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield {arch: tiny_components(arch) for arch in ("sd1", "sd2", "sdxl")}
+    yield {arch: text_components(arch) for arch in ("sd1", "sd2", "sdxl")}
     torch.set_num_threads(threads)
 
 
 def _sd_pipe(c):
     return StableDiffusionPipeline(
-        vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet, scheduler=None,
+        vae=None, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=None, scheduler=None,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 
@@ -40,8 +64,8 @@ def test_plain_prompt_equals_diffusers(models, arch):
 def test_sdxl_equals_diffusers(models):
     c = models["sdxl"]
     pipe = StableDiffusionXLPipeline(
-        vae=c.vae, text_encoder=c.text_encoder, text_encoder_2=c.text_encoder_2,
-        tokenizer=c.tokenizer, tokenizer_2=c.tokenizer_2, unet=c.unet, scheduler=None,
+        vae=None, text_encoder=c.text_encoder, text_encoder_2=c.text_encoder_2,
+        tokenizer=c.tokenizer, tokenizer_2=c.tokenizer_2, unet=None, scheduler=None,
     )
     enc = PromptEncoder(c)
     emb, neg, pooled, neg_pooled = pipe.encode_prompt(PLAIN, device="cpu", negative_prompt="blurry")

@@ -25,6 +25,7 @@ from stablekit.errors import StablekitError
 from stablekit.prompts.chunks import CHUNK_LENGTH, Chunk, frame_chunk, split_chunks
 from stablekit.prompts.conditioning import Conditioning
 from stablekit.prompts.parse import extract_extra_networks, parse_prompt_attention
+from stablekit.prompts.schedule import prompt_schedule
 
 
 @dataclass
@@ -174,6 +175,15 @@ class PromptEncoder:
         uncond = self.encode(negative, clip_skip)
         n = max(self.n_chunks(cond), self.n_chunks(uncond))
         return self.pad(cond, n, clip_skip), self.pad(uncond, n, clip_skip)
+
+    def encode_schedule(self, prompt: str, steps: int, clip_skip: int = 1, hires_steps: int | None = None) -> list[tuple[int, Conditioning]]:
+        """[(last_step, Conditioning)] for prompt editing `[a:b:when]` and alternation `[a|b]`.
+
+        One entry for a prompt without them. Each distinct text is encoded once (cache). Pick
+        the entry for a sampler step with `stablekit.prompts.schedule.at_step(schedule, step)`.
+        """
+        text, _ = extract_extra_networks(prompt)  # A1111 removes <lora:...> before scheduling
+        return [(end, self.encode(t, clip_skip)) for end, t in prompt_schedule(text, steps, hires_steps)]
 
     def encode_batch(self, prompts: list[str], clip_skip: int = 1) -> Conditioning:
         """Conditioning for several prompts [B, 77*k, D], each padded to the longest with empty chunks."""
