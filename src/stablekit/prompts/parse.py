@@ -15,9 +15,10 @@ quirks, so that a prompt copied from an A1111 infotext gives the same weights he
   new 75-token chunk there. A1111 multiplies the marker like any text, so a BREAK inside
   brackets (`(a BREAK b)`) stops being a marker and is encoded as the word "break" with a
   negative weight; we keep that quirk so A1111 prompts reproduce.
-- Prompt editing `[from:to:when]` and alternation `[a|b]` are not expanded: they are read as
-  this attention syntax reads them (`[a:b:0.5]` -> "a:b:0.5" at weight 1/1.1), never an error.
-  `AND` (composable diffusion) is plain text.
+- Prompt editing `[from:to:when]` and alternation `[a|b]` are expanded before this, per step,
+  by `stablekit.prompts.schedule`; given to this function directly they are read as attention
+  syntax (`[a:b:0.5]` -> "a:b:0.5" at weight 1/1.1), never an error. `AND` (composable
+  diffusion) is plain text.
 """
 from __future__ import annotations
 
