@@ -157,13 +157,15 @@ class PromptEncoder:
                 self._cache.popitem(last=False)
         return cond
 
-    def encode_pair(self, prompt: str, negative: str, clip_skip: int = 1) -> tuple[Conditioning, Conditioning]:
+    def encode_pair(self, prompt: str, negative: str | None, clip_skip: int = 1) -> tuple[Conditioning, Conditioning]:
         """(cond, uncond) for classifier-free guidance, padded to the same number of chunks.
 
         The shorter one is extended with chunks of the empty prompt, as A1111's "pad prompt/
-        negative prompt" does. An empty negative is zeros when `zero_empty_negative` (SDXL).
+        negative prompt" does. An empty (or None) negative is zeros when `zero_empty_negative`
+        (SDXL).
         """
         cond = self.encode(prompt, clip_skip)
+        negative = negative or ""
         if negative == "" and self.zero_empty_negative:
             # Zeros padded with zeros: attention over all-zero keys and values gives what a
             # shorter all-zero context gives, so this matches A1111's unpadded run exactly.
