@@ -35,6 +35,7 @@ VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, sample_size=IMAGE_SIZE,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
     block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16,
+    scaling_factor=1.0,  # replaced by the measured 1/std of the latents after stage 1
 )
 
 UNET_CONFIG = dict(

@@ -269,6 +269,10 @@ def build_components(vae, te, unet, scaling_factor: float, name: str = "shapes")
     from stablekit.formats.tokenizer import clip_tokenizer
 
     vae.register_to_config(scaling_factor=scaling_factor)
+    # diffusers' from_config drops keys listed in _use_default_values (those not passed at
+    # construction), which would silently reset the measured scale to SD's 0.18215 on reload.
+    defaults = [k for k in vae.config.get("_use_default_values", []) if k != "scaling_factor"]
+    vae.register_to_config(_use_default_values=defaults)
     return Components(arch="shapes", unet=unet.eval(), vae=vae.eval(), text_encoder=te.eval(),
                       tokenizer=clip_tokenizer(), scheduler_config=dict(arch.SCHEDULER_CONFIG), name=name)
 
