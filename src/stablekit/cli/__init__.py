@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stablekit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `stablekit png-info x.png | head`
+        sys.stderr.close()
+        return 0
     return int(result or 0)
 
 
