@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from fixtures import one_thread, tiny_components, tiny_configs
+from stablekit.errors import StablekitError
 from stablekit.formats import clip_tokenizer, inspect_model, load_model, save_model
 from stablekit.formats.archs import ARCHS, shipped_configs
 from stablekit.formats.detect import detect_arch
@@ -172,6 +173,18 @@ def test_old_style_clip_keys_load_and_are_written_back(tiny, single_files, tmp_p
     out = file_tensors(save_model(loaded, tmp_path / "out.safetensors"))
     assert out.keys() == old.keys()
     assert all(torch.equal(out[k], old[k]) for k in old)
+
+
+def test_saving_over_a_folder(tiny, tmp_path):
+    save_model(tiny["sdxl"], tmp_path / "model")
+    save_model(tiny["sd1"], tmp_path / "model")  # the stale text_encoder_2/ must not make it SDXL
+    again = load_model(tmp_path / "model")
+    assert again.arch == "sd1" and again.text_encoder_2 is None
+    assert_same_weights(tiny["sd1"], again)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(StablekitError, match="not a diffusers model folder"):
+        save_model(tiny["sd1"], tmp_path / "other")
 
 
 def test_saving_does_not_change_the_components(tiny, tmp_path):

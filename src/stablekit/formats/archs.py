@@ -39,11 +39,22 @@ def check_arch(arch: str) -> str:
 
 
 def read_configs(folder: Path) -> dict:
-    """The component configs of a diffusers folder (text_encoder_2 None when absent)."""
+    """The component configs of a diffusers folder (text_encoder_2 None when absent).
+
+    text_encoder_2 counts only if model_index.json lists it, so a stale sub-folder left by an
+    earlier save does not turn a model into SDXL.
+    """
     configs = {}
+    index = {}
+    if (Path(folder) / "model_index.json").is_file():
+        try:
+            index = json.loads((Path(folder) / "model_index.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise StablekitError(f"cannot read {Path(folder) / 'model_index.json'}: {exc}") from None
     for name, rel in CONFIG_FILES.items():
         path = Path(folder) / rel
-        if not path.is_file():
+        listed = (index.get(name) or [None])[0] is not None if index else True
+        if not path.is_file() or (name == "text_encoder_2" and not listed):
             if name == "text_encoder_2":
                 configs[name] = None
                 continue

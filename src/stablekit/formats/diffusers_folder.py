@@ -140,6 +140,8 @@ def save_folder(components: Components, path, dtype: torch.dtype | None = None) 
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise StablekitError(f"{path} is a file; a diffusers model is a folder (give a name without .safetensors)")
+    if path.is_dir() and any(path.iterdir()) and not is_diffusers_folder(path):
+        raise StablekitError(f"{path} exists and is not a diffusers model folder; give a new or empty folder")
     configs = module_configs(components)
     path.mkdir(parents=True, exist_ok=True)
     for component in ("unet", "vae", "text_encoder", "text_encoder_2"):

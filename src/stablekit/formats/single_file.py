@@ -19,7 +19,7 @@ from stablekit.formats.archs import ARCHS, module_configs, shipped_configs, toke
 from stablekit.formats.assemble import empty_modules, fill, make_components, set_prediction_type
 from stablekit.formats.detect import detect_arch
 from stablekit.formats.hashes import a1111_legacy_hash, a1111_short_hash
-from stablekit.formats.weights import open_weights, write_safetensors
+from stablekit.formats.weights import cast, open_weights, write_safetensors
 
 META_KEY = "stablekit"
 META_FORMAT = 1
@@ -93,8 +93,6 @@ def save_single_file(components: Components, path, dtype: torch.dtype | None = N
     renamed = components.extra.get("ldm_renamed", {})
     items = [(renamed.get(key, key), *rest) for key, *rest in ldm.write_items(modules, layout, configs, dtype)]
     written = {item[0] for item in items}
-    from stablekit.formats.weights import cast
-
     for key, tensor in components.extra.get("ldm_extra", {}).items():
         if key not in written:
             out = tensor.dtype if dtype is None or not tensor.is_floating_point() else dtype
