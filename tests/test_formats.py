@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from fixtures import one_thread, tiny_components, tiny_configs
+from fixtures import tiny_components, tiny_configs
 from stablekit.errors import StablekitError
 from stablekit.formats import clip_tokenizer, inspect_model, load_model, save_model
 from stablekit.formats.archs import ARCHS, shipped_configs
@@ -17,12 +17,6 @@ from stablekit.formats.detect import detect_arch
 from stablekit.formats.weights import open_weights
 
 MODULES = ("unet", "vae", "text_encoder", "text_encoder_2")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def assert_same_weights(a, b, dtype=None):
@@ -93,6 +87,32 @@ def test_diffusers_folder_round_trip_is_bit_exact(arch, tiny, single_files, tmp_
     assert_same_weights(tiny[arch], from_file)
     save_model(from_file, tmp_path / "model2", to="diffusers")
     assert_same_weights(tiny[arch], load_model(tmp_path / "model2"))
+
+
+def test_any_width_and_arch_name_round_trips_through_the_record(tmp_path):
+    # Like the embedded shapes model: SD 1 block types at other widths, a 3-level VAE, its own
+    # scheduler and tokenizer ids; only the stablekit record can describe it.
+    from stablekit.components import Components
+    from stablekit.formats.archs import build_modules
+
+    configs = tiny_configs("sd1")
+    configs["vae"].update(block_out_channels=[16, 32, 32], norm_num_groups=16, scaling_factor=0.7,
+                          down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3)
+    configs["unet"].update(block_out_channels=[16, 32, 32, 48], norm_num_groups=16, layers_per_block=1)
+    configs["text_encoder"].update(eos_token_id=49407, pad_token_id=49407, hidden_act="quick_gelu")
+    configs["scheduler"] = {"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 1000,
+                            "beta_schedule": "scaled_linear", "prediction_type": "v_prediction"}
+    torch.manual_seed(0)
+    modules = build_modules(configs)
+    comps = Components(arch="mini", unet=modules["unet"], vae=modules["vae"], text_encoder=modules["text_encoder"],
+                       tokenizer=clip_tokenizer(), scheduler_config=configs["scheduler"])
+    for target in (tmp_path / "mini.safetensors", tmp_path / "mini"):
+        loaded = load_model(save_model(comps, target, dtype="fp16"), dtype=None)
+        assert loaded.arch == "mini" and loaded.prediction_type == "v_prediction"
+        assert loaded.scheduler_config == comps.scheduler_config
+        assert loaded.vae.config.scaling_factor == 0.7 and loaded.vae_scale_factor == 4
+        assert loaded.text_encoder.config.eos_token_id == 49407
+        assert_same_weights(comps, loaded, dtype=torch.float16)
 
 
 def test_ldm_keys_follow_the_original_layout(single_files):

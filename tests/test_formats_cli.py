@@ -6,15 +6,9 @@ import json
 import pytest
 import torch
 
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 from stablekit.cli import main
 from stablekit.formats import load_model, save_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

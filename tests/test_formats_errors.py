@@ -8,16 +8,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 from stablekit.cli import main
 from stablekit.errors import StablekitError
 from stablekit.formats import inspect_model, load_model, save_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 class NotATensor:
