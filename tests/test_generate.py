@@ -124,3 +124,17 @@ def test_cli_folder_output_and_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("stablekit: error: width must be a positive multiple of 8") and "\n" not in err
     assert main(["generate", "a cat", "--model", str(tmp_path / "missing.safetensors")]) == 2
+
+
+def test_prompt_editing_switches_conditioning_mid_run():
+    pipe = Pipeline(tiny_components("sd1"), progress=False)
+
+    def gen(prompt):
+        return pipe.generate(prompt, negative_prompt="ugly", steps=4, cfg=5, sampler="Euler", seed=9, width=64,
+                             height=64, output="np")[0]
+
+    cat, dog = gen("a cat"), gen("a dog")
+    assert np.array_equal(gen("a [cat:dog:9]"), cat)  # switch after the last step: never happens
+    assert np.array_equal(gen("a [cat:dog:0]"), dog)  # in force from the first step
+    mixed = gen("a [cat:dog:0.5]")
+    assert not np.array_equal(mixed, cat) and not np.array_equal(mixed, dog)

@@ -17,7 +17,10 @@ from stablekit.components import Components
 from stablekit.generate.denoiser import Denoiser
 from stablekit.generate.noise import ImageNoise, resolve_seed
 from stablekit.generate.params import GenerationParams
+from stablekit.prompts.conditioning import Conditioning
 from stablekit.prompts.encode import PromptEncoder
+from stablekit.prompts.parse import extract_extra_networks
+from stablekit.prompts.schedule import at_step, prompt_schedule
 from stablekit.samplers import get_sampler, get_sigmas, resolve_schedule
 
 StepCallback = Callable[[dict], None]
@@ -72,8 +75,8 @@ class Pipeline:
         params.seed = resolve_seed(params.seed)
         sampler = get_sampler(params.sampler)
         schedule = resolve_schedule(params.schedule, params.sampler)
-        cond, uncond = self.prompts.encode_pair(params.prompt, params.negative_prompt, params.clip_skip)
         sigmas = get_sigmas(schedule, params.steps, self.denoiser, sampler=params.sampler)
+        model, cond, uncond = self._conditioned_model(params, sigmas)
 
         f = c.vae_scale_factor
         shape = (c.unet.config.in_channels, params.height // f, params.width // f)
@@ -84,7 +87,7 @@ class Pipeline:
             seeds = [params.seed + b * params.batch_size + i for i in range(params.batch_size)]
             noise = ImageNoise(seeds)
             x = noise.initial_latents(*shape).to(c.dtype) * sigmas[0]
-            extra = {"cond": cond.repeat(len(seeds)), "uncond": uncond.repeat(len(seeds)), "cfg_scale": params.cfg}
+            extra = {"cond": cond, "uncond": uncond, "cfg_scale": params.cfg}  # one row serves every image
             if c.is_sdxl:
                 extra["added_time_ids"] = torch.tensor([[params.height, params.width, 0, 0, params.height, params.width]],
                                                        dtype=c.dtype).repeat(len(seeds), 1)
@@ -95,7 +98,7 @@ class Pipeline:
                     callback({"batch": b, "batches": params.batch_count, "step": info.i + 1, "steps": info.steps})
 
             with torch.no_grad():
-                latents = sampler(self.denoiser, x, sigmas, extra_args=extra, callback=on_step, noise=noise)
+                latents = sampler(model, x, sigmas, extra_args=extra, callback=on_step, noise=noise)
             pixels = decode(c, latents)
             if output == "np":
                 images.extend(pixels)
@@ -105,6 +108,32 @@ class Pipeline:
                 images.append(image)
         bar.close()
         return images
+
+    def _conditioned_model(self, params: GenerationParams, sigmas: torch.Tensor):
+        """(model, cond, uncond). With A1111 prompt editing ([a:b:when], [a|b]) the model picks
+        the conditioning in force at each step; otherwise it is the plain Denoiser."""
+        enc = self.prompts
+        texts = [prompt_schedule(extract_extra_networks(p)[0], params.steps) for p in (params.prompt, params.negative_prompt)]
+        if len(texts[0]) == 1 and len(texts[1]) == 1:
+            cond, uncond = enc.encode_pair(texts[0][0][1], texts[1][0][1], params.clip_skip)
+            return self.denoiser, cond, uncond
+        conds, unconds = ([(end, enc.encode(t, params.clip_skip)) for end, t in sched] for sched in texts)
+        if params.negative_prompt == "" and enc.zero_empty_negative:  # as encode_pair does for SDXL
+            zero = conds[0][1]
+            unconds = [(params.steps, Conditioning(torch.zeros_like(zero.hidden_states),
+                                                   None if zero.pooled is None else torch.zeros_like(zero.pooled)))]
+        n = max(enc.n_chunks(c) for _, c in conds + unconds)
+        conds = [(end, enc.pad(c, n, params.clip_skip)) for end, c in conds]
+        unconds = [(end, enc.pad(c, n, params.clip_skip)) for end, c in unconds]
+        if unconds[0][1].hidden_states.shape[1] != conds[0][1].hidden_states.shape[1]:  # zeros: widen
+            z = unconds[0][1]
+            unconds = [(params.steps, Conditioning(z.hidden_states.new_zeros(conds[0][1].hidden_states.shape), z.pooled))]
+
+        def model(x, sigma, cond=None, uncond=None, **kwargs):
+            step = int((sigmas > float(torch.as_tensor(sigma).reshape(-1)[0]) * (1 + 1e-6)).sum())
+            return self.denoiser(x, sigma, at_step(conds, step), at_step(unconds, step), **kwargs)
+
+        return model, conds[0][1], unconds[0][1]
 
     def _annotate(self, image: Image.Image, params: GenerationParams, seed: int, schedule: str) -> None:
         from stablekit import __version__
