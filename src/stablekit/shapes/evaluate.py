@@ -103,7 +103,9 @@ def evaluate_model(generate_fn: Callable, steps: int = 20, sampler: str | None =
     """
     items = load_prompt_set(prompt_set)[:limit]
     images, t0 = [], time.time()
-    for s in range(0, len(items), batch_size):
+    from tqdm.auto import tqdm
+
+    for s in tqdm(range(0, len(items), batch_size), desc="eval", unit="batch", dynamic_ncols=True):
         chunk = items[s:s + batch_size]
         out = _call_generate(generate_fn, [i.prompt for i in chunk], [i.seed for i in chunk], steps, sampler)
         if len(out) != len(chunk):
@@ -185,6 +187,7 @@ def model_generate_fn(model_path: str | None = None, cfg: float | None = None, *
     except ImportError as exc:
         raise StablekitError("stablekit.load is not available yet in this build; "
                              "evaluate with evaluate_model(your_generate_fn) instead") from exc
+    load_kwargs.setdefault("progress", False)  # one bar per image would bury the evaluation's own
     pipe = load(model_path, **load_kwargs) if model_path else load(**load_kwargs)
 
     def generate(prompts, seeds, steps=20, sampler=None):
