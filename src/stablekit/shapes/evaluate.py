@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 from PIL import Image, ImageDraw
 
 from stablekit.errors import StablekitError
@@ -103,8 +104,6 @@ def evaluate_model(generate_fn: Callable, steps: int = 20, sampler: str | None =
     """
     items = load_prompt_set(prompt_set)[:limit]
     images, t0 = [], time.time()
-    from tqdm.auto import tqdm
-
     for s in tqdm(range(0, len(items), batch_size), desc="eval", unit="batch", dynamic_ncols=True):
         chunk = items[s:s + batch_size]
         out = _call_generate(generate_fn, [i.prompt for i in chunk], [i.seed for i in chunk], steps, sampler)
