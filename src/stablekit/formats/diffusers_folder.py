@@ -4,7 +4,7 @@ Read: each component's config.json and weights (`diffusion_pytorch_model[.fp16].
 `model[.fp16].safetensors`, also sharded via `*.safetensors.index.json`; `.bin` pickles only with
 allow_pickle). Text encoder weights with or without transformers' old `text_model.` prefix load.
 Written: the layout `DiffusionPipeline.from_pretrained` reads, text encoders with the `text_model.`
-prefix (readable by every transformers version), tokenizers as transformers saves them, and the
+prefix (readable by every transformers version), CLIP tokenizers as vocab.json + merges.txt, and the
 stablekit arch in model_index.json under "_stablekit" (diffusers ignores keys starting with "_").
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from stablekit.formats.archs import CONFIG_FILES, module_configs, read_configs, 
 from stablekit.formats.assemble import empty_modules, fill, make_components, set_prediction_type
 from stablekit.formats.hashes import a1111_short_hash
 from stablekit.formats.weights import cast, open_weights, write_safetensors
+from stablekit.formats.tokenizer import save_clip_tokenizer
 
 WEIGHT_BASE = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model",
                "text_encoder": "model", "text_encoder_2": "model"}
@@ -167,7 +168,7 @@ def save_folder(components: Components, path, dtype: torch.dtype | None = None) 
     for component, folder in TOKENIZERS.items():
         tokenizer = components.tokenizer if component == "text_encoder" else components.tokenizer_2
         if tokenizer is not None:
-            tokenizer.save_pretrained(str(path / folder))
+            save_clip_tokenizer(tokenizer, path / folder)
     _write_json(path / "model_index.json", _model_index(components, scheduler["_class_name"]))
 
 

@@ -67,3 +67,23 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>", model_max_length: int = 77)
         pad_token=pad_token,
         model_max_length=model_max_length,
     )
+
+
+def save_clip_tokenizer(tokenizer, folder) -> None:
+    """Save a tokenizer the way SD's hub folders hold it: vocab.json + merges.txt + config.
+
+    transformers 5 writes only tokenizer.json (3.6 MB for CLIP); vocab.json + merges.txt hold the
+    same BPE in 1.4 MB and every transformers version reads them. A tokenizer with added tokens
+    (textual inversion) is saved whole, since those live only in the full format.
+    """
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    tokenizer.save_pretrained(str(folder))
+    vocab, merges = clip_vocab_and_merges()
+    if len(tokenizer) != len(vocab):
+        return
+    (folder / "tokenizer.json").unlink(missing_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")

@@ -1,0 +1,57 @@
+"""The committed shapes model loads through the same loaders as a real checkpoint and draws what it is asked."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import stablekit
+from stablekit.cli import main
+from stablekit.formats import load_model
+
+MODEL_DIR = Path(stablekit.EMBEDDED_MODEL).parent
+
+
+def test_single_file_and_diffusers_folder_hold_the_same_model():
+    single = load_model(MODEL_DIR / "shapes.safetensors")
+    folder = load_model(MODEL_DIR / "diffusers")
+    assert single.arch == folder.arch == "shapes"
+    assert single.prediction_type == "v_prediction"
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(single, name).state_dict(), getattr(folder, name).state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert single.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_embedded_model_is_small_enough_to_ship():
+    total = sum(p.stat().st_size for p in MODEL_DIR.rglob("*") if p.is_file())
+    assert total <= 30 * 2**20, f"{total / 2**20:.1f} MiB"
+
+
+def test_default_model_follows_prompts():
+    """What the committed model does reliably (docs/benchmarks.md: background 0.95, position 0.98,
+    size 0.90 on eval-v1); shape and colour are not yet reliable enough to assert per image."""
+    from stablekit.shapes.judge import Judge
+
+    pipe = stablekit.load(progress=False)
+    asks = [("a large red circle on a blue background", dict(background="blue", size="large")),
+            ("a small yellow square on a black background at the top", dict(background="black", size="small", position="top")),
+            ("a large white triangle on a green background", dict(background="green", size="large")),
+            ("a small purple star on the left, orange background", dict(background="orange", size="small", position="left"))]
+    judge = Judge.load()
+    images = [np.asarray(pipe.generate(prompt, seed=1, steps=20)[0]) for prompt, _ in asks]
+    found = judge.judge(images)
+    hits = sum(all(got[k] == v for k, v in want.items()) for got, (_, want) in zip(found, asks))
+    assert hits >= 3, found
+
+
+def test_cli_generate_without_model_uses_the_embedded_model(tmp_path):
+    out = tmp_path / "demo.png"
+    assert main(["generate", "a large red star on a blue background", "--seed", "3", "--steps", "8",
+                 "--out", str(out), "--no-progress"]) == 0
+    from PIL import Image
+
+    assert Image.open(out).size == (64, 64)
