@@ -68,7 +68,9 @@ def evaluate_images(items: Sequence[PromptItem], images, judge=None) -> dict:
     for a in OPTIONAL_ATTRIBUTES:
         shown = [f.get(a) for item, f in zip(items, found) if a not in item.named]
         if shown:
-            diversity[a] = normalized_entropy(shown, len(POSSIBLE_VALUES[a]))
+            # a value outside the base world (e.g. the judge reading teal) widens the support, so
+            # the fraction stays <= 1 instead of crediting an off-domain answer as extra diversity
+            diversity[a] = normalized_entropy(shown, len(set(POSSIBLE_VALUES[a]) | set(shown)))
     return {
         "n": len(items),
         "adherence": float(np.mean(scores)) if scores else 0.0,
