@@ -155,7 +155,7 @@ def stage_text(cfg: PretrainConfig, out: Path):
     images, captions, caption_index = load_data(out)
     tok = clip_tokenizer()
     ids = tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    strategy = ContrastiveTextStrategy(te, SmallImageEncoder(arch.TEXT_CONFIG["projection_dim"] * 2), 
+    strategy = ContrastiveTextStrategy(te, SmallImageEncoder(arch.TEXT_CONFIG["projection_dim"] * 2),
                                        embed_dim=arch.TEXT_CONFIG["projection_dim"] * 2)
     tc = TrainConfig(out_dir=str(out / "text"), steps=cfg.text_steps, batch_size=cfg.text_batch, lr=cfg.text_lr,
                      warmup_steps=50, seed=cfg.seed, checkpoint_every=200, sample_every=0, threads=cfg.threads,
