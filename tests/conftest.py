@@ -6,6 +6,10 @@ The fixtures are tiny; thread start-up costs more than it saves on them, and on 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a hub
+if "STABLEKIT_CACHE_DIR" not in os.environ:  # model-hash cache: never the user's own
+    import tempfile
+
+    os.environ["STABLEKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="stablekit-test-cache-")
 
 import torch  # noqa: E402
 

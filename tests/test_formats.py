@@ -324,6 +324,24 @@ def test_a1111_hashes(single_files):
     assert info["sha256"] == hashlib.sha256(data).hexdigest()
 
 
+def test_model_hash_is_lazy_and_cached_per_file_version(tmp_path, monkeypatch, single_files):
+    from stablekit.formats import hashes
+
+    monkeypatch.setenv("STABLEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(single_files["sd1"].read_bytes())
+    comps = load_model(path)
+    assert not (tmp_path / "cache" / "hashes.json").exists()  # loading did not hash the file
+    first = comps.hash
+    assert first == hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+    calls = []
+    monkeypatch.setattr(hashes, "sha256_file", lambda p: calls.append(p) or "f" * 64)
+    assert hashes.a1111_short_hash(path) == first and not calls  # served from the cache
+    with open(path, "ab") as f:  # a changed file (size and mtime) is hashed again
+        f.write(b"\0")
+    assert hashes.a1111_short_hash(path) == "f" * 10 and len(calls) == 1
+
+
 # ----------------------------------------------------------------------------- inspect
 def test_inspect_reports_arch_and_parameters(tiny, single_files):
     for arch, path in single_files.items():

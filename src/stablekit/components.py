@@ -17,6 +17,8 @@ class Components:
     scheduler_config: the diffusers scheduler config of the training noise schedule
         (num_train_timesteps, beta_start, beta_end, beta_schedule, prediction_type, ...).
     name / hash: what A1111 prints as "Model" and "Model hash" (short sha256, 10 hex digits).
+        The hash is computed on first use from `hash_file` (and cached on disk): loading a
+        model never waits for a multi-GB sha256.
     """
 
     arch: str
@@ -28,9 +30,22 @@ class Components:
     text_encoder_2: Any = None
     tokenizer_2: Any = None
     name: str = ""
-    hash: str = ""
+    hash_file: str = ""  # the file whose sha256 is the model hash
     source: str = ""  # path it was loaded from
     extra: dict = field(default_factory=dict)
+    _hash: str = field(default="", repr=False)
+
+    @property
+    def hash(self) -> str:
+        if not self._hash and self.hash_file:
+            from stablekit.formats.hashes import a1111_short_hash
+
+            self._hash = a1111_short_hash(self.hash_file)
+        return self._hash
+
+    @hash.setter
+    def hash(self, value: str) -> None:
+        self._hash = value
 
     @property
     def prediction_type(self) -> str:

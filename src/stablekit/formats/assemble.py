@@ -39,7 +39,7 @@ def set_prediction_type(configs: dict, prediction_type: str | None) -> dict:
     return configs
 
 
-def make_components(arch: str, modules: dict, configs: dict, tokenizers, name: str, hash: str, source: str,
+def make_components(arch: str, modules: dict, configs: dict, tokenizers, name: str, hash_file: str, source: str,
                     extra: dict) -> Components:
     return Components(
         arch=arch,
@@ -51,7 +51,7 @@ def make_components(arch: str, modules: dict, configs: dict, tokenizers, name: s
         text_encoder_2=modules.get("text_encoder_2"),
         tokenizer_2=tokenizers[1],
         name=name,
-        hash=hash,
+        hash_file=hash_file,
         source=source,
         extra=extra,
     )

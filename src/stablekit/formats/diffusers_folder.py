@@ -18,7 +18,6 @@ from stablekit.components import Components
 from stablekit.errors import StablekitError
 from stablekit.formats.archs import CONFIG_FILES, module_configs, read_configs, tokenizers_for
 from stablekit.formats.assemble import empty_modules, fill, make_components, set_prediction_type
-from stablekit.formats.hashes import a1111_short_hash
 from stablekit.formats.weights import cast, open_weights, write_safetensors
 from stablekit.formats.tokenizer import save_clip_tokenizer
 
@@ -84,7 +83,7 @@ def load_folder(path, arch=None, dtype=torch.float32, allow_pickle=False, predic
     tokenizers = _load_tokenizers(path, arch, configs)
     unet_file = weight_files(path / "unet", "unet", allow_pickle)[0]
     extra = {"format": "diffusers"}
-    return make_components(arch, modules, configs, tokenizers, name=path.name, hash=a1111_short_hash(unet_file),
+    return make_components(arch, modules, configs, tokenizers, name=path.name, hash_file=str(unet_file),
                            source=str(path), extra=extra)
 
 

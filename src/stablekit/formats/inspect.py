@@ -5,7 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 from stablekit.errors import StablekitError
-from stablekit.formats.hashes import a1111_legacy_hash, sha256_file
+from stablekit.formats.hashes import a1111_legacy_hash, cached_sha256
 from stablekit.formats.weights import DTYPE_NAMES, open_weights
 
 # LDM prefixes counted per component (anything else, e.g. model_ema.*, is "other").
@@ -78,7 +78,7 @@ def _inspect_file(path: Path, allow_pickle: bool) -> dict:
             info.update(architecture="unknown", problem=str(exc))
         info["stablekit_metadata"] = False
     info.update(_summary([(k, weights.shape(k), weights.dtype(k)) for k in weights.keys()], _ldm_part))
-    digest = sha256_file(path)
+    digest = cached_sha256(path)
     info.update(size_bytes=path.stat().st_size, hash=digest[:10], sha256=digest, legacy_hash=a1111_legacy_hash(path))
     return info
 
@@ -100,6 +100,6 @@ def _inspect_folder(path: Path, allow_pickle: bool) -> dict:
             tensors += [(component, weights.shape(k), weights.dtype(k)) for k in weights.keys()]
     info.update(_summary(tensors, lambda component: component))
     unet_file = weight_files(path / "unet", "unet", allow_pickle)[0]
-    digest = sha256_file(unet_file)
+    digest = cached_sha256(unet_file)
     info.update(size_bytes=size, hash=digest[:10], sha256=digest, hash_of=str(unet_file.relative_to(path)))
     return info

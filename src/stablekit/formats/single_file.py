@@ -18,7 +18,7 @@ from stablekit.formats import ldm
 from stablekit.formats.archs import ARCHS, module_configs, shipped_configs, tokenizers_for
 from stablekit.formats.assemble import empty_modules, fill, make_components, set_prediction_type
 from stablekit.formats.detect import detect_arch
-from stablekit.formats.hashes import a1111_legacy_hash, a1111_short_hash
+from stablekit.formats.hashes import a1111_legacy_hash
 from stablekit.formats.weights import cast, open_weights, write_safetensors
 
 META_KEY = "stablekit"
@@ -76,7 +76,7 @@ def load_single_file(path, arch=None, dtype=torch.float32, allow_pickle=False, p
         "file_metadata": {k: v for k, v in weights.metadata.items() if k != META_KEY},
     }
     return make_components(arch, modules, configs, tokenizers_for(arch, configs), name=path.stem,
-                           hash=a1111_short_hash(path), source=str(path), extra=extra)
+                           hash_file=str(path), source=str(path), extra=extra)
 
 
 def save_single_file(components: Components, path, dtype: torch.dtype | None = None) -> None:

@@ -175,3 +175,63 @@ def parse_caption(text: str) -> dict:
         if any(p in lowered for p in phrases):
             named["position"] = position
     return named
+
+
+def _fix_articles(words: list[str]) -> list[str]:
+    return [(_article(words[k + 1]) if w in ("a", "an") and k + 1 < len(words) else w)
+            for k, w in enumerate(words)]
+
+
+def hard_negatives(text: str, k: int = 6, seed: int = 0) -> list[str]:
+    """`k` captions that differ from `text` in one attribute, so none can describe an image that
+    `text` describes: every other base shape first (the attribute contrastive training otherwise
+    ignores -- star and triangle embedded almost alike), then a wrong object colour, the object
+    and background colours swapped, a wrong background, size or position.
+
+    For contrastive text-encoder pretraining with hard negatives (Yuksekgonul et al. 2023,
+    "NegCLIP"): a batch of random captions rarely holds two that differ only in the shape word,
+    so without them the encoder never has to tell shapes apart.
+    """
+    from stablekit.shapes.render import BASE_SHAPES, COLORS, SIZES
+
+    rng = np.random.default_rng([seed, sum(map(ord, text)), len(text)])
+    words = text.replace(",", " ,").split()
+    named = parse_caption(text)
+
+    def swapped(index: int, new: str) -> str:
+        out = list(words)
+        out[index] = new
+        return " ".join(_fix_articles(out)).replace(" ,", ",")
+
+    where = {}
+    for i, w in enumerate(words):
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        if w in BASE_SHAPES:
+            where["shape"] = i
+        elif w in COLORS:
+            where["background" if nxt == "background" else "color"] = i
+        elif w in SIZES:
+            where["size"] = i
+    shape_negs = [swapped(where["shape"], s) for s in BASE_SHAPES if s != named.get("shape")] if "shape" in where else []
+    others = []
+    taken = {named.get("color"), named.get("background")}
+    if "color" in where:
+        others.append(swapped(where["color"], str(rng.choice([c for c in COLORS if c not in taken]))))
+    if "color" in where and "background" in where:
+        out = list(words)
+        out[where["color"]], out[where["background"]] = words[where["background"]], words[where["color"]]
+        others.append(" ".join(_fix_articles(out)).replace(" ,", ","))
+    if "background" in where:
+        others.append(swapped(where["background"], str(rng.choice([c for c in COLORS if c not in taken]))))
+    if "size" in where:
+        others.append(swapped(where["size"], "small" if named["size"] == "large" else "large"))
+    if "position" in named:
+        phrase = next(p for p in POSITION_PHRASES[named["position"]] if p in text)
+        other = str(rng.choice([p for p in POSITION_PHRASES if p != named["position"]]))
+        others.append(text.replace(phrase, POSITION_PHRASES[other][0]))
+    rng.shuffle(others)
+    negs = (shape_negs + others)[:k]
+    pool = shape_negs or list(negs)
+    while negs and len(negs) < k:  # short captions ("a star"): repeat the shape swaps
+        negs.append(pool[len(negs) % len(pool)])
+    return negs

@@ -37,6 +37,7 @@ class PretrainConfig:
     text_steps: int = 800
     text_batch: int = 256
     text_lr: float = 1e-3
+    text_negatives: int = 6  # hard-negative captions per caption (one attribute changed); 0 = plain CLIP
     unet_steps: int = 4000
     unet_batch: int = 64
     unet_lr: float = 5e-4
@@ -55,8 +56,10 @@ def _pixels(images_u8: np.ndarray) -> torch.Tensor:
 class PixelData:
     """Rendered images (and tokenised captions) as a training dataset."""
 
-    def __init__(self, images: np.ndarray, caption_index: np.ndarray, input_ids: torch.Tensor | None = None):
+    def __init__(self, images: np.ndarray, caption_index: np.ndarray, input_ids: torch.Tensor | None = None,
+                 negative_ids: torch.Tensor | None = None):
         self.images, self.caption_index, self.input_ids = images, caption_index, input_ids
+        self.negative_ids = negative_ids  # [captions, K, L] hard negatives per caption
 
     def __len__(self):
         return len(self.images)
@@ -66,6 +69,8 @@ class PixelData:
         if self.input_ids is not None:
             cid = torch.from_numpy(self.caption_index[indices])
             batch.update(input_ids=self.input_ids[cid], caption_ids=cid)
+            if self.negative_ids is not None:
+                batch["negative_input_ids"] = self.negative_ids[cid]
         return batch
 
 
@@ -152,15 +157,23 @@ def stage_text(cfg: PretrainConfig, out: Path):
     if final.exists():
         te.load_state_dict(torch.load(final, weights_only=True))
         return te
+    from stablekit.shapes.captions import hard_negatives
+
     images, captions, caption_index = load_data(out)
     tok = clip_tokenizer()
-    ids = tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    negatives = [n for c in captions for n in hard_negatives(c, k=cfg.text_negatives, seed=cfg.seed)]
+    # Padded to the longest caption, not 77: the pooled (end-of-text) state sees only the tokens
+    # before it (causal mask), so it is the same and training is ~4x cheaper.
+    ids = tok(captions + negatives, padding="longest", truncation=True, max_length=77, return_tensors="pt").input_ids
+    negative_ids = (ids[len(captions):].reshape(len(captions), cfg.text_negatives, -1)
+                    if cfg.text_negatives else None)
+    ids = ids[:len(captions)]
     strategy = ContrastiveTextStrategy(te, SmallImageEncoder(arch.TEXT_CONFIG["projection_dim"] * 2),
                                        embed_dim=arch.TEXT_CONFIG["projection_dim"] * 2)
     tc = TrainConfig(out_dir=str(out / "text"), steps=cfg.text_steps, batch_size=cfg.text_batch, lr=cfg.text_lr,
                      warmup_steps=50, seed=cfg.seed, checkpoint_every=200, sample_every=0, threads=cfg.threads,
                      weight_decay=0.1, log_every=10)
-    train(tc, strategy, PixelData(images, caption_index, ids))
+    train(tc, strategy, PixelData(images, caption_index, ids, negative_ids))
     save_atomic(te.state_dict(), final)
     return te
 

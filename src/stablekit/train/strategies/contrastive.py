@@ -3,6 +3,11 @@
 SD freezes a CLIP text encoder that was trained this way; we do the same on the target domain.
 A small image encoder exists only to give the text encoder something to agree with and is
 thrown away. The text side uses the pooled (end-of-text) state, as CLIP does.
+
+Optional hard negatives (NegCLIP, Yuksekgonul et al. 2023): a batch may carry
+`negative_input_ids` [B, K, L], captions known to be wrong for image i (one attribute changed).
+They join image i's row of the image->text logits only, so they can never be false negatives
+for another image.
 """
 from __future__ import annotations
 
@@ -52,16 +57,31 @@ class ContrastiveTextStrategy:
         self.text_encoder.train()
         self.image_encoder.train()
         img = F.normalize(self.image_encoder(batch["pixels"]).float(), dim=-1)
-        pooled = self.text_encoder(input_ids=batch["input_ids"]).pooler_output
-        txt = F.normalize(self.text_projection(pooled).float(), dim=-1)
+        txt = self._text(batch["input_ids"])
         # Identical captions in a batch are not negatives of each other's images.
         same = batch["caption_ids"][:, None] == batch["caption_ids"][None, :]
-        logits = self.logit_scale.clamp(max=4.6052).exp() * img @ txt.T
+        scale = self.logit_scale.clamp(max=4.6052).exp()
+        logits = scale * img @ txt.T
         target = same.float() / same.float().sum(1, keepdim=True)
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target.T))
+        text_loss = F.cross_entropy(logits.T, target.T)
+        stats = {}
+        negatives = batch.get("negative_input_ids")
+        if negatives is not None:
+            b, k, length = negatives.shape
+            neg = self._text(negatives.reshape(b * k, length)).reshape(b, k, -1)
+            hard = scale * torch.einsum("bd,bkd->bk", img, neg)
+            with torch.no_grad():
+                stats["hard_acc"] = (logits.diagonal()[:, None] > hard).all(1).float().mean()
+            logits = torch.cat([logits, hard], dim=1)
+            target = torch.cat([target, torch.zeros_like(hard)], dim=1)
+        loss = 0.5 * (F.cross_entropy(logits, target) + text_loss)
         with torch.no_grad():
-            acc = (logits.argmax(1) == torch.arange(len(logits))).float().mean()
-        return loss, {"acc": acc}
+            stats["acc"] = (logits[:, :len(txt)].argmax(1) == torch.arange(len(txt))).float().mean()
+        return loss, stats
+
+    def _text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        pooled = self.text_encoder(input_ids=input_ids).pooler_output
+        return F.normalize(self.text_projection(pooled).float(), dim=-1)
 
     def state_dict(self) -> dict:
         return {
