@@ -2,7 +2,8 @@
 
     data   render the captioned training set (base shapes only), cached as one .npz
     vae    stage 1: KL autoencoder, 64x64x3 <-> 16x16x4
-    text   CLIP-architecture text encoder, contrastive image-text pretraining, then frozen
+    text   CLIP-architecture text encoder, contrastive image-text pretraining with hard-negative
+           captions (one attribute changed), then frozen
     cache  latents (posterior mean x scale factor) and text hidden states per distinct caption
     unet   stage 2: conditional UNet, v-objective on SD's noise schedule, caption dropout, EMA
     export the Components as a diffusers folder and a single LDM-layout .safetensors
@@ -31,14 +32,14 @@ class PretrainConfig:
     out: str = "runs/shapes-pretrain"
     seed: int = 0
     n_images: int = 100_000
-    vae_steps: int = 1500
+    vae_steps: int = 3000
     vae_batch: int = 32
     vae_lr: float = 1e-3
-    text_steps: int = 800
+    text_steps: int = 1500
     text_batch: int = 256
     text_lr: float = 1e-3
     text_negatives: int = 6  # hard-negative captions per caption (one attribute changed); 0 = plain CLIP
-    unet_steps: int = 4000
+    unet_steps: int = 5500
     unet_batch: int = 64
     unet_lr: float = 5e-4
     caption_dropout: float = 0.1
