@@ -32,20 +32,24 @@ def test_embedded_model_is_small_enough_to_ship():
 
 
 def test_default_model_follows_prompts():
-    """What the committed model does reliably (docs/benchmarks.md: background 0.95, position 0.98,
-    size 0.90 on eval-v1); shape and colour are not yet reliable enough to assert per image."""
+    """Every named attribute, shape and colour included, on fixed seeds (docs/benchmarks.md:
+    adherence 0.923 on eval-v1; shape 0.83, colour 0.89, the rest >= 0.97)."""
     from stablekit.shapes.judge import Judge
 
     pipe = stablekit.load(progress=False)
-    asks = [("a large red circle on a blue background", dict(background="blue", size="large")),
-            ("a small yellow square on a black background at the top", dict(background="black", size="small", position="top")),
-            ("a large white triangle on a green background", dict(background="green", size="large")),
-            ("a small purple star on the left, orange background", dict(background="orange", size="small", position="left"))]
+    asks = [("a large red circle on a blue background", dict(shape="circle", color="red", background="blue", size="large")),
+            ("a small yellow square on a black background at the top",
+             dict(shape="square", color="yellow", background="black", size="small", position="top")),
+            ("a large white triangle on a green background", dict(shape="triangle", color="white", background="green", size="large")),
+            ("a large purple star on the left, orange background",
+             dict(shape="star", color="purple", background="orange", size="large", position="left")),
+            ("a green star at the bottom, white background", dict(shape="star", color="green", background="white", position="bottom")),
+            ("a small black triangle on the right", dict(shape="triangle", color="black", size="small", position="right"))]
     judge = Judge.load()
     images = [np.asarray(pipe.generate(prompt, seed=1, steps=20)[0]) for prompt, _ in asks]
     found = judge.judge(images)
     hits = sum(all(got[k] == v for k, v in want.items()) for got, (_, want) in zip(found, asks))
-    assert hits >= 3, found
+    assert hits >= 5, found  # 5 of 6 with the committed model (the green star comes out black)
 
 
 def test_cli_generate_without_model_uses_the_embedded_model(tmp_path):
