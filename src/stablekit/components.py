@@ -61,4 +61,6 @@ class Components:
 
     @property
     def dtype(self):
-        return self.unet.dtype
+        from stablekit.generate.denoiser import module_dtype
+
+        return module_dtype(self.unet)

@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from stablekit.components import Components
-from stablekit.generate.denoiser import Denoiser
+from stablekit.generate.denoiser import Denoiser, module_dtype
 from stablekit.generate.noise import ImageNoise, resolve_seed
 from stablekit.generate.params import GenerationParams
 from stablekit.prompts.conditioning import Conditioning
@@ -33,7 +33,7 @@ def decode(components: Components, latents: torch.Tensor) -> np.ndarray:
     if getattr(vae.config, "shift_factor", None):
         z = z + vae.config.shift_factor
     with torch.no_grad():
-        x = vae.decode(z.to(vae.dtype)).sample.float()
+        x = vae.decode(z.to(module_dtype(vae))).sample.float()
     return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
