@@ -52,6 +52,34 @@ def test_default_model_follows_prompts():
     assert hits >= 5, found  # 5 of 6 with the committed model (the green star comes out black)
 
 
+def test_img2img_keeps_the_object_at_low_strength_and_recolours_at_high():
+    """img2img on renders, the prompt changing only the colour. Measured (12 renders, CFG 7):
+    strength 0.3 keeps shape and place 12/12 but recolours 1/12 (the spec's img2img target asks
+    for >= 0.8 recoloured at 0.3: not met by plain img2img, see docs/generation.md); 0.7
+    recolours 12/12 and keeps shape and place 8/12."""
+    from PIL import Image
+
+    from stablekit.generate.pipeline import decode, encode
+    from stablekit.shapes.captions import make_batch
+    from stablekit.shapes.judge import Judge
+
+    pipe = stablekit.load(progress=False)
+    images, _, specs = make_batch(4, seed=11, sizes=("large",))
+    roundtrip = decode(pipe.components, encode(pipe.components, images.astype(np.float32) / 255))
+    judge = Judge.load()
+    kept = recoloured = 0
+    for image, spec, rt in zip(images, specs, roundtrip):
+        low = pipe.img2img(Image.fromarray(image), "a picture", strength=0.02, seed=1, output="np")[0]
+        assert np.abs(low - rt).mean() < 0.01  # one step at the smallest sigma: the VAE round trip
+        new = next(c for c in ("blue", "yellow", "red") if c not in (spec.color, spec.background))
+        prompt = f"a large {new} {spec.shape} on a {spec.background} background"
+        got = judge.judge([np.asarray(pipe.img2img(Image.fromarray(image), prompt, strength=s, seed=1)[0])
+                           for s in (0.3, 0.7)])
+        kept += got[0]["shape"] == spec.shape and got[0]["position"] == spec.position
+        recoloured += got[1]["color"] == new
+    assert kept >= 3 and recoloured >= 3, (kept, recoloured)
+
+
 def test_cli_generate_without_model_uses_the_embedded_model(tmp_path):
     out = tmp_path / "demo.png"
     assert main(["generate", "a large red star on a blue background", "--seed", "3", "--steps", "8",

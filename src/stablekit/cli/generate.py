@@ -25,6 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default 1)")
     p.add_argument("--batch-count", type=int, default=None, help="number of batches (default 1)")
     p.add_argument("--clip-skip", type=int, default=None, help="A1111 clip skip (default 1)")
+    p.add_argument("--init-image", default=None, metavar="FILE", help="img2img: start from this image (size defaults to its own)")
+    p.add_argument("--strength", type=float, default=None, help="img2img denoising strength 0..1 (default 0.75)")
     p.add_argument("--out", default=None, help="a .png file for one image, a folder for several (default: outputs/)")
     p.add_argument("--from-png", default=None, metavar="FILE", help="regenerate a PNG from its stored parameters; other flags override")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (default fp32)")
@@ -71,7 +73,7 @@ def run(args) -> int:
     overrides = {"prompt": args.prompt, "negative_prompt": args.negative, "steps": args.steps, "cfg": args.cfg,
                  "sampler": args.sampler, "schedule": args.schedule, "seed": args.seed, "width": args.width,
                  "height": args.height, "batch_size": args.batch_size, "batch_count": args.batch_count,
-                 "clip_skip": args.clip_skip}
+                 "clip_skip": args.clip_skip, "denoising_strength": args.strength}
     params = GenerationParams.from_dict({**params.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
     if params.prompt is None:
         raise StablekitError("no prompt: give one, e.g. stablekit generate \"a red circle\", or use --from-png FILE")
@@ -82,7 +84,10 @@ def run(args) -> int:
     pipe = stablekit.load(model, dtype=dtype, arch=args.arch, allow_pickle=args.allow_pickle, progress=not args.no_progress)
     if model_record.get("hash") and pipe.components.hash and model_record["hash"] != pipe.components.hash:
         print(f"note: the PNG was made with model hash {model_record['hash']}, this model is {pipe.components.hash}")
-    images = pipe.run(params)
+    if params.denoising_strength is not None and args.init_image is None:
+        raise StablekitError(f"denoising strength {params.denoising_strength} means img2img: give --init-image FILE "
+                             "(or leave out --strength for txt2img)")
+    images = pipe.run(params, init_image=args.init_image)
     seeds = [json.loads(im.info["stablekit"])["seed"] for im in images]
     for image, path in zip(images, output_paths(args.out, len(images), seeds)):
         save_png(image, path, image.info["parameters"], json.loads(image.info["stablekit"]))

@@ -26,6 +26,7 @@ class GenerationParams:
     batch_size: int = 1  # images per UNet call
     batch_count: int = 1  # sequential batches
     clip_skip: int = 1  # Clip skip
+    denoising_strength: float | None = None  # Denoising strength; None: txt2img, else img2img
 
     def validate(self, multiple: int = 8) -> "GenerationParams":
         for name in ("width", "height"):
@@ -38,6 +39,8 @@ class GenerationParams:
             raise StablekitError(f"batch size and batch count must be >= 1 (got {self.batch_size}, {self.batch_count})")
         if self.cfg < 0:
             raise StablekitError(f"CFG scale must be >= 0 (got {self.cfg})")
+        if self.denoising_strength is not None and not 0 <= self.denoising_strength <= 1:
+            raise StablekitError(f"denoising strength must be between 0 and 1 (got {self.denoising_strength})")
         return self
 
     def to_dict(self) -> dict:
@@ -65,4 +68,5 @@ class GenerationParams:
             steps=int(get("Steps", 20)), cfg=float(get("CFG scale", 7.0)), sampler=sampler, schedule=schedule,
             seed=int(get("Seed", -1)), width=int(width) if width else None, height=int(height) if height else None,
             clip_skip=int(get("Clip skip", 1)),
+            denoising_strength=float(get("Denoising strength")) if get("Denoising strength") is not None else None,
         )

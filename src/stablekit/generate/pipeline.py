@@ -37,6 +37,44 @@ def decode(components: Components, latents: torch.Tensor) -> np.ndarray:
     return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
+def encode(components: Components, images: np.ndarray) -> torch.Tensor:
+    """Float images [B, H, W, 3] in [0, 1] -> scaled latents (the posterior mean, as A1111 and
+    diffusers' img2img with a fixed generator-free mode take)."""
+    vae = components.vae
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(x.to(module_dtype(vae))).latent_dist.mean.float()
+    if getattr(vae.config, "shift_factor", None):
+        z = z - vae.config.shift_factor
+    return z * vae.config.scaling_factor
+
+
+def load_init_image(image, width: int | None, height: int | None, multiple: int) -> np.ndarray:
+    """A path or PIL image -> float RGB [H, W, 3] in [0, 1], resized to width x height (A1111's
+    "Just resize"); without a size, the image's own size rounded down to a multiple of `multiple`."""
+    from stablekit.errors import StablekitError
+
+    if not isinstance(image, Image.Image):
+        try:
+            with Image.open(image) as im:
+                image = im.convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise StablekitError(f"cannot read init image {image}: {exc}; give a PNG/JPEG/WebP file") from None
+    image = image.convert("RGB")
+    w = width or max(multiple, image.width // multiple * multiple)
+    h = height or max(multiple, image.height // multiple * multiple)
+    if image.size != (w, h):
+        image = image.resize((w, h), Image.LANCZOS)
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def img2img_sigmas(sigmas: torch.Tensor, steps: int, strength: float) -> torch.Tensor:
+    """A1111's img2img schedule: of the full `steps` schedule, the last int(strength * steps) + 1
+    steps (sd_samplers_common.setup_img2img_steps, without "fix steps")."""
+    t_enc = int(min(strength, 0.999) * steps)
+    return sigmas[steps - t_enc - 1:]
+
+
 def to_pil(images: np.ndarray) -> list[Image.Image]:
     return [Image.fromarray(a) for a in (images * 255).round().astype(np.uint8)]
 
@@ -66,27 +104,48 @@ class Pipeline:
         float arrays [H, W, 3] in [0, 1] (no metadata) instead of PIL images."""
         return self.run(GenerationParams(prompt=prompt, **settings), callback=callback, output=output)
 
-    def run(self, params: GenerationParams, callback: StepCallback | None = None, output: str = "pil") -> list:
+    def img2img(self, image, prompt: str = "", strength: float = 0.75, callback: StepCallback | None = None,
+                output: str = "pil", **settings) -> list[Image.Image]:
+        """img2img: `image` (path or PIL) is encoded, noised to the sigma where `strength` of the
+        schedule remains, and denoised from there (A1111's semantics: int(strength * steps) + 1
+        sampler steps). Other settings as generate(); size defaults to the image's."""
+        return self.run(GenerationParams(prompt=prompt, denoising_strength=strength, **settings),
+                        callback=callback, output=output, init_image=image)
+
+    def run(self, params: GenerationParams, callback: StepCallback | None = None, output: str = "pil",
+            init_image=None) -> list:
         c = self.components
         params = GenerationParams(**params.to_dict())  # never mutate the caller's
         params.validate()
+        init_latents = None
+        if init_image is not None:
+            if params.denoising_strength is None:
+                params.denoising_strength = 0.75  # A1111's default
+            pixels = load_init_image(init_image, params.width, params.height, 8)
+            params.height, params.width = pixels.shape[:2]
+            init_latents = encode(c, pixels[None]).to(c.dtype)
         params.width = params.width or self.native_size
         params.height = params.height or self.native_size
+        params.validate()
         params.seed = resolve_seed(params.seed)
         sampler = get_sampler(params.sampler)
         schedule = resolve_schedule(params.schedule, params.sampler)
         sigmas = get_sigmas(schedule, params.steps, self.denoiser, sampler=params.sampler)
+        if init_latents is not None:
+            sigmas = img2img_sigmas(sigmas, params.steps, params.denoising_strength)
         model, cond, uncond = self._conditioned_model(params, sigmas)
 
         f = c.vae_scale_factor
         shape = (c.unet.config.in_channels, params.height // f, params.width // f)
-        total = params.steps * params.batch_count
+        total = (len(sigmas) - 1) * params.batch_count
         bar = tqdm(total=total, desc="generate", disable=not self.progress, dynamic_ncols=True)
         images: list[Image.Image] = []
         for b in range(params.batch_count):
             seeds = [params.seed + b * params.batch_size + i for i in range(params.batch_size)]
             noise = ImageNoise(seeds)
             x = noise.initial_latents(*shape).to(c.dtype) * sigmas[0]
+            if init_latents is not None:
+                x = x + init_latents
             extra = {"cond": cond, "uncond": uncond, "cfg_scale": params.cfg}  # one row serves every image
             if c.is_sdxl:
                 extra["added_time_ids"] = torch.tensor([[params.height, params.width, 0, 0, params.height, params.width]],
@@ -147,6 +206,7 @@ class Pipeline:
             "CFG scale": params.cfg,
             "Seed": seed,
             "Size": f"{params.width}x{params.height}",
+            "Denoising strength": params.denoising_strength,
             "Model hash": c.hash or None,
             "Model": c.name or None,
             "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
