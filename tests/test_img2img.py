@@ -91,3 +91,41 @@ def test_cli_img2img(tmp_path, capsys):
     assert "means img2img: give --init-image" in capsys.readouterr().err
     assert main(["generate", "a cat", "--model", str(model), "--init-image", str(tmp_path / "nope.png"),
                  "--no-progress"]) == 2
+
+
+# ----------------------------------------------------------------------------- inpainting
+def test_inpaint_changes_only_the_masked_pixels(pipe):
+    image = _image(5)
+    mask = np.zeros((64, 64), np.float32)
+    mask[16:40, 20:48] = 1
+    out = np.asarray(pipe.inpaint(image, mask, "a cat", steps=4, seed=1)[0])
+    src = np.asarray(image)
+    assert np.array_equal(out[mask == 0], src[mask == 0])  # exactly, not approximately
+    assert np.abs(out[mask == 1].astype(int) - src[mask == 1]).mean() > 5
+    assert "Denoising strength: 1," in pipe.inpaint(image, mask, "a cat", steps=2, seed=1)[0].info["parameters"]
+
+
+def test_inpaint_errors(pipe, tmp_path):
+    bad = tmp_path / "mask.png"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(StablekitError, match="cannot read mask"):
+        pipe.inpaint(_image(), bad, "a cat", steps=2)
+    with pytest.raises(StablekitError, match="a mask needs an image"):
+        pipe.run(GenerationParams(prompt="a cat", steps=2), mask=np.ones((64, 64)))
+
+
+def test_cli_inpaint(tmp_path, capsys):
+    model = tmp_path / "tiny.safetensors"
+    save_model(tiny_components("sd1"), model, to="single-file")
+    init, mask, out = tmp_path / "init.png", tmp_path / "mask.png", tmp_path / "out.png"
+    _image(7).save(init)
+    m = np.zeros((64, 64), np.uint8)
+    m[8:24, 8:24] = 255
+    Image.fromarray(m).save(mask)
+    assert main(["generate", "a cat", "--model", str(model), "--init-image", str(init), "--mask", str(mask),
+                 "--steps", "3", "--seed", "2", "--out", str(out), "--no-progress"]) == 0
+    a, b = np.asarray(Image.open(out)), np.asarray(Image.open(init))
+    assert np.array_equal(a[m == 0], b[m == 0]) and not np.array_equal(a, b)
+    capsys.readouterr()
+    assert main(["generate", "a cat", "--model", str(model), "--mask", str(mask), "--no-progress"]) == 2
+    assert "--mask needs --init-image" in capsys.readouterr().err

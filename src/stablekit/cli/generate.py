@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-count", type=int, default=None, help="number of batches (default 1)")
     p.add_argument("--clip-skip", type=int, default=None, help="A1111 clip skip (default 1)")
     p.add_argument("--init-image", default=None, metavar="FILE", help="img2img: start from this image (size defaults to its own)")
-    p.add_argument("--strength", type=float, default=None, help="img2img denoising strength 0..1 (default 0.75)")
+    p.add_argument("--strength", type=float, default=None, help="img2img denoising strength 0..1 (default 0.75; inpainting 1.0)")
+    p.add_argument("--mask", default=None, metavar="FILE", help="inpaint: white = repaint (needs --init-image)")
     p.add_argument("--out", default=None, help="a .png file for one image, a folder for several (default: outputs/)")
     p.add_argument("--from-png", default=None, metavar="FILE", help="regenerate a PNG from its stored parameters; other flags override")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (default fp32)")
@@ -87,7 +88,11 @@ def run(args) -> int:
     if params.denoising_strength is not None and args.init_image is None:
         raise StablekitError(f"denoising strength {params.denoising_strength} means img2img: give --init-image FILE "
                              "(or leave out --strength for txt2img)")
-    images = pipe.run(params, init_image=args.init_image)
+    if args.mask and args.init_image is None:
+        raise StablekitError("--mask needs --init-image FILE: the image to inpaint")
+    if args.mask and params.denoising_strength is None:
+        params.denoising_strength = 1.0
+    images = pipe.run(params, init_image=args.init_image, mask=args.mask)
     seeds = [json.loads(im.info["stablekit"])["seed"] for im in images]
     for image, path in zip(images, output_paths(args.out, len(images), seeds)):
         save_png(image, path, image.info["parameters"], json.loads(image.info["stablekit"]))

@@ -68,6 +68,23 @@ def load_init_image(image, width: int | None, height: int | None, multiple: int)
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
+def load_mask(mask, width: int, height: int) -> np.ndarray:
+    """A path, PIL image or array -> float [H, W] in {0, 1} at the image's size; white (> half)
+    marks what to repaint (A1111's "inpaint masked")."""
+    from stablekit.errors import StablekitError
+
+    if isinstance(mask, np.ndarray):
+        mask = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8) if mask.dtype != np.uint8 else mask)
+    if not isinstance(mask, Image.Image):
+        try:
+            with Image.open(mask) as im:
+                mask = im.convert("L")
+        except (OSError, ValueError) as exc:
+            raise StablekitError(f"cannot read mask {mask}: {exc}; give a black-and-white PNG (white = repaint)") from None
+    mask = mask.convert("L").resize((width, height), Image.LANCZOS)
+    return (np.asarray(mask, dtype=np.float32) > 127.5).astype(np.float32)
+
+
 def img2img_sigmas(sigmas: torch.Tensor, steps: int, strength: float) -> torch.Tensor:
     """A1111's img2img schedule: of the full `steps` schedule, the last int(strength * steps) + 1
     steps (sd_samplers_common.setup_img2img_steps, without "fix steps")."""
@@ -112,8 +129,17 @@ class Pipeline:
         return self.run(GenerationParams(prompt=prompt, denoising_strength=strength, **settings),
                         callback=callback, output=output, init_image=image)
 
+    def inpaint(self, image, mask, prompt: str = "", strength: float = 1.0, callback: StepCallback | None = None,
+                output: str = "pil", **settings) -> list[Image.Image]:
+        """Inpainting with any (non-inpainting) model, as A1111 does it: img2img whose x0
+        prediction is reset to the image's latents outside the mask after every step, then the
+        original pixels pasted back outside the mask, so they are unchanged exactly. `mask`:
+        path, PIL image or [H, W] array, white = repaint."""
+        return self.run(GenerationParams(prompt=prompt, denoising_strength=strength, **settings),
+                        callback=callback, output=output, init_image=image, mask=mask)
+
     def run(self, params: GenerationParams, callback: StepCallback | None = None, output: str = "pil",
-            init_image=None) -> list:
+            init_image=None, mask=None) -> list:
         c = self.components
         params = GenerationParams(**params.to_dict())  # never mutate the caller's
         params.validate()
@@ -121,9 +147,18 @@ class Pipeline:
         if init_image is not None:
             if params.denoising_strength is None:
                 params.denoising_strength = 0.75  # A1111's default
-            pixels = load_init_image(init_image, params.width, params.height, 8)
-            params.height, params.width = pixels.shape[:2]
-            init_latents = encode(c, pixels[None]).to(c.dtype)
+            init_pixels = load_init_image(init_image, params.width, params.height, 8)
+            params.height, params.width = init_pixels.shape[:2]
+            init_latents = encode(c, init_pixels[None]).to(c.dtype)
+        if mask is not None:
+            if init_image is None:
+                from stablekit.errors import StablekitError
+
+                raise StablekitError("a mask needs an image to inpaint: pass init_image (CLI: --init-image)")
+            pixel_mask = load_mask(mask, params.width, params.height)
+            f = c.vae_scale_factor  # latent mask as A1111: resized to latent size, rounded to 0/1
+            latent_mask = load_mask(Image.fromarray((pixel_mask * 255).astype(np.uint8)), params.width // f, params.height // f)
+            repaint = torch.from_numpy(latent_mask)[None, None].to(c.dtype)
         params.width = params.width or self.native_size
         params.height = params.height or self.native_size
         params.validate()
@@ -134,6 +169,11 @@ class Pipeline:
         if init_latents is not None:
             sigmas = img2img_sigmas(sigmas, params.steps, params.denoising_strength)
         model, cond, uncond = self._conditioned_model(params, sigmas)
+        if mask is not None:
+            unmasked = model
+
+            def model(x, sigma, **kwargs):  # noqa: F811 -- the same model, x0 kept outside the mask
+                return init_latents * (1 - repaint) + unmasked(x, sigma, **kwargs) * repaint
 
         f = c.vae_scale_factor
         shape = (c.unet.config.in_channels, params.height // f, params.width // f)
@@ -159,6 +199,8 @@ class Pipeline:
             with torch.no_grad():
                 latents = sampler(model, x, sigmas, extra_args=extra, callback=on_step, noise=noise)
             pixels = decode(c, latents)
+            if mask is not None:  # A1111's overlay: outside the mask the original pixels, exactly
+                pixels = init_pixels[None] * (1 - pixel_mask[None, :, :, None]) + pixels * pixel_mask[None, :, :, None]
             if output == "np":
                 images.extend(pixels)
                 continue
