@@ -38,8 +38,8 @@ def decode(components: Components, latents: torch.Tensor) -> np.ndarray:
 
 
 def encode(components: Components, images: np.ndarray) -> torch.Tensor:
-    """Float images [B, H, W, 3] in [0, 1] -> scaled latents (the posterior mean, as A1111 and
-    diffusers' img2img with a fixed generator-free mode take)."""
+    """Float images [B, H, W, 3] in [0, 1] -> scaled latents: the posterior mean, as A1111 takes
+    it (diffusers' img2img samples the posterior instead)."""
     vae = components.vae
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() * 2 - 1
     with torch.no_grad():
@@ -143,22 +143,8 @@ class Pipeline:
         c = self.components
         params = GenerationParams(**params.to_dict())  # never mutate the caller's
         params.validate()
-        init_latents = None
-        if init_image is not None:
-            if params.denoising_strength is None:
-                params.denoising_strength = 0.75  # A1111's default
-            init_pixels = load_init_image(init_image, params.width, params.height, 8)
-            params.height, params.width = init_pixels.shape[:2]
-            init_latents = encode(c, init_pixels[None]).to(c.dtype)
-        if mask is not None:
-            if init_image is None:
-                from stablekit.errors import StablekitError
-
-                raise StablekitError("a mask needs an image to inpaint: pass init_image (CLI: --init-image)")
-            pixel_mask = load_mask(mask, params.width, params.height)
-            f = c.vae_scale_factor  # latent mask as A1111: resized to latent size, rounded to 0/1
-            latent_mask = load_mask(Image.fromarray((pixel_mask * 255).astype(np.uint8)), params.width // f, params.height // f)
-            repaint = torch.from_numpy(latent_mask)[None, None].to(c.dtype)
+        init = self._prepare_init(params, init_image, mask) if init_image is not None or mask is not None else None
+        init_latents = init["latents"] if init else None
         params.width = params.width or self.native_size
         params.height = params.height or self.native_size
         params.validate()
@@ -170,7 +156,7 @@ class Pipeline:
             sigmas = img2img_sigmas(sigmas, params.steps, params.denoising_strength)
         model, cond, uncond = self._conditioned_model(params, sigmas)
         if mask is not None:
-            unmasked = model
+            unmasked, repaint = model, init["latent_mask"]
 
             def model(x, sigma, **kwargs):  # noqa: F811 -- the same model, x0 kept outside the mask
                 return init_latents * (1 - repaint) + unmasked(x, sigma, **kwargs) * repaint
@@ -200,7 +186,8 @@ class Pipeline:
                 latents = sampler(model, x, sigmas, extra_args=extra, callback=on_step, noise=noise)
             pixels = decode(c, latents)
             if mask is not None:  # A1111's overlay: outside the mask the original pixels, exactly
-                pixels = init_pixels[None] * (1 - pixel_mask[None, :, :, None]) + pixels * pixel_mask[None, :, :, None]
+                m = init["pixel_mask"][None, :, :, None]
+                pixels = init["pixels"][None] * (1 - m) + pixels * m
             if output == "np":
                 images.extend(pixels)
                 continue
@@ -209,6 +196,26 @@ class Pipeline:
                 images.append(image)
         bar.close()
         return images
+
+    def _prepare_init(self, params: GenerationParams, init_image, mask) -> dict:
+        """img2img / inpainting inputs; sets params' size (from the image) and default strength."""
+        from stablekit.errors import StablekitError
+
+        c = self.components
+        if init_image is None:
+            raise StablekitError("a mask needs an image to inpaint: pass init_image (CLI: --init-image)")
+        if params.denoising_strength is None:
+            params.denoising_strength = 0.75  # A1111's default
+        pixels = load_init_image(init_image, params.width, params.height, 8)
+        params.height, params.width = pixels.shape[:2]
+        init = {"pixels": pixels, "latents": encode(c, pixels[None]).to(c.dtype)}
+        if mask is not None:
+            init["pixel_mask"] = load_mask(mask, params.width, params.height)
+            f = c.vae_scale_factor  # latent mask as A1111: resized to latent size, rounded to 0/1
+            latent = load_mask(Image.fromarray((init["pixel_mask"] * 255).astype(np.uint8)), params.width // f,
+                               params.height // f)
+            init["latent_mask"] = torch.from_numpy(latent)[None, None].to(c.dtype)
+        return init
 
     def _conditioned_model(self, params: GenerationParams, sigmas: torch.Tensor):
         """(model, cond, uncond). With A1111 prompt editing ([a:b:when], [a|b]) the model picks
