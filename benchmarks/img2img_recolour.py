@@ -15,6 +15,7 @@ from PIL import Image
 
 import stablekit
 from stablekit.shapes.captions import make_batch
+from stablekit.shapes.edits import other_color
 from stablekit.shapes.judge import Judge
 
 
@@ -30,7 +31,7 @@ def main() -> None:
         for cfg in (7.0, 12.0):
             kept = recoloured = 0
             for image, spec in zip(images, specs):
-                new = next(c for c in ("blue", "yellow", "red") if c not in (spec.color, spec.background))
+                new = other_color(spec, ("blue", "yellow", "red"))
                 prompt = f"a large {new} {spec.shape} on a {spec.background} background"
                 out = pipe.img2img(Image.fromarray(image), prompt, strength=strength, seed=1, cfg=cfg)[0]
                 got = judge.judge([np.asarray(out)])[0]

@@ -15,21 +15,8 @@ from PIL import Image
 
 import stablekit
 from stablekit.shapes.captions import make_batch
+from stablekit.shapes.edits import object_box_mask, other_color, other_shape
 from stablekit.shapes.judge import Judge
-from stablekit.shapes.render import render_alpha
-
-
-def object_box_mask(spec, margin: int = 4) -> np.ndarray:
-    ys, xs = np.nonzero(render_alpha(spec) > 0.01)
-    mask = np.zeros((64, 64), np.float32)
-    mask[max(0, ys.min() - margin):ys.max() + margin + 1, max(0, xs.min() - margin):xs.max() + margin + 1] = 1
-    return mask
-
-
-def replacement(spec) -> tuple[str, str]:
-    shape = next(s for s in ("star", "circle", "square", "triangle") if s != spec.shape)
-    color = next(c for c in ("blue", "yellow", "red", "white") if c not in (spec.color, spec.background))
-    return shape, color
 
 
 def main() -> None:
@@ -42,7 +29,7 @@ def main() -> None:
     hits, unchanged = 0, True
     for image, spec in zip(images, specs):
         mask = object_box_mask(spec)
-        shape, color = replacement(spec)
+        shape, color = other_shape(spec), other_color(spec)
         out = np.asarray(pipe.inpaint(Image.fromarray(image), mask, f"a large {color} {shape} on a {spec.background} background",
                                       seed=1)[0])
         unchanged &= bool(np.array_equal(out[mask == 0], image[mask == 0]))

@@ -61,6 +61,7 @@ def test_img2img_keeps_the_object_at_low_strength_and_recolours_at_high():
 
     from stablekit.generate.pipeline import decode, encode
     from stablekit.shapes.captions import make_batch
+    from stablekit.shapes.edits import other_color
     from stablekit.shapes.judge import Judge
 
     pipe = stablekit.load(progress=False)
@@ -71,7 +72,7 @@ def test_img2img_keeps_the_object_at_low_strength_and_recolours_at_high():
     for image, spec, rt in zip(images, specs, roundtrip):
         low = pipe.img2img(Image.fromarray(image), "a picture", strength=0.02, seed=1, output="np")[0]
         assert np.abs(low - rt).mean() < 0.01  # one step at the smallest sigma: the VAE round trip
-        new = next(c for c in ("blue", "yellow", "red") if c not in (spec.color, spec.background))
+        new = other_color(spec, ("blue", "yellow", "red"))
         prompt = f"a large {new} {spec.shape} on a {spec.background} background"
         got = judge.judge([np.asarray(pipe.img2img(Image.fromarray(image), prompt, strength=s, seed=1)[0])
                            for s in (0.3, 0.7)])
@@ -86,19 +87,16 @@ def test_inpaint_replaces_the_object_and_nothing_else():
     from PIL import Image
 
     from stablekit.shapes.captions import make_batch
+    from stablekit.shapes.edits import object_box_mask, other_color, other_shape
     from stablekit.shapes.judge import Judge
-    from stablekit.shapes.render import render_alpha
 
     pipe = stablekit.load(progress=False)
     images, _, specs = make_batch(6, seed=21, sizes=("large",))
     judge = Judge.load()
     hits = 0
     for image, spec in zip(images, specs):
-        ys, xs = np.nonzero(render_alpha(spec) > 0.01)
-        mask = np.zeros((64, 64), np.float32)
-        mask[max(0, ys.min() - 4):ys.max() + 5, max(0, xs.min() - 4):xs.max() + 5] = 1
-        shape = next(s for s in ("star", "circle", "square", "triangle") if s != spec.shape)
-        color = next(c for c in ("blue", "yellow", "red", "white") if c not in (spec.color, spec.background))
+        mask = object_box_mask(spec)
+        shape, color = other_shape(spec), other_color(spec)
         out = np.asarray(pipe.inpaint(Image.fromarray(image), mask,
                                       f"a large {color} {shape} on a {spec.background} background", seed=1)[0])
         assert np.array_equal(out[mask == 0], image[mask == 0])

@@ -15,6 +15,7 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor
 
+from stablekit.components import module_dtype
 from stablekit.errors import StablekitError
 from stablekit.prompts.conditioning import Conditioning
 from stablekit.samplers.schedules import sigma_to_t, t_to_sigma
@@ -198,11 +199,3 @@ def _to_batch(t: Tensor, batch: int) -> Tensor:
         return t.repeat(batch // rows, *[1] * (t.ndim - 1))
     raise ValueError(f"a tensor with {rows} rows cannot be spread over a batch of {batch}")
 
-
-def module_dtype(module) -> torch.dtype:
-    """The dtype of a module's first floating-point parameter. diffusers' `ModelMixin.dtype` walks
-    every submodule on each access: 29 ms per 20-step image on the embedded model, 7% of it."""
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32

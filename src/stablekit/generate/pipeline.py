@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from stablekit.components import Components
-from stablekit.generate.denoiser import Denoiser, module_dtype
+from stablekit.components import Components, module_dtype
+from stablekit.generate.denoiser import Denoiser
 from stablekit.generate.noise import ImageNoise, resolve_seed
 from stablekit.generate.params import GenerationParams
 from stablekit.prompts.conditioning import Conditioning
@@ -49,18 +49,23 @@ def encode(components: Components, images: np.ndarray) -> torch.Tensor:
     return z * vae.config.scaling_factor
 
 
+def _open_image(source, mode: str, what: str, fix: str) -> Image.Image:
+    """A PIL image or a path -> PIL image in `mode`; an unreadable file is a one-line error."""
+    from stablekit.errors import StablekitError
+
+    if isinstance(source, Image.Image):
+        return source.convert(mode)
+    try:
+        with Image.open(source) as im:
+            return im.convert(mode)
+    except (OSError, ValueError) as exc:
+        raise StablekitError(f"cannot read {what} {source}: {exc}; {fix}") from None
+
+
 def load_init_image(image, width: int | None, height: int | None, multiple: int) -> np.ndarray:
     """A path or PIL image -> float RGB [H, W, 3] in [0, 1], resized to width x height (A1111's
     "Just resize"); without a size, the image's own size rounded down to a multiple of `multiple`."""
-    from stablekit.errors import StablekitError
-
-    if not isinstance(image, Image.Image):
-        try:
-            with Image.open(image) as im:
-                image = im.convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise StablekitError(f"cannot read init image {image}: {exc}; give a PNG/JPEG/WebP file") from None
-    image = image.convert("RGB")
+    image = _open_image(image, "RGB", "init image", "give a PNG/JPEG/WebP file")
     w = width or max(multiple, image.width // multiple * multiple)
     h = height or max(multiple, image.height // multiple * multiple)
     if image.size != (w, h):
@@ -71,17 +76,10 @@ def load_init_image(image, width: int | None, height: int | None, multiple: int)
 def load_mask(mask, width: int, height: int) -> np.ndarray:
     """A path, PIL image or array -> float [H, W] in {0, 1} at the image's size; white (> half)
     marks what to repaint (A1111's "inpaint masked")."""
-    from stablekit.errors import StablekitError
-
     if isinstance(mask, np.ndarray):
         mask = Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8) if mask.dtype != np.uint8 else mask)
-    if not isinstance(mask, Image.Image):
-        try:
-            with Image.open(mask) as im:
-                mask = im.convert("L")
-        except (OSError, ValueError) as exc:
-            raise StablekitError(f"cannot read mask {mask}: {exc}; give a black-and-white PNG (white = repaint)") from None
-    mask = mask.convert("L").resize((width, height), Image.LANCZOS)
+    mask = _open_image(mask, "L", "mask", "give a black-and-white PNG (white = repaint)")
+    mask = mask.resize((width, height), Image.LANCZOS)
     return (np.asarray(mask, dtype=np.float32) > 127.5).astype(np.float32)
 
 
@@ -147,7 +145,6 @@ class Pipeline:
         init_latents = init["latents"] if init else None
         params.width = params.width or self.native_size
         params.height = params.height or self.native_size
-        params.validate()
         params.seed = resolve_seed(params.seed)
         sampler = get_sampler(params.sampler)
         schedule = resolve_schedule(params.schedule, params.sampler)

@@ -153,23 +153,30 @@ def render_dataset(out_dir: str | Path, n: int, seed: int, start: int = 0, drop_
     return out
 
 
-def parse_caption(text: str) -> dict:
-    """The attributes a shapes-world caption names, read back from its words (inverse of
-    compose_caption for every template): {"shape": ..., "color": ..., ...}."""
+def _attribute_words(words: list[str]) -> dict[str, int]:
+    """Index of the word naming each attribute in a caption's words: shape, color, background
+    (a colour followed by "background"), size, hollow ("outline")."""
     from stablekit.shapes.render import ALL_COLORS, ALL_SHAPES, SIZES
 
-    words = text.lower().replace(",", " ").split()
-    named = {}
+    where = {}
     for k, w in enumerate(words):
         nxt = words[k + 1] if k + 1 < len(words) else ""
         if w in ALL_SHAPES:
-            named["shape"] = w
+            where["shape"] = k
         elif w in ALL_COLORS:
-            named["background" if nxt == "background" else "color"] = w
+            where["background" if nxt == "background" else "color"] = k
         elif w in SIZES:
-            named["size"] = w
+            where["size"] = k
         elif w == "outline":
-            named["hollow"] = True
+            where["hollow"] = k
+    return where
+
+
+def parse_caption(text: str) -> dict:
+    """The attributes a shapes-world caption names, read back from its words (inverse of
+    compose_caption for every template): {"shape": ..., "color": ..., ...}."""
+    words = text.lower().replace(",", " ").split()
+    named = {attr: (True if attr == "hollow" else words[k]) for attr, k in _attribute_words(words).items()}
     lowered = " ".join(words)
     for position, phrases in POSITION_PHRASES.items():
         if any(p in lowered for p in phrases):
@@ -192,7 +199,7 @@ def hard_negatives(text: str, k: int = 6, seed: int = 0) -> list[str]:
     "NegCLIP"): a batch of random captions rarely holds two that differ only in the shape word,
     so without them the encoder never has to tell shapes apart.
     """
-    from stablekit.shapes.render import BASE_SHAPES, COLORS, SIZES
+    from stablekit.shapes.render import BASE_SHAPES, COLORS
 
     rng = np.random.default_rng([seed, sum(map(ord, text)), len(text)])
     words = text.replace(",", " ,").split()
@@ -203,15 +210,10 @@ def hard_negatives(text: str, k: int = 6, seed: int = 0) -> list[str]:
         out[index] = new
         return " ".join(_fix_articles(out)).replace(" ,", ",")
 
-    where = {}
-    for i, w in enumerate(words):
-        nxt = words[i + 1] if i + 1 < len(words) else ""
-        if w in BASE_SHAPES:
-            where["shape"] = i
-        elif w in COLORS:
-            where["background" if nxt == "background" else "color"] = i
-        elif w in SIZES:
-            where["size"] = i
+    # only base shapes and palette colours are swapped (reserved ones are never in base data)
+    where = {attr: k for attr, k in _attribute_words(words).items()
+             if attr in ("size",) or (attr == "shape" and words[k] in BASE_SHAPES)
+             or (attr in ("color", "background") and words[k] in COLORS)}
     shape_negs = [swapped(where["shape"], s) for s in BASE_SHAPES if s != named.get("shape")] if "shape" in where else []
     others = []
     taken = {named.get("color"), named.get("background")}
