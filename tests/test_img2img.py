@@ -111,7 +111,7 @@ def test_inpaint_errors(pipe, tmp_path):
     with pytest.raises(StablekitError, match="cannot read mask"):
         pipe.inpaint(_image(), bad, "a cat", steps=2)
     with pytest.raises(StablekitError, match="a mask needs an image"):
-        pipe.run(GenerationParams(prompt="a cat", steps=2), mask=np.ones((64, 64)))
+        pipe.inpaint(None, np.ones((64, 64)), "a cat", steps=2)
 
 
 def test_cli_inpaint(tmp_path, capsys):

@@ -23,17 +23,29 @@ def default_model_path() -> Path:
     return EMBEDDED_MODEL
 
 
-def load(path: str | Path | None = None, dtype=None, arch: str | None = None, allow_pickle: bool = False,
-         prediction_type: str | None = None, progress: bool = True):
-    """Load a model (diffusers folder, single .safetensors; None: the embedded model) as a Pipeline."""
+def load(path: str | Path | None = None, *, device="auto", dtype=None, arch: str | None = None,
+         allow_pickle: bool = False, prediction_type: str | None = None, progress: bool = True):
+    """Load a model (diffusers folder, single .safetensors; None: the embedded model) as a Pipeline.
+
+    device: "auto" (CUDA, else Apple MPS, else CPU), "cpu", "cuda", "cuda:N", "mps" or a
+    torch.device (stablekit.devices.resolve_device). dtype: torch dtype of the weights (default
+    float32). Bad values are one-line StablekitErrors naming the argument.
+    """
     import torch
 
+    from stablekit.devices import resolve_device
+    from stablekit.errors import StablekitError
     from stablekit.formats import load_model
     from stablekit.generate.pipeline import Pipeline
 
+    target = resolve_device(device)  # before the (slow) load: a bad device fails at once
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise StablekitError(f"dtype must be a torch dtype such as torch.float32 or torch.bfloat16 (got {dtype!r})")
+    if path is not None and not isinstance(path, (str, Path)):
+        raise StablekitError(f"path must be a file or folder path (got {path!r}); leave it out for the embedded model")
     components = load_model(path or default_model_path(), arch=arch, dtype=dtype or torch.float32,
                             allow_pickle=allow_pickle, prediction_type=prediction_type)
-    return Pipeline(components, progress=progress)
+    return Pipeline(components, progress=progress, device=target)
 
 
 __all__ = ["load", "__version__"]

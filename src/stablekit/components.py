@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# What a UNet's output means (diffusers' scheduler `prediction_type`); the Denoiser turns each into x0.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
 
 @dataclass
 class Components:
@@ -62,6 +65,24 @@ class Components:
     @property
     def dtype(self):
         return module_dtype(self.unet)
+
+    @property
+    def device(self) -> "torch.device":
+        """Where the UNet's weights live (every module is kept on the same device by `to`)."""
+        import torch
+
+        return next((p.device for p in self.unet.parameters()), torch.device("cpu"))
+
+    def modules(self) -> dict[str, Any]:
+        """The loaded torch modules by name (absent ones left out)."""
+        names = ("unet", "vae", "text_encoder", "text_encoder_2")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def to(self, device) -> "Components":
+        """Move every module to `device` (a torch.device or "cpu", "cuda:1", ...), in place."""
+        for module in self.modules().values():
+            module.to(device)
+        return self
 
 
 def module_dtype(module) -> "torch.dtype":

@@ -31,22 +31,26 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="a .png file for one image, a folder for several (default: outputs/)")
     p.add_argument("--from-png", default=None, metavar="FILE", help="regenerate a PNG from its stored parameters; other flags override")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (default fp32)")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--arch", default=None, help="override architecture detection (sd1, sd2, sd2-v, sdxl)")
     p.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.pt pickles (loaded with weights_only=True)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def _params_from_png(path: str):
-    from stablekit.generate.params import GenerationParams
+def _replay_png(path: str):
+    """The Replay of a PNG (generate/replay.py); names ignored fields in one warning line."""
+    from stablekit.generate.notes import warn
+    from stablekit.generate.replay import replay
     from stablekit.metadata import read_png_info
 
-    info = read_png_info(path)
-    if info["stablekit"]:
-        return GenerationParams.from_dict(info["stablekit"]), info["stablekit"].get("model", {})
-    if info["parameters"]:
-        return GenerationParams.from_a1111(info["fields"]), {}
-    raise StablekitError(f"{path} holds no generation parameters to regenerate from")
+    found = replay(read_png_info(path))
+    if found is None:
+        raise StablekitError(f"{path} holds no generation parameters to regenerate from")
+    if found.ignored:
+        warn(f"--from-png {path}: not applied (stablekit does not implement them): {', '.join(found.ignored)}")
+    return found
 
 
 def output_paths(out: str | None, n: int, seeds: list[int]) -> list[Path]:
@@ -63,36 +67,74 @@ def output_paths(out: str | None, n: int, seeds: list[int]) -> list[Path]:
     return [folder / f"{start + i:05d}-{seed}.png" for i, seed in enumerate(seeds)]
 
 
-def run(args) -> int:
-    import torch
-
-    import stablekit
-    from stablekit.generate.params import GenerationParams
-    from stablekit.metadata import save_png
-
-    params, model_record = _params_from_png(args.from_png) if args.from_png else (GenerationParams(), {})
-    overrides = {"prompt": args.prompt, "negative_prompt": args.negative, "steps": args.steps, "cfg": args.cfg,
-                 "sampler": args.sampler, "schedule": args.schedule, "seed": args.seed, "width": args.width,
-                 "height": args.height, "batch_size": args.batch_size, "batch_count": args.batch_count,
-                 "clip_skip": args.clip_skip, "denoising_strength": args.strength}
-    params = GenerationParams.from_dict({**params.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
-    if params.prompt is None:
-        raise StablekitError("no prompt: give one, e.g. stablekit generate \"a red circle\", or use --from-png FILE")
-    model = args.model
-    if model is None and model_record.get("source") and Path(model_record["source"]).exists():
-        model = model_record["source"]
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    pipe = stablekit.load(model, dtype=dtype, arch=args.arch, allow_pickle=args.allow_pickle, progress=not args.no_progress)
-    if model_record.get("hash") and pipe.components.hash and model_record["hash"] != pipe.components.hash:
-        print(f"note: the PNG was made with model hash {model_record['hash']}, this model is {pipe.components.hash}")
+def _check_inputs(args, params, replay) -> None:
+    """One-line refusals for inputs the settings or the PNG need and were not given."""
+    if replay.mask and not args.mask:
+        raise StablekitError(f"{args.from_png} was made by inpainting: give its mask with --mask FILE and its image "
+                             "with --init-image FILE")
     if params.denoising_strength is not None and args.init_image is None:
         raise StablekitError(f"denoising strength {params.denoising_strength} means img2img: give --init-image FILE "
                              "(or leave out --strength for txt2img)")
     if args.mask and args.init_image is None:
         raise StablekitError("--mask needs --init-image FILE: the image to inpaint")
-    if args.mask and params.denoising_strength is None:
-        params.denoising_strength = 1.0
-    images = pipe.run(params, init_image=args.init_image, mask=args.mask)
+
+
+def _generate(pipe, params, args, replay) -> list:
+    """txt2img, img2img or inpainting, by the inputs given; warns when an input differs from the PNG's."""
+    from stablekit.generate.notes import warn
+    from stablekit.generate.steps import InitImage, InpaintMask
+
+    settings = {k: v for k, v in params.to_dict().items() if k not in ("prompt", "denoising_strength")}
+    if args.init_image is None:
+        return pipe.generate(params.prompt, **settings)
+    init = InitImage.load(args.init_image, params.width, params.height)
+    mask = InpaintMask.load(args.mask, init.width, init.height) if args.mask else None
+    for name, given, recorded in (("--init-image", init, replay.init_image), ("--mask", mask, replay.mask)):
+        if isinstance(recorded, dict) and given is not None and recorded.get("sha256") != given.identity()["sha256"]:
+            warn(f"{name} differs from the image the PNG was made with (sha256 of its pixels at "
+                 f"{given.width}x{given.height} is not the recorded one); the result will differ")
+    settings.update(width=init.width, height=init.height)
+    if mask is None:
+        return pipe.img2img(init, params.prompt, strength=_strength(params, 0.75), **settings)
+    return pipe.inpaint(init, mask, params.prompt, strength=_strength(params, 1.0), **settings)
+
+
+def _strength(params, default: float) -> float:
+    return default if params.denoising_strength is None else params.denoising_strength
+
+
+def run(args) -> int:
+    import torch
+
+    import stablekit
+    from stablekit.generate.params import GenerationParams
+    from stablekit.generate.replay import Replay
+    from stablekit.metadata import save_png
+
+    replay = _replay_png(args.from_png) if args.from_png else Replay(GenerationParams())
+    params = replay.params
+    overrides = {"prompt": args.prompt, "negative_prompt": args.negative, "steps": args.steps, "cfg": args.cfg,
+                 "sampler": args.sampler, "schedule": args.schedule, "seed": args.seed, "width": args.width,
+                 "height": args.height, "batch_size": args.batch_size, "batch_count": args.batch_count,
+                 "clip_skip": args.clip_skip, "denoising_strength": args.strength}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    params = GenerationParams.from_dict({**params.to_dict(), **given})
+    # the PNG's own image out of its regenerated batch, unless the run was changed to a new one
+    keep = replay.index if args.from_png and not given.keys() & {"seed", "batch_size", "batch_count"} else None
+    if args.prompt is None and not args.from_png:
+        raise StablekitError("no prompt: give one, e.g. stablekit generate \"a red circle\", or use --from-png FILE")
+    _check_inputs(args, params, replay)
+    model = args.model
+    if model is None and replay.model.get("source") and Path(replay.model["source"]).exists():
+        model = replay.model["source"]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    pipe = stablekit.load(model, device=args.device, dtype=dtype, arch=args.arch, allow_pickle=args.allow_pickle,
+                          progress=not args.no_progress)
+    if replay.model.get("hash") and pipe.components.hash and replay.model["hash"] != pipe.components.hash:
+        print(f"note: the PNG was made with model hash {replay.model['hash']}, this model is {pipe.components.hash}")
+    images = _generate(pipe, params, args, replay)
+    if keep is not None and keep < len(images):
+        images = [images[keep]]
     seeds = [json.loads(im.info["stablekit"])["seed"] for im in images]
     for image, path in zip(images, output_paths(args.out, len(images), seeds)):
         save_png(image, path, image.info["parameters"], json.loads(image.info["stablekit"]))

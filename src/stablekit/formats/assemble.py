@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from stablekit.components import Components
+from stablekit.components import PREDICTION_TYPES, Components
 from stablekit.formats.archs import build_modules
-
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def empty_modules(configs: dict) -> tuple[dict, dict[str, dict[str, tuple]]]:

@@ -15,12 +15,10 @@ from typing import Callable, Sequence, Union
 import torch
 from torch import Tensor
 
-from stablekit.components import module_dtype
+from stablekit.components import PREDICTION_TYPES, module_dtype
 from stablekit.errors import StablekitError
 from stablekit.prompts.conditioning import Conditioning
 from stablekit.samplers.schedules import sigma_to_t, t_to_sigma
-
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass

@@ -6,6 +6,6 @@ See docs/prompts.md.
 """
 from stablekit.prompts.conditioning import Conditioning
 from stablekit.prompts.encode import PromptEncoder
-from stablekit.prompts.parse import ExtraNetwork, extract_extra_networks, parse_prompt_attention
+from stablekit.prompts.parse import ExtraNetwork, ParsedPrompt, extract_extra_networks, parse_prompt_attention
 
-__all__ = ["Conditioning", "ExtraNetwork", "PromptEncoder", "extract_extra_networks", "parse_prompt_attention"]
+__all__ = ["Conditioning", "ExtraNetwork", "ParsedPrompt", "PromptEncoder", "extract_extra_networks", "parse_prompt_attention"]

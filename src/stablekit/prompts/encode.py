@@ -24,7 +24,7 @@ import torch
 from stablekit.errors import StablekitError
 from stablekit.prompts.chunks import CHUNK_LENGTH, Chunk, frame_chunk, split_chunks
 from stablekit.prompts.conditioning import Conditioning
-from stablekit.prompts.parse import extract_extra_networks, parse_prompt_attention
+from stablekit.prompts.parse import ParsedPrompt, parse_prompt_attention
 from stablekit.prompts.schedule import prompt_schedule
 
 
@@ -126,9 +126,9 @@ class PromptEncoder:
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    def chunks(self, prompt: str) -> list[Chunk]:
+    def chunks(self, prompt: str | ParsedPrompt) -> list[Chunk]:
         """The prompt's 75-token chunks (token ids and weights), after removing <lora:...> tags."""
-        text, _ = extract_extra_networks(prompt)
+        text = ParsedPrompt.parse(prompt).text
         tok = self.encoders[0].tokenizer
 
         def tokenize(texts: list[str]) -> list[list[int]]:
@@ -136,17 +136,21 @@ class PromptEncoder:
 
         return split_chunks(parse_prompt_attention(text), tokenize, self._comma_id, self.chunk_length)
 
-    def encode(self, prompt: str, clip_skip: int = 1) -> Conditioning:
+    def encode(self, prompt: str | ParsedPrompt, clip_skip: int = 1) -> Conditioning:
         """Conditioning of one prompt: hidden_states [1, 77*k, D], pooled [1, D2] for SDXL.
 
-        clip_skip: A1111's "Clip skip" (1 = last layer, 2 = penultimate, ...).
+        clip_skip: A1111's "Clip skip" (1 = last layer, 2 = penultimate, ...). `<lora:...>` tags
+        are removed first (pass a ParsedPrompt to have that done once by the caller).
         """
-        key = (prompt, self._check_clip_skip(clip_skip))
+        return self._encode_text(ParsedPrompt.parse(prompt).text, clip_skip)
+
+    def _encode_text(self, text: str, clip_skip: int) -> Conditioning:
+        key = (text, self._check_clip_skip(clip_skip))
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return cached
-        chunks = self.chunks(prompt)
+        chunks = self.chunks(ParsedPrompt(text))
         with torch.no_grad():
             parts = [encoder(chunks, key[1]) for encoder in self.encoders]
         hidden = torch.cat([z for z, _ in parts], dim=-1)  # [k, 77, D]
@@ -157,37 +161,57 @@ class PromptEncoder:
                 self._cache.popitem(last=False)
         return cond
 
-    def encode_pair(self, prompt: str, negative: str | None, clip_skip: int = 1) -> tuple[Conditioning, Conditioning]:
+    def encode_pair(self, prompt: str | ParsedPrompt, negative: str | ParsedPrompt | None,
+                    clip_skip: int = 1) -> tuple[Conditioning, Conditioning]:
         """(cond, uncond) for classifier-free guidance, padded to the same number of chunks.
 
         The shorter one is extended with chunks of the empty prompt, as A1111's "pad prompt/
         negative prompt" does. An empty (or None) negative is zeros when `zero_empty_negative`
         (SDXL).
         """
-        cond = self.encode(prompt, clip_skip)
-        negative = negative or ""
-        if negative == "" and self.zero_empty_negative:
-            # Zeros padded with zeros: attention over all-zero keys and values gives what a
-            # shorter all-zero context gives, so this matches A1111's unpadded run exactly.
-            uncond = Conditioning(
-                torch.zeros_like(cond.hidden_states),
-                None if cond.pooled is None else torch.zeros_like(cond.pooled),
-            )
-            return cond, uncond
-        uncond = self.encode(negative, clip_skip)
-        n = max(self.n_chunks(cond), self.n_chunks(uncond))
-        return self.pad(cond, n, clip_skip), self.pad(uncond, n, clip_skip)
+        negative = ParsedPrompt.parse(negative or "")
+        uncond = [(1, self._encode_text(negative.text, clip_skip))] if negative.text else None
+        conds, unconds = self._guidance_pair([(1, self.encode(prompt, clip_skip))], uncond, clip_skip)
+        return conds[0][1], unconds[0][1]
 
-    def encode_schedule(self, prompt: str, steps: int, clip_skip: int = 1, hires_steps: int | None = None) -> list[tuple[int, Conditioning]]:
+    def encode_schedule(self, prompt: str | ParsedPrompt, steps: int, clip_skip: int = 1,
+                        hires_steps: int | None = None) -> list[tuple[int, Conditioning]]:
         """[(last_step, Conditioning)] for prompt editing `[a:b:when]` and alternation `[a|b]`.
 
         One entry for a prompt without them. Each distinct text is encoded once (cache). Pick
         the entry for a sampler step with `stablekit.prompts.schedule.at_step(schedule, step)`.
         """
-        text, _ = extract_extra_networks(prompt)  # A1111 removes <lora:...> before scheduling
-        return [(end, self.encode(t, clip_skip)) for end, t in prompt_schedule(text, steps, hires_steps)]
+        text = ParsedPrompt.parse(prompt).text  # A1111 removes <lora:...> before scheduling
+        return [(end, self._encode_text(t, clip_skip)) for end, t in prompt_schedule(text, steps, hires_steps)]
 
-    def encode_batch(self, prompts: list[str], clip_skip: int = 1) -> Conditioning:
+    def encode_pair_schedule(self, prompt: str | ParsedPrompt, negative: str | ParsedPrompt | None, steps: int,
+                             clip_skip: int = 1, hires_steps: int | None = None):
+        """(cond schedule, uncond schedule) for CFG with prompt editing: encode_schedule of both,
+        with encode_pair's rules (empty negative, padding to one chunk count) applied once."""
+        negative = ParsedPrompt.parse(negative or "")
+        conds = self.encode_schedule(prompt, steps, clip_skip, hires_steps)
+        unconds = self.encode_schedule(negative, steps, clip_skip, hires_steps) if negative.text else None
+        return self._guidance_pair(conds, unconds, clip_skip)
+
+    def _guidance_pair(self, conds: list, unconds: list | None, clip_skip: int) -> tuple[list, list]:
+        """The one place for CFG's pairing rules. unconds None means an empty negative: zeros
+        shaped like the (padded) prompt when `zero_empty_negative` (SDXL), else the empty prompt's
+        encoding. Everything is padded with empty-prompt chunks to one chunk count."""
+        if unconds is None and self.zero_empty_negative:
+            # Zeros padded with zeros: attention over all-zero keys and values gives what a
+            # shorter all-zero context gives, so this matches A1111's unpadded run exactly.
+            n = max(self.n_chunks(c) for _, c in conds)
+            conds = [(end, self.pad(c, n, clip_skip)) for end, c in conds]
+            zero = conds[0][1]
+            pooled = None if zero.pooled is None else torch.zeros_like(zero.pooled)
+            return conds, [(conds[-1][0], Conditioning(torch.zeros_like(zero.hidden_states), pooled))]
+        if unconds is None:
+            unconds = [(conds[-1][0], self._encode_text("", clip_skip))]
+        n = max(self.n_chunks(c) for _, c in conds + unconds)
+        return ([(end, self.pad(c, n, clip_skip)) for end, c in conds],
+                [(end, self.pad(c, n, clip_skip)) for end, c in unconds])
+
+    def encode_batch(self, prompts: list[str | ParsedPrompt], clip_skip: int = 1) -> Conditioning:
         """Conditioning for several prompts [B, 77*k, D], each padded to the longest with empty chunks."""
         conds = [self.encode(p, clip_skip) for p in prompts]
         n = max(self.n_chunks(c) for c in conds)
@@ -198,7 +222,7 @@ class PromptEncoder:
         missing = n_chunks - self.n_chunks(cond)
         if missing <= 0:
             return cond
-        empty = self.encode("", clip_skip).hidden_states
+        empty = self._encode_text("", clip_skip).hidden_states
         hidden = torch.cat([cond.hidden_states, empty.repeat(cond.hidden_states.shape[0], missing, 1)], dim=1)
         return Conditioning(hidden, cond.pooled)
 

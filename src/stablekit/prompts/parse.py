@@ -147,3 +147,22 @@ def extract_extra_networks(prompt: str) -> tuple[str, list[ExtraNetwork]]:
         return ""
 
     return _EXTRA_NETWORK.sub(take, prompt), found
+
+
+@dataclass(frozen=True)
+class ParsedPrompt:
+    """A prompt with its extra-network tags taken out, parsed once where the prompt enters.
+
+    text: what is encoded (tags replaced by "", as A1111); networks: the `<kind:...>` tags in
+    order. PromptEncoder methods accept a ParsedPrompt or a plain string (parsed on the spot).
+    """
+
+    text: str
+    networks: tuple[ExtraNetwork, ...] = ()
+
+    @classmethod
+    def parse(cls, prompt: "str | ParsedPrompt") -> "ParsedPrompt":
+        if isinstance(prompt, ParsedPrompt):
+            return prompt
+        text, networks = extract_extra_networks(prompt or "")
+        return cls(text, tuple(networks))

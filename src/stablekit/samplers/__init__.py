@@ -1,7 +1,8 @@
 """Noise schedules and samplers as plain functions with one signature, in a name table.
 
-    sigmas = get_sigmas("Karras", 20, denoiser, sampler="DPM++ 2M")
-    x = get_sampler("DPM++ 2M")(denoiser, noise(x) * sigmas[0], sigmas, extra_args=dict(cond=c, uncond=u, cfg_scale=7))
+    sampling = resolve_sampling("dpmpp_2m", "Automatic")    # once, where the names enter
+    sigmas = sampling.sigmas(20, denoiser)                   # Karras: DPM++ 2M's own schedule
+    x = sampling.fn(denoiser, noise(x) * sigmas[0], sigmas, extra_args=dict(cond=c, uncond=u, cfg_scale=7))
 
 Names are A1111's ("Euler a", "DPM++ 2M", ...) with ComfyUI's as aliases ("euler_ancestral",
 "dpmpp_2m", ...), any case. See docs/samplers.md for the table, the papers and the diffusers
@@ -14,17 +15,19 @@ from stablekit.samplers.registry import (
     SAMPLERS,
     SCHEDULE_NAMES,
     SamplerSpec,
+    Sampling,
     get_sampler,
     get_sampler_spec,
     get_schedule,
     get_sigmas,
+    resolve_sampling,
     resolve_schedule,
     split_legacy_sampler_name,
 )
 from stablekit.samplers.schedules import sigma_to_t, sigmas_at_timesteps, t_to_sigma
 
 __all__ = [
-    "SAMPLERS", "SAMPLER_NAMES", "SCHEDULE_NAMES", "BrownianPath", "Callback", "NoiseSource", "SamplerSpec",
-    "StepInfo", "get_sampler", "get_sampler_spec", "get_schedule", "get_sigmas", "resolve_schedule",
+    "SAMPLERS", "SAMPLER_NAMES", "SCHEDULE_NAMES", "BrownianPath", "Callback", "NoiseSource", "SamplerSpec", "Sampling",
+    "StepInfo", "get_sampler", "get_sampler_spec", "get_schedule", "get_sigmas", "resolve_sampling", "resolve_schedule",
     "seeded_noise", "sigma_to_t", "sigmas_at_timesteps", "split_legacy_sampler_name", "t_to_sigma",
 ]

@@ -91,13 +91,18 @@ def get_sampler(name: str) -> Sampler:
     return get_sampler_spec(name).fn
 
 
-def resolve_schedule(schedule: str, sampler: str | None = None) -> str:
-    """The canonical schedule name; "Automatic" becomes the sampler's default ("Normal" when no
-    sampler is given)."""
+def _canonical_schedule(schedule: str) -> str:
     canon = _SCHEDULE_INDEX.get(_key(schedule)) if isinstance(schedule, str) else None
     if canon is None:
         valid = _aliases_text({"Automatic": ()} | {k: v[1] for k, v in SCHEDULES.items()})
         raise StablekitError(f"unknown schedule {schedule!r}; use one of: {valid}")
+    return canon
+
+
+def resolve_schedule(schedule: str, sampler: str | None = None) -> str:
+    """The canonical schedule name; "Automatic" becomes the sampler's default ("Normal" when no
+    sampler is given)."""
+    canon = _canonical_schedule(schedule)
     if canon == "Automatic":
         return get_sampler_spec(sampler).schedule if sampler is not None else "Normal"
     return canon
@@ -117,22 +122,62 @@ def model_sigmas(denoiser_or_model_sigmas) -> Tensor:
     return sigmas
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """A sampler and a schedule, resolved once from user names into what travels through generation.
+
+    sampler: the table entry (its `.name` is A1111's canonical label, what PNG text carries);
+    schedule: the canonical schedule label as asked ("Automatic" stays "Automatic", as A1111
+    writes it); schedule_used: the schedule that actually runs ("Automatic" -> the sampler's own).
+    """
+
+    sampler: SamplerSpec
+    schedule: str
+    schedule_used: str
+
+    @property
+    def fn(self) -> Sampler:
+        return self.sampler.fn
+
+    def sigmas(self, steps: int, denoiser_or_model_sigmas) -> Tensor:
+        """The `steps + 1` descending sigmas (ending in 0) for a model; A1111's DPM2 quirk (one
+        extra step computed, the penultimate sigma dropped) is applied for DPM2 and DPM2 a."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise StablekitError(f"steps must be a positive whole number (got {steps!r})")
+        table = model_sigmas(denoiser_or_model_sigmas)
+        fn = SCHEDULES[self.schedule_used][0]
+        if not self.sampler.discard_penultimate_sigma:
+            return fn(steps, table)
+        sigmas = fn(steps + 1, table)
+        return torch.cat([sigmas[:-2], sigmas[-1:]])
+
+
+def resolve_sampling(sampler: "str | SamplerSpec | Sampling", schedule: str = "Automatic") -> Sampling:
+    """Resolve a sampler name (A1111 label or ComfyUI alias, any case) and a schedule name once.
+
+    An already resolved Sampling is returned as is. Unknown names raise a StablekitError listing
+    the valid ones.
+    """
+    if isinstance(sampler, Sampling):
+        return sampler
+    spec = sampler if isinstance(sampler, SamplerSpec) else get_sampler_spec(sampler)
+    canon = _canonical_schedule(schedule)
+    return Sampling(spec, canon, spec.schedule if canon == "Automatic" else canon)
+
+
 def get_sigmas(schedule: str, steps: int, denoiser_or_model_sigmas, *, sampler: str | None = None) -> Tensor:
     """The `steps + 1` descending sigmas (ending in 0) for a schedule and a model.
 
     `denoiser_or_model_sigmas` is a Denoiser or the model's ascending discrete sigmas. With
     `sampler`, "Automatic" resolves to that sampler's default schedule and A1111's DPM2 quirk
-    (discard the penultimate sigma) is applied, as A1111 does for DPM2 and DPM2 a.
+    (discard the penultimate sigma) is applied, as A1111 does for DPM2 and DPM2 a. Without it,
+    "Automatic" means "Normal" and no quirk applies (see `Sampling.sigmas`).
     """
+    if sampler is not None:
+        return resolve_sampling(sampler, schedule).sigmas(steps, denoiser_or_model_sigmas)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise StablekitError(f"steps must be a positive whole number (got {steps!r})")
-    table = model_sigmas(denoiser_or_model_sigmas)
-    fn = get_schedule(schedule, sampler)
-    discard = sampler is not None and get_sampler_spec(sampler).discard_penultimate_sigma
-    if not discard:
-        return fn(steps, table)
-    sigmas = fn(steps + 1, table)
-    return torch.cat([sigmas[:-2], sigmas[-1:]])
+    return get_schedule(schedule)(steps, model_sigmas(denoiser_or_model_sigmas))
 
 
 def split_legacy_sampler_name(label: str) -> tuple[str, str]:

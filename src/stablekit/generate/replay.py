@@ -1,0 +1,65 @@
+"""Regenerating an image from its PNG: which settings apply, which are ignored, which inputs it needs.
+
+A stablekit PNG carries the JSON record (generate/record.py): the whole batch is regenerated and
+the image's own index kept, so the result is pixel-identical. An A1111 PNG carries only the
+`parameters` text: every field stablekit implements is applied, every other one is named (in one
+warning line by the caller), and the image is regenerated on its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stablekit.generate.params import GenerationParams
+from stablekit.generate.record import params_from_record
+
+# A1111 fields GenerationParams.from_a1111 applies, or that describe the model (compared, not applied).
+A1111_APPLIED = frozenset({
+    "Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size-1", "Size-2",
+    "Denoising strength", "Clip skip", "Variation seed", "Variation seed strength", "Seed resize from-1",
+    "Seed resize from-2", "Model hash", "Model", "Version",
+})
+# Fields only A1111's inpainting writes: such a PNG needs its mask again.
+A1111_INPAINT_FIELDS = ("Mask blur", "Inpaint area", "Masked area padding", "Mask mode", "Masked content")
+RECORD_KEYS = frozenset(GenerationParams.__dataclass_fields__) | {
+    "batch_index", "schedule_resolved", "init_image", "mask", "model", "stablekit"}
+
+
+@dataclass
+class Replay:
+    """How to regenerate a PNG's image.
+
+    params: settings of the whole batch that made it (batch_count 1); index: the image's place in
+    that batch; model: the record's model entry ({} for A1111 PNGs); init_image / mask: the
+    record's identity ({"sha256", "width", "height"}) of each input, or True when an A1111 PNG
+    needs one but cannot identify it, or None; ignored: field names not applied.
+    """
+
+    params: GenerationParams
+    index: int = 0
+    model: dict = field(default_factory=dict)
+    init_image: dict | bool | None = None
+    mask: dict | bool | None = None
+    ignored: list[str] = field(default_factory=list)
+
+
+def replay(info: dict) -> Replay | None:
+    """A Replay from `stablekit.metadata.read_png_info` output; None when it holds no parameters."""
+    fields = info.get("fields") or {}
+    ignored = [k for k in fields if k not in A1111_APPLIED]
+    if fields.get("RNG", "CPU") == "CPU" and "RNG" in ignored:
+        ignored.remove("RNG")  # A1111's CPU noise source is what stablekit always uses
+    record = info.get("stablekit")
+    if record:
+        params, index = params_from_record(record)
+        ignored += [k for k in record if k not in RECORD_KEYS]
+        return Replay(params, index, record.get("model") or {}, record.get("init_image"), record.get("mask"),
+                      sorted(set(ignored)))
+    if info.get("parameters"):
+        params = GenerationParams.from_a1111(fields)
+        if any(k.startswith("Hires") for k in fields) and params.denoising_strength is not None:
+            params.denoising_strength = None  # the hires pass's strength, not img2img's
+            ignored.append("Denoising strength")
+        needs_mask = any(k in fields for k in A1111_INPAINT_FIELDS) or None
+        needs_init = (params.denoising_strength is not None) or None
+        return Replay(params, 0, {}, needs_init, needs_mask, ignored)
+    return None
