@@ -116,7 +116,10 @@ class Denoiser:
         added_time_ids: SDXL's [batch or 1, 6] size/crop ids, the same for cond and uncond.
         """
         batch = x.shape[0]
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)
+        # timesteps from sigma where the caller keeps it (the CPU schedule): no device round trip
+        given = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
+        t = self.sigma_to_t(given).to(x.device).expand(batch)
+        sigma = given.to(x.device).expand(batch)
         guided = uncond is not None and cfg_scale != 1.0
         conds = [_rows(uncond, batch, "uncond"), _rows(cond, batch, "cond")] if guided else [_rows(cond, batch, "cond")]
         if guided and conds[0].hidden_states.shape[1] != conds[1].hidden_states.shape[1]:
@@ -127,20 +130,20 @@ class Denoiser:
         copies = len(conds)
         x_in = x.repeat(copies, *[1] * (x.ndim - 1))
         sigma_in = sigma.repeat(copies)
-        model_output = self._unet(x_in, sigma_in, context, added_time_ids, control)
+        model_output = self._unet(x_in, sigma_in, t.repeat(copies), context, added_time_ids, control)
         denoised = self._to_x0(x_in, sigma_in, model_output)
         if not guided:
             return denoised
         uncond_x0, cond_x0 = denoised.chunk(2)
         return uncond_x0 + cfg_scale * (cond_x0 - uncond_x0)
 
-    def _unet(self, x: Tensor, sigma: Tensor, context: Conditioning, added_time_ids: Tensor | None,
+    def _unet(self, x: Tensor, sigma: Tensor, timestep: Tensor, context: Conditioning, added_time_ids: Tensor | None,
               control: Control | None) -> Tensor:
         dtype = module_dtype(self.unet)
         c_in = _per_image(1 / (sigma**2 + 1) ** 0.5, x)
         inputs = UNetInput(
             sample=(x * c_in).to(dtype),
-            timestep=self.sigma_to_t(sigma),
+            timestep=timestep,
             encoder_hidden_states=context.hidden_states.to(x.device, dtype),
             added_cond_kwargs=self._added_cond_kwargs(context, added_time_ids, x),
             sigma=sigma,
