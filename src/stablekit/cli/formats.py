@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import json
 
-ARCH_CHOICES = ["sd1", "sd2", "sd2-v", "sdxl"]
+from stablekit.formats import SAVE_FORMATS
+from stablekit.formats.archs import ARCHS
+from stablekit.formats.assemble import PREDICTION_TYPES
+from stablekit.formats.weights import DTYPE_NAMES
+
+# The choices come from the library's tables, so the CLI and the loaders never disagree.
+# Dtypes: the library's names without fp64, which no checkpoint uses.
+DTYPE_CHOICES = tuple(name for name in DTYPE_NAMES.values() if name != "fp64")
 
 
 def register(subparsers) -> None:
@@ -22,15 +29,16 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("convert", help="convert a model between single-file and diffusers layouts",
                               description="Load SRC (file or diffusers folder) and save it as DST.")
-    p.add_argument("src", help="model to read")
+    p.add_argument("src", help="model to read: .safetensors file, .ckpt/.pt (with --allow-pickle) or diffusers folder")
     p.add_argument("dst", help="where to write (.safetensors file or folder)")
-    p.add_argument("--to", choices=["diffusers", "single-file"], default=None,
+    p.add_argument("--to", choices=SAVE_FORMATS, default=None,
                    help="output layout (default: single-file for a .safetensors DST, else diffusers)")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                    help="cast weights (default: keep the source dtype)")
-    p.add_argument("--arch", choices=ARCH_CHOICES, default=None, help="override architecture detection")
-    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
-                   help="override the prediction type")
+    p.add_argument("--arch", choices=ARCHS, default=None,
+                   help="override architecture detection (default: detected from the file)")
+    p.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
+                   help="override the prediction type (default: from the file or its config)")
     p.add_argument("--allow-pickle", action="store_true", help="read .ckpt/.pt pickles (torch.load weights_only)")
     p.set_defaults(func=run_convert)
 

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stablekit.cli.formats import DTYPE_CHOICES
 from stablekit.errors import StablekitError
 from stablekit.formats.archs import ARCHS
-from stablekit.formats.weights import DTYPE_NAMES
 from stablekit.metadata.outputs import FORMATS, check_count, plan_outputs, write_outputs
 from stablekit.samplers.registry import SAMPLER_NAMES, SCHEDULE_NAMES
-
-# The dtypes a model loads in: the library's dtype names without fp64, which no checkpoint uses.
-DTYPES = tuple(name for name in DTYPE_NAMES.values() if name != "fp64")
 
 DESCRIPTION = """Generate images with a Stable Diffusion model; without --model, with the embedded shapes model
 (native size 64x64). txt2img from a prompt; img2img with --init-image (and --strength); inpainting with
@@ -62,7 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--from-png", default=None, metavar="FILE",
                    help="regenerate an image from its stored parameters (PNG, JPEG or WebP; stablekit's or "
                         "A1111's); other flags override")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="dtype to load the weights in (default fp32)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="fp32", help="dtype to load the weights in (default fp32)")
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help="override architecture detection (default: detected from the file)")
     p.add_argument("--allow-pickle", action="store_true",
