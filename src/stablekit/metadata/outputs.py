@@ -74,8 +74,6 @@ def plan_outputs(out: str | os.PathLike | None, format: str | None = None, *,  #
             raise StablekitError(f"--out {raw} exists and is not a regular file; choose an image file name or a folder")
         if not overwrite:
             raise StablekitError(f"--out {raw} exists; add --overwrite to replace it, or choose another name")
-        if not os.access(path, os.W_OK):
-            raise StablekitError(f"--out {raw} is not writable; choose another name")
     _check_writable(path.parent, raw)
     return OutputPlan(path, False, kind, overwrite, grid)
 
