@@ -2,7 +2,6 @@
 (docs/config_README) and the lecture's examples in ../shared/fixtures/kohya-dataset-examples/."""
 from __future__ import annotations
 
-import importlib
 import json
 import tomllib
 from pathlib import Path
@@ -135,17 +134,34 @@ def test_cli_metadata_writes_json_and_toml(tmp_path, capsys):
 
 
 def test_stablekit_loader_reads_what_we_write(tmp_path):
-    """Runs once the DATA helper's loader (stablekit.data.load_dataset) is merged."""
-    load_dataset = getattr(importlib.import_module("stablekit.data"), "load_dataset", None)
-    if load_dataset is None:
-        pytest.skip("stablekit.data.load_dataset is not in this build yet")
+    """prepare -> captions -> metadata, then stablekit.data.load_dataset (the DATA helper's loader)
+    reads the fine-tuning TOML, the stem-keyed metadata and the DreamBooth TOML with is_reg."""
     import numpy as np
 
-    folder = captioned(tmp_path / "celeba")
-    out = tmp_path / "celeba.json"
-    assert main(["data", "metadata", str(folder), "--out", str(out), "--resolution", "64"]) == 0
+    from stablekit.data import load_dataset
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i, (w, h) in enumerate([(120, 90), (90, 120), (100, 100)]):
+        Image.new("RGB", (w, h), (70 * i, 90, 160)).save(raw / f"red_car_{i}.jpg")
+    prepared = tmp_path / "prepared"
+    assert main(["data", "prepare", str(raw), str(prepared), "--resolution", "64", "--no-dedupe",
+                 "--no-progress"]) == 0
+    assert main(["data", "captions", str(prepared), "--from", "filenames", "--token", "sks"]) == 0
+    out = tmp_path / "toml" / "cars.json"
+    assert main(["data", "metadata", str(prepared), "--out", str(out), "--resolution", "64"]) == 0
     dataset = load_dataset(out.with_suffix(".toml"))
     assert len(dataset) == 3
     batch = dataset.get_batch(np.arange(3))
-    assert sorted(batch["captions"]) == [f"celeba, attribute_{i}" for i in range(3)]
+    assert sorted(batch["captions"]) == ["sks, red car"] * 3
     assert tuple(batch["pixels"].shape) == (3, 3, 64, 64)
+    assert main(["data", "metadata", str(prepared), "--out", str(tmp_path / "stems.json"), "--no-full-path",
+                 "--resolution", "64"]) == 0
+    assert len(load_dataset(tmp_path / "stems.toml")) == 3
+    reg = captioned(tmp_path / "prior", n=2)
+    assert main(["data", "metadata", str(prepared), "--out", str(tmp_path / "db.json"), "--reg-dir", str(reg),
+                 "--resolution", "64"]) == 0
+    db = load_dataset(tmp_path / "db.toml")
+    assert len(db) == 5
+    flags = db.get_batch(np.arange(5))["is_reg"]
+    assert int(flags.sum()) == 2

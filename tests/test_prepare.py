@@ -15,7 +15,7 @@ from PIL import Image, features
 
 from stablekit.cli import main
 from stablekit.data.prepare import PrepareConfig, prepare
-from stablekit.data.prepare_image import make_bucket_resolutions, select_bucket, to_rgb
+from stablekit.data.prepare_image import to_rgb
 
 
 def _noise(w, h, seed=0):
@@ -177,16 +177,6 @@ def test_output_inside_source_is_excluded_and_source_as_output_refused(tmp_path)
     assert [w["source"] for w in again.written] == ["a.png"]  # its own outputs are not sources
     with pytest.raises(StablekitError, match="never writes into its sources"):
         prepare(src, src, progress=False)
-
-
-def test_kohya_buckets():
-    resos = make_bucket_resolutions((512, 512))
-    assert (512, 512) in resos and (256, 1024) in resos and (1024, 256) in resos
-    assert (704, 320) in resos and (640, 384) in resos
-    assert all(w % 64 == 0 and h % 64 == 0 and w * h <= 512 * 512 for w, h in resos)
-    assert select_bucket(1000, 600, resos) == (640, 384)
-    assert select_bucket(512, 512, resos) == (512, 512)
-    assert make_bucket_resolutions((64, 64)) == [(64, 64)]
 
 
 def test_bucket_mode_writes_bucket_sizes(tmp_path):

@@ -22,9 +22,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from stablekit.data import focus
-from stablekit.data.prepare_image import (
-    Geometry, cover_box, cut, make_bucket_resolutions, select_bucket, to_rgb,
-)
+from stablekit.data.buckets import make_bucket_resolutions, select_bucket
+from stablekit.data.prepare_image import Geometry, cover_box, cut, to_rgb
 from stablekit.data.prepare_walk import Skip, walk_sources
 from stablekit.errors import StablekitError
 
@@ -214,7 +213,7 @@ def _geometry(image: Image.Image, config: PrepareConfig, resos) -> tuple[Geometr
     w, h = image.size
     if config.resolution == 0:
         return Geometry((0, 0, w, h), (w, h)), None
-    target = select_bucket(w, h, resos) if resos else (config.resolution, config.resolution)
+    target = select_bucket(w, h, resos).bucket if resos else (config.resolution, config.resolution)
     center, zoom, note = (w / 2, h / 2), None, None
     if config.crop == "face":
         faces = focus.find_faces(image)

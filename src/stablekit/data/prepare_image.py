@@ -4,14 +4,13 @@ Decoding covers what collected folders hold: EXIF orientation (phones), alpha co
 chosen matte (transparent PNG/WebP), palette and CMYK images (converted through their ICC profile
 when one is embedded), 16-bit and 32-bit grayscale (scaled, where Pillow's convert("L") clips at
 255), and animated GIF/WebP/APNG (first frame). The geometry follows kohya sd-scripts: the
-square mode crops to resolution x resolution; the bucket mode picks kohya's bucket (the nearest
-aspect ratio among `make_bucket_resolutions`), scales to cover it and crops, so kohya (and
-stablekit's loader) use the file without resizing again.
+square mode crops to resolution x resolution; the bucket mode picks kohya's bucket
+(stablekit.data.buckets), scales to cover it and crops, so kohya and stablekit's loader use the
+file without resizing again.
 """
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -85,34 +84,6 @@ def _icc_to_srgb(image: Image.Image) -> Image.Image:
 
 
 # --- geometry -----------------------------------------------------------------------------
-
-def make_bucket_resolutions(max_reso: tuple[int, int], min_size: int = 256, max_size: int = 1024,
-                            divisible: int = 64) -> list[tuple[int, int]]:
-    """kohya sd-scripts' bucket list (library/model_util.py): the square of the area of
-    `max_reso`, then every width from min_size to max_size in steps of `divisible` with the
-    largest height (a multiple of `divisible`, at most max_size) keeping the area."""
-    max_area = max_reso[0] * max_reso[1]
-    resos = set()
-    side = int(math.sqrt(max_area) // divisible) * divisible
-    resos.add((side, side))
-    width = min_size
-    while width <= max_size:
-        height = min(max_size, int((max_area // width) // divisible) * divisible)
-        if height >= min_size:
-            resos.add((width, height))
-            resos.add((height, width))
-        width += divisible
-    return sorted(resos)
-
-
-def select_bucket(width: int, height: int, resos: list[tuple[int, int]]) -> tuple[int, int]:
-    """kohya's BucketManager.select_bucket (upscaling allowed): the bucket itself when the
-    image already has its size, else the one of nearest aspect ratio (first on ties)."""
-    if (width, height) in resos:
-        return width, height
-    ratios = np.asarray([w / h for w, h in resos])
-    return resos[int(np.abs(ratios - width / height).argmin())]
-
 
 @dataclass(frozen=True)
 class Geometry:
