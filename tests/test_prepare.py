@@ -75,6 +75,11 @@ def seed_folder(src: Path) -> dict[str, str]:
     expected["data.bin"] = "not-an-image"
     (src / "notes.txt").write_text("not a caption of anything")
     expected["notes.txt"] = "not-an-image"
+    try:
+        import pillow_heif  # noqa: F401
+    except ImportError:  # without the plugin a .heic is reported as needing it, not as corrupt
+        (src / "phone.heic").write_bytes(b"\0\0\0\x18ftypheic" + os.urandom(200))
+        expected["phone.heic"] = "unsupported"
     _noise(16, 16).save(src / "tiny.png")
     expected["tiny.png"] = "too-small"
     _bomb_png(src / "bomb.png")
@@ -249,3 +254,18 @@ def test_to_rgb_cmyk_and_palette_transparency():
     p.info["transparency"] = 0
     assert to_rgb(p, (1, 2, 3)).getpixel((0, 0)) == (1, 2, 3)
     assert to_rgb(Image.new("CMYK", (4, 4), (0, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_dedupe_needs_structure_and_colour_to_agree():
+    from stablekit.data.dedupe import DuplicateIndex
+
+    index = DuplicateIndex(distance=2, capacity=2)  # grows while this test runs
+    base = _noise(200, 150, 11)
+    assert index.check(base, "a") is None
+    assert index.check(Image.new("RGB", (100, 100), (250, 0, 0)), "red") is None
+    assert index.check(Image.new("RGB", (100, 100), (0, 0, 250)), "blue") is None  # same pHash, other colour
+    assert index.check(_noise(200, 150, 12), "other") is None
+    skip = index.check(base.resize((150, 112)), "small copy")
+    assert skip is not None and skip.code == "duplicate" and "duplicate of a" in skip.reason
+    assert len(index.names) == 4 and len(index.bits) >= 4
+    assert index.check(base, "again").reason.startswith("duplicate of a")

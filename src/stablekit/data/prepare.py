@@ -9,6 +9,7 @@ left out and reported with the file they repeat.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -18,11 +19,11 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError, features
 
 from stablekit.data import focus
 from stablekit.data.buckets import make_bucket_resolutions, select_bucket
+from stablekit.data.dedupe import DuplicateIndex
 from stablekit.data.prepare_image import Geometry, cover_box, cut, to_rgb
 from stablekit.data.prepare_walk import Skip, walk_sources
 from stablekit.errors import StablekitError
@@ -33,6 +34,8 @@ CAPTION_EXTENSIONS = (".txt", ".caption")
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                     ".avif", ".heic", ".heif", ".tga", ".ppm", ".pgm", ".pbm", ".ico", ".jp2", ".psd"}
 REPORT_NAME = "prepare-report.json"
+# Formats Pillow reads only through a plugin package (AVIF is built into Pillow >= 11.2).
+PLUGIN_FORMATS = {".heic": "pillow-heif", ".heif": "pillow-heif", ".avif": "pillow-avif-plugin"}
 
 
 @dataclass
@@ -127,7 +130,8 @@ def prepare(src: str | Path, dst: str | Path, config: PrepareConfig | None = Non
     resos = (make_bucket_resolutions((config.resolution,) * 2, config.min_bucket_reso,
                                      config.max_bucket_reso, config.bucket_reso_steps)
              if config.buckets else None)
-    hashes = _HashIndex(config.dedupe_distance) if config.dedupe else None
+    hashes = DuplicateIndex(config.dedupe_distance) if config.dedupe else None
+    _plugins()
     dst.mkdir(parents=True, exist_ok=True)
     for path in _progress(images, progress):
         out = dst / outputs[path]
@@ -170,6 +174,9 @@ def _process(path: Path, out: Path, config: PrepareConfig, resos, hashes, src: P
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Skip("too-large", f"decompression-bomb size ({exc})")
     except UnidentifiedImageError:
+        if path.suffix.lower() in PLUGIN_FORMATS and not _plugins()[PLUGIN_FORMATS[path.suffix.lower()]]:
+            return Skip("unsupported", f"{path.suffix} needs the {PLUGIN_FORMATS[path.suffix.lower()]} "
+                                       f"Pillow plugin: pip install {PLUGIN_FORMATS[path.suffix.lower()]}")
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             return Skip("corrupt", f"corrupt: Pillow cannot read it although it is named {path.suffix}")
         return Skip("not-an-image", "not an image Pillow can read")
@@ -204,6 +211,27 @@ def _pixel_limit(max_pixels: int):
         Image.MAX_IMAGE_PIXELS = saved
 
 
+@functools.lru_cache(maxsize=1)
+def _plugins() -> dict[str, bool]:
+    """Register the optional Pillow plugins that are installed; which ones are available."""
+    found = {"pillow-heif": False, "pillow-avif-plugin": features.check("avif") is True}
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+        found["pillow-heif"] = True
+    except ImportError:
+        pass
+    if not found["pillow-avif-plugin"]:
+        try:
+            import pillow_avif  # noqa: F401  (registers itself on import)
+
+            found["pillow-avif-plugin"] = True
+        except ImportError:
+            pass
+    return found
+
+
 def _too_large(width: int, height: int, config: PrepareConfig) -> Skip:
     return Skip("too-large", f"{width}x{height} = {width * height:,} pixels is over the "
                              f"{config.max_pixels:,}-pixel limit (decompression-bomb size)")
@@ -228,35 +256,6 @@ def _geometry(image: Image.Image, config: PrepareConfig, resos) -> tuple[Geometr
     elif config.crop == "focus":
         center = focus.focus_point(image)
     return Geometry(cover_box(w, h, target, center, zoom), target), note
-
-
-class _HashIndex:
-    """Perceptual hashes of the kept images. A 64-bit pHash sees only luminance structure, so
-    two flat images of different colours hash alike; an 8x8 colour thumbnail must agree too."""
-
-    COLOR_TOLERANCE = 12.0  # mean absolute difference of the 8x8 RGB thumbnails, of 255
-
-    def __init__(self, distance: int):
-        self.distance = distance
-        self.bits: list[int] = []
-        self.thumbs: list[np.ndarray] = []
-        self.names: list[str] = []
-
-    def check(self, image: Image.Image, name: str) -> Skip | None:
-        import imagehash
-
-        bits = int(str(imagehash.phash(image)), 16)
-        thumb = np.asarray(image.resize((8, 8), Image.Resampling.BOX), dtype=np.float32)
-        if self.bits:
-            xor = np.asarray(self.bits, dtype=np.uint64) ^ np.uint64(bits)
-            dist = np.bitwise_count(xor)
-            for i in np.flatnonzero(dist <= self.distance):
-                if np.abs(self.thumbs[i] - thumb).mean() <= self.COLOR_TOLERANCE:
-                    return Skip("duplicate", f"duplicate of {self.names[i]} (phash distance {int(dist[i])})")
-        self.bits.append(bits)
-        self.thumbs.append(thumb)
-        self.names.append(name)
-        return None
 
 
 def _split_sidecars(files: list[Path]) -> tuple[list[Path], dict]:
