@@ -188,7 +188,9 @@ def _process(path: Path, out: Path, config: PrepareConfig, resos, hashes, src: P
     if frames > 1:
         record["note"] = f"animated ({frames} frames): first frame used"
     if hashes is not None:
-        duplicate = hashes.check(rgb, str(path.relative_to(src)))
+        # hash a box-reduced copy: pHash looks at 32x32 anyway, and Lanczos on the full image is slow
+        small = rgb.reduce(max(1, min(rgb.size) // 256))
+        duplicate = hashes.check(small, str(path.relative_to(src)))
         if duplicate is not None:
             return duplicate
     geometry, crop_note = _geometry(rgb, config, resos)

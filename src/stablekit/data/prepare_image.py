@@ -44,7 +44,8 @@ def to_rgb(image: Image.Image, matte: tuple[int, int, int] = (255, 255, 255)) ->
         image.seek(0)
     with warnings.catch_warnings():  # a malformed EXIF block is not worth a skip
         warnings.simplefilter("ignore")
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when nothing turns
+            image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -112,4 +113,4 @@ def cut(image: Image.Image, geometry: Geometry) -> Image.Image:
     """Crop and resize in one Lanczos pass (Pillow's box= avoids an intermediate copy)."""
     if geometry.box == (0, 0, image.width, image.height) and geometry.size == image.size:
         return image
-    return image.resize(geometry.size, Image.Resampling.LANCZOS, box=geometry.box, reducing_gap=3.0)
+    return image.resize(geometry.size, Image.Resampling.LANCZOS, box=geometry.box)
