@@ -51,9 +51,11 @@ class ModelCaptioner:
         texts = self.processor.batch_decode(ids, skip_special_tokens=True)
         return [" ".join(t.split()) for t in texts]
 
-    def __call__(self, paths: list[Path]) -> list[str]:
+    def __call__(self, paths: list[Path]) -> list[str | None]:
+        """Captions for image files; None where the model produced only special tokens, so the
+        folder writer reports the image instead of writing an empty caption."""
         images = []
         for p in paths:
             with Image.open(p) as im:
                 images.append(im.convert("RGB"))
-        return self.caption_images(images)
+        return [t or None for t in self.caption_images(images)]
