@@ -19,7 +19,8 @@ from stablekit.errors import StablekitError
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="dataset preparation: images, captions, kohya metadata",
                                  description=__doc__.splitlines()[0])
-    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND",
+                               help="prepare: images -> training PNGs; captions: write captions; metadata: kohya files")
     data.set_defaults(func=lambda args: data.print_help() or 1)
     _register_prepare(sub)
     _register_captions(sub)
@@ -31,14 +32,14 @@ def _register_prepare(sub) -> None:
                        description="Convert every image under SRC into PNGs under DST (same layout). "
                                    "Bad files are skipped and listed with the reason; sources are never "
                                    "changed; outputs are never overwritten without --overwrite.")
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("dst", metavar="DST")
+    p.add_argument("src", metavar="SRC", help="folder of source images (read only, never modified)")
+    p.add_argument("dst", metavar="DST", help="output folder for the training-ready PNGs and prepare-report.json")
     p.add_argument("--resolution", type=int, default=512,
                    help="square side, or the bucket area's side with --buckets (default 512; 0 keeps sizes)")
     p.add_argument("--buckets", action="store_true", help="crop to kohya's aspect-ratio buckets instead of squares")
-    p.add_argument("--min-bucket-reso", type=int, default=256)
-    p.add_argument("--max-bucket-reso", type=int, default=1024)
-    p.add_argument("--bucket-reso-steps", type=int, default=64)
+    p.add_argument("--min-bucket-reso", type=int, default=256, help="--buckets: smallest bucket side (kohya min_bucket_reso; default 256)")
+    p.add_argument("--max-bucket-reso", type=int, default=1024, help="--buckets: largest bucket side (kohya max_bucket_reso; default 1024)")
+    p.add_argument("--bucket-reso-steps", type=int, default=64, help="--buckets: bucket sides are multiples of this (kohya bucket_reso_steps; default 64)")
     p.add_argument("--crop", choices=("center", "face", "focus"), default="center",
                    help="where the crop goes: the centre, the largest face (zoomed so it fills the frame), "
                         "or the most salient region")
@@ -81,15 +82,16 @@ def _register_captions(sub) -> None:
                        description="Caption the images of DIR that have no caption yet (resumable). "
                                    "Sources: file names, a CSV/JSON table (or an attribute table), a template, "
                                    "a local captioning model (BLIP/BLIP-2/GIT), or the shapes-world judge.")
-    p.add_argument("folder", metavar="DIR")
+    p.add_argument("folder", metavar="DIR", help="folder of images to caption")
     p.add_argument("--from", dest="source", required=True,
-                   choices=("filenames", "csv", "template", "model", "judge"))
+                   choices=("filenames", "csv", "template", "model", "judge"),
+                   help="where captions come from: file names, a CSV/JSON table, a template, a local model or the shapes judge")
     p.add_argument("--table", help="--from csv: a CSV, JSON, JSONL or CelebA list_attr_celeba.txt")
-    p.add_argument("--image-column", default=None)
-    p.add_argument("--caption-column", default=None)
+    p.add_argument("--image-column", default=None, help="--from csv: column holding the image file name (default: guessed)")
+    p.add_argument("--caption-column", default=None, help="--from csv: column holding the caption (default: guessed)")
     p.add_argument("--attributes", action="store_true",
                    help="--from csv: the table holds 1/-1 attribute columns; turn them into captions")
-    p.add_argument("--attribute-style", choices=("tags", "sentence"), default="tags")
+    p.add_argument("--attribute-style", choices=("tags", "sentence"), default="tags", help="--attributes: write comma-separated tags (the lab's form) or sentences")
     p.add_argument("--template", default=None,
                    help='e.g. "a photo of {token} {class}, {caption}"; {name} is the file stem')
     p.add_argument("--token", default=None, help="identifier token, e.g. sks or ohwx")
@@ -98,20 +100,20 @@ def _register_captions(sub) -> None:
                    help="where --token goes: before the caption, instead of the class word, or before it")
     p.add_argument("--model", default=None, help="--from model: a local transformers captioning folder")
     p.add_argument("--prompt", default=None, help="--from model: text the caption starts with")
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--num-beams", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=40, help="--from model: longest caption in tokens (default 40)")
+    p.add_argument("--num-beams", type=int, default=1, help="--from model: beam search width (default 1: greedy)")
+    p.add_argument("--device", default="cpu", help="--from model: torch device (default cpu)")
+    p.add_argument("--batch-size", type=int, default=8, help="--from model: images per model call (default 8)")
     p.add_argument("--add-tags", default="", help="comma-separated tags to append")
     p.add_argument("--remove-tags", default="", help="comma-separated tags to remove")
-    p.add_argument("--dedupe-tags", action="store_true")
+    p.add_argument("--dedupe-tags", action="store_true", help="drop repeated tags")
     p.add_argument("--shuffle-tags", action="store_true", help="shuffle tags once (kohya's shuffle_caption)")
     p.add_argument("--keep-tokens", type=int, default=0, help="tags kept in front when shuffling")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=("txt", "jsonl"), default="txt")
-    p.add_argument("--recursive", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed for --shuffle-tags (default 0)")
+    p.add_argument("--format", choices=("txt", "jsonl"), default="txt", help="write one .txt per image (default) or one metadata.jsonl")
+    p.add_argument("--recursive", action="store_true", help="also caption images in sub-folders")
     p.add_argument("--overwrite", action="store_true", help="replace existing captions")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_captions)
 
 
@@ -187,24 +189,24 @@ def _register_metadata(sub) -> None:
                        description="Merge the captions of DIR (.txt beside images, or metadata.jsonl) into "
                                    "kohya's metadata JSON (as finetune/merge_captions_to_metadata.py does) and "
                                    "write a dataset TOML that kohya and stablekit read.")
-    p.add_argument("folder", metavar="DIR")
+    p.add_argument("folder", metavar="DIR", help="folder of images with captions")
     p.add_argument("--out", required=True, help="metadata JSON path")
     p.add_argument("--toml", default=None, help="dataset TOML path (default: --out with .toml)")
     p.add_argument("--full-path", action=argparse.BooleanOptionalAction, default=True,
                    help="key images by full path (default) or by stem inside image_dir")
-    p.add_argument("--caption-extension", default=".txt")
-    p.add_argument("--recursive", action="store_true")
-    p.add_argument("--resolution", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--caption-extension", default=".txt", help="caption file extension (default .txt)")
+    p.add_argument("--recursive", action="store_true", help="also include images in sub-folders")
+    p.add_argument("--resolution", type=int, default=512, help="dataset resolution written to the TOML (default 512)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size written to the TOML (default 1)")
     p.add_argument("--buckets", action="store_true", help="enable_bucket = true")
-    p.add_argument("--num-repeats", type=int, default=1)
-    p.add_argument("--shuffle-caption", action="store_true")
-    p.add_argument("--keep-tokens", type=int, default=None)
+    p.add_argument("--num-repeats", type=int, default=1, help="kohya num_repeats for the subset (default 1)")
+    p.add_argument("--shuffle-caption", action="store_true", help="kohya shuffle_caption = true")
+    p.add_argument("--keep-tokens", type=int, default=None, help="kohya keep_tokens (tags kept in front when shuffling)")
     p.add_argument("--reg-dir", default=None,
                    help="a regularisation (class) image folder: writes a DreamBooth-style TOML with caption "
                         "files and an is_reg subset instead of the metadata_file one")
     p.add_argument("--class-tokens", default=None, help="kohya class_tokens for caption-less images")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace existing metadata/TOML files")
     p.set_defaults(func=run_metadata)
 
 
