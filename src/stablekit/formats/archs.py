@@ -123,7 +123,25 @@ def module_configs(components) -> dict:
         "text_encoder_2": _te_config(components.text_encoder_2) if components.text_encoder_2 is not None else None,
         "scheduler": dict(components.scheduler_config),
     }
-    return json.loads(json.dumps(configs, default=_jsonable))
+    return stable_json(configs)
+
+
+def stable_json(data):
+    """`data` as plain JSON values, the same for the same model in every process.
+
+    diffusers records `_use_default_values` as a list made from a set, so its order follows
+    Python's per-process string hash seed; sorted here so that a conversion gives the same bytes
+    every time (A1111's "Model hash" of a converted file must not change from run to run).
+    """
+    data = json.loads(json.dumps(data, default=_jsonable))
+    return _sort_default_lists(data)
+
+
+def _sort_default_lists(value):
+    if isinstance(value, dict):
+        return {k: sorted(v) if k == "_use_default_values" and isinstance(v, list) else _sort_default_lists(v)
+                for k, v in value.items()}
+    return value
 
 
 def _te_config(model) -> dict:

@@ -161,7 +161,7 @@ def save_folder(components: Components, path, dtype: torch.dtype | None = None) 
         else:
             config["_class_name"] = type(module).__name__
         _write_json(path / CONFIG_FILES[component], config)
-    scheduler = dict(components.scheduler_config)
+    scheduler = dict(configs["scheduler"])
     scheduler.setdefault("_class_name", "PNDMScheduler")
     _write_json(path / CONFIG_FILES["scheduler"], scheduler)
     for component, folder in TOKENIZERS.items():
