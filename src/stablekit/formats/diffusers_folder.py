@@ -5,7 +5,8 @@ Read: each component's config.json and weights (`diffusion_pytorch_model[.fp16].
 allow_pickle). Text encoder weights with or without transformers' old `text_model.` prefix load.
 Written: the layout `DiffusionPipeline.from_pretrained` reads, text encoders with the `text_model.`
 prefix (readable by every transformers version), CLIP tokenizers as vocab.json + merges.txt, and the
-stablekit arch in model_index.json under "_stablekit" (diffusers ignores keys starting with "_").
+stablekit arch in model_index.json under "_stablekit" (diffusers ignores keys starting with "_"),
+and what only an LDM single file can hold in `stablekit_extra.safetensors` (see side_file.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from stablekit.components import Components
 from stablekit.errors import StablekitError
 from stablekit.formats.archs import CONFIG_FILES, module_configs, read_configs, tokenizers_for
 from stablekit.formats.assemble import empty_modules, fill, make_components, set_prediction_type
+from stablekit.formats.ldm import layout_for
+from stablekit.formats.side_file import load_extra, save_extra
 from stablekit.formats.weights import cast, open_weights, write_safetensors
 from stablekit.formats.tokenizer import save_clip_tokenizer
 
@@ -82,7 +85,7 @@ def load_folder(path, arch=None, dtype=torch.float32, allow_pickle=False, predic
     fill(modules, state_dicts, dtype)
     tokenizers = _load_tokenizers(path, arch, configs)
     unet_file = weight_files(path / "unet", "unet", allow_pickle)[0]
-    extra = {"format": "diffusers"}
+    extra = {"format": "diffusers", **load_extra(path, layout_for(arch, configs), dtype)}
     return make_components(arch, modules, configs, tokenizers, name=path.name, hash_file=str(unet_file),
                            source=str(path), extra=extra)
 
@@ -168,6 +171,7 @@ def save_folder(components: Components, path, dtype: torch.dtype | None = None) 
         tokenizer = components.tokenizer if component == "text_encoder" else components.tokenizer_2
         if tokenizer is not None:
             save_clip_tokenizer(tokenizer, path / folder)
+    save_extra(components.extra, path, dtype)
     _write_json(path / "model_index.json", _model_index(components, scheduler["_class_name"]))
 
 

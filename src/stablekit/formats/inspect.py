@@ -6,6 +6,7 @@ from pathlib import Path
 
 from stablekit.errors import StablekitError
 from stablekit.formats.hashes import a1111_legacy_hash, cached_sha256
+from stablekit.formats.side_file import EXTRA_FILE
 from stablekit.formats.weights import DTYPE_NAMES, open_weights
 
 # LDM prefixes counted per component (anything else, e.g. model_ema.*, is "other").
@@ -98,6 +99,11 @@ def _inspect_folder(path: Path, allow_pickle: bool) -> dict:
             weights = open_weights(file, allow_pickle=allow_pickle)
             size += file.stat().st_size
             tensors += [(component, weights.shape(k), weights.dtype(k)) for k in weights.keys()]
+    side = path / EXTRA_FILE
+    if side.is_file():  # LDM-only tensors, counted where the single file counts them
+        weights = open_weights(side)
+        size += side.stat().st_size
+        tensors += [(_ldm_part(k), weights.shape(k), weights.dtype(k)) for k in weights.keys()]
     info.update(_summary(tensors, lambda component: component))
     unet_file = weight_files(path / "unet", "unet", allow_pickle)[0]
     digest = cached_sha256(unet_file)
