@@ -33,9 +33,11 @@ PAD_TOKENS = {"sd1": ("<|endoftext|>", None), "sd2": ("!", None), "sd2-v": ("!",
 
 
 def check_arch(arch: str) -> str:
+    """`arch` if it is one of the reference architectures (whose configs ship), else a one-line error."""
     if arch not in ARCHS:
         raise StablekitError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHS)}")
     return arch
+
 
 
 def read_configs(folder: Path) -> dict:
