@@ -186,3 +186,22 @@ def tiny_ldm_file(arch: str, path, seed: int = 0, record: bool = True):
         metadata.update(SDXL_FILE_METADATA)
     save_file(tensors, str(path), metadata=metadata or None)
     return path
+
+
+def tiny_controlnet(arch: str = "sd1", seed: int = 0):
+    """A tiny seeded random diffusers ControlNetModel for `tiny_components(arch)`'s UNet: the real
+    block structure (so the real key layouts), tiny widths; every tensor perturbed (zero
+    convolutions included) so no two are equal. Same seed -> same weights."""
+    from diffusers import ControlNetModel
+
+    from stablekit.formats.controlnet import controlnet_config
+
+    config = controlnet_config(tiny_configs(arch)["unet"])
+    with one_thread(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ControlNetModel.from_config(config)
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    return net.eval()
