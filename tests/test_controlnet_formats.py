@@ -144,3 +144,12 @@ def test_saving_is_deterministic_and_casts(nets, tmp_path):
     half = load_controlnet(a, dtype=None)
     assert half.dtype == torch.float16
     assert torch.equal(half.controlnet_mid_block.weight, nets["sdxl"].controlnet_mid_block.weight.half())
+
+
+def test_a_controlnet_given_as_a_model_is_named(nets, tmp_path):
+    from stablekit.formats import inspect_model, load_model
+
+    path = save_controlnet(nets["sd1"], tmp_path / "cn.safetensors")
+    with pytest.raises(StablekitError, match="a ControlNet, not a Stable Diffusion model"):
+        load_model(path)
+    assert "a ControlNet" in inspect_model(path)["problem"]
