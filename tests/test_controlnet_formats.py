@@ -132,6 +132,14 @@ def test_refusals_are_one_line(nets, tmp_path):
         with pytest.raises(StablekitError) as info:
             load_controlnet(path)
         assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
+    # without any config, the arch is detected from the keys in either layout and named
+    for arch in ARCHS:
+        folder_weights, _ = file_tensors(save_controlnet(nets[arch], tmp_path / arch) / "diffusion_pytorch_model.safetensors")
+        ldm_weights, _ = file_tensors(save_controlnet(nets[arch], tmp_path / f"{arch}.safetensors"))
+        for name, weights in (("flat", folder_weights), ("ldm", ldm_weights)):
+            save_file(weights, str(tmp_path / f"{name}-{arch}.safetensors"))
+            with pytest.raises(StablekitError, match=f"not a ControlNet matching an {arch} config"):
+                load_controlnet(tmp_path / f"{name}-{arch}.safetensors")
     # a ControlNet for another architecture, given the model's UNet config
     with pytest.raises(StablekitError, match="wrong shape"):
         load_controlnet(bare, unet_config=tiny_configs("sdxl")["unet"])

@@ -66,6 +66,12 @@ def make_cases(root, sd1, folder):
         shutil.copytree(folder, novae)
         (novae / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     cases["folder without vae weights"] = (novae, [])
+    damaged = root / "folder-damaged-side-file"
+    if not damaged.exists():
+        shutil.copytree(folder, damaged)
+        save_file({"betas": torch.zeros(3)}, str(damaged / "stablekit_extra.safetensors"),
+                  metadata={"stablekit_extra": "{broken"})
+    cases["damaged side file"] = (damaged, [])
     return cases
 
 

@@ -96,6 +96,12 @@ def _layout(weights) -> str:
                          f"first keys: {sample}); give a ControlNet in the diffusers or A1111/ComfyUI layout")
 
 
+_DETECT_KEYS = {"add_embedding.linear_1.weight": "label_emb.0.0.weight",
+                "down_blocks.0.attentions.0.proj_in.weight": "input_blocks.1.1.proj_in.weight",
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight":
+                    "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"}
+
+
 def _detect_unet_config(shapes: dict[str, tuple]) -> tuple[str, dict]:
     from stablekit.formats.archs import shipped_configs
 
@@ -121,9 +127,8 @@ def _resolve_config(weights, layout: str, shapes: dict, unet_config: dict | None
     channels = shapes[hint][1] if hint in shapes else 3
     if unet_config is not None:
         return "the model's", controlnet_config(unet_config, channels)
-    if layout == "diffusers":
-        raise StablekitError(f"{weights.path}: diffusers-layout ControlNet weights without config.json; "
-                             "put its config.json beside it (a folder) or pass the model's UNet config")
+    if layout == "diffusers":  # the few keys detection looks at, under their LDM names
+        shapes = {ldm: shapes[key] for key, ldm in _DETECT_KEYS.items() if key in shapes}
     arch, config = _detect_unet_config(shapes)
     return f"an {arch}", controlnet_config(config, channels)
 

@@ -1,4 +1,8 @@
-"""What a model file or folder holds, from headers and key names, without building models."""
+"""What a model file or folder holds, from headers and key names, without reading the weights.
+
+The checks are load_model's own (modules are built on the meta device only for their expected
+shapes), so inspect and convert accept and refuse the same inputs with the same messages.
+"""
 from __future__ import annotations
 
 from collections import Counter
@@ -7,6 +11,7 @@ from pathlib import Path
 from stablekit.errors import StablekitError
 from stablekit.formats.hashes import a1111_legacy_hash, cached_sha256
 from stablekit.formats.side_file import EXTRA_FILE
+from stablekit.formats.side_file import read_record as read_extra_record
 from stablekit.formats.weights import DTYPE_NAMES, open_weights
 
 # LDM prefixes counted per component (anything else, e.g. model_ema.*, is "other").
@@ -97,7 +102,12 @@ def _inspect_folder(path: Path, allow_pickle: bool, arch: str | None, prediction
     found, configs = resolve_folder(path, arch, prediction_type)
     info = {"path": str(path), "format": "diffusers", "architecture": found,
             "prediction_type": configs["scheduler"].get("prediction_type", "epsilon")}
-    _checked(info, lambda: check_folder(path, empty_modules(configs)[1], allow_pickle))
+    def check():
+        check_folder(path, empty_modules(configs)[1], allow_pickle)
+        if (path / EXTRA_FILE).is_file():  # load_folder reads the side file's record too
+            read_extra_record(open_weights(path / EXTRA_FILE))
+
+    _checked(info, check)
     tensors, size = [], 0
     for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
         if configs.get(component) is None:

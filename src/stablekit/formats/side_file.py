@@ -47,6 +47,18 @@ def save_extra(extra: dict, folder: Path, dtype: torch.dtype | None) -> Path | N
     return path
 
 
+def read_record(weights) -> dict:
+    """The side file's record (layout, renamed keys, file metadata); one-line error if damaged."""
+    try:
+        record = json.loads(weights.metadata.get(META_KEY, ""))
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            raise ValueError(f"format {record.get('format') if isinstance(record, dict) else record!r}")
+    except ValueError as exc:
+        raise StablekitError(f"{weights.path}: the '{META_KEY}' metadata is damaged ({exc}); delete the file "
+                             "(only a single-file export needs it)") from None
+    return record
+
+
 def load_extra(folder: Path, layout: str, dtype: torch.dtype | None) -> dict:
     """The `Components.extra` entries kept in a folder's side file ({} without one).
 
@@ -57,13 +69,7 @@ def load_extra(folder: Path, layout: str, dtype: torch.dtype | None) -> dict:
     if not path.is_file():
         return {}
     weights = open_weights(path)
-    try:
-        record = json.loads(weights.metadata.get(META_KEY, ""))
-        if not isinstance(record, dict) or record.get("format") != FORMAT:
-            raise ValueError(f"format {record.get('format') if isinstance(record, dict) else record!r}")
-    except ValueError as exc:
-        raise StablekitError(f"{path}: the '{META_KEY}' metadata is damaged ({exc}); delete the file "
-                             "(only a single-file export needs it)") from None
+    record = read_record(weights)
     if record.get("layout") not in (None, layout):
         warnings.warn(f"{path} was written for a {record['layout']} model, this folder holds {layout}; ignored",
                       stacklevel=3)
