@@ -25,9 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("path", help=".safetensors file, .ckpt/.pt (with --allow-pickle) or diffusers folder")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--allow-pickle", action="store_true", help="read .ckpt/.pt pickles (torch.load weights_only)")
-    p.add_argument("--arch", choices=ARCH_CHOICES, default=None,
+    p.add_argument("--arch", choices=ARCHS, default=None,
                    help="check the model as this architecture (as convert --arch would load it)")
-    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default=None,
+    p.add_argument("--prediction-type", choices=PREDICTION_TYPES, default=None,
                    help="override the prediction type (as convert --prediction-type)")
     p.set_defaults(func=run_inspect)
 
@@ -48,9 +48,8 @@ def register(subparsers) -> None:
 
 
 def run_inspect(args) -> int:
-    from stablekit.formats import inspect_model
-
     from stablekit.errors import StablekitError
+    from stablekit.formats import inspect_model
 
     info = inspect_model(args.path, allow_pickle=args.allow_pickle, arch=args.arch,
                          prediction_type=args.prediction_type)
