@@ -198,3 +198,12 @@ def test_empty_and_missing_inputs_fail_in_one_line(tmp_path):
     (tmp_path / "x.parquet").write_text("")
     with pytest.raises(StablekitError, match="cannot tell the dataset layout"):
         load_dataset(tmp_path / "x.parquet", SMALL)
+
+
+def test_kohya_repeat_folders_without_toml(tmp_path):
+    image(tmp_path / "train" / "20_sks dog" / "a.png")
+    captioned_folder(tmp_path / "train" / "2_photo")
+    (tmp_path / "train" / "notes").mkdir()  # not `<repeats>_<tokens>`: ignored
+    ds = load_dataset(tmp_path / "train", SMALL)
+    assert len(ds) == 20 + 2 * 3
+    assert [e.caption for e in ds.examples] == ["sks dog"] + [f"a red shape {i}" for i in range(3)]  # folders by name

@@ -148,11 +148,28 @@ def _read_subset(subset: SubsetConfig, config: DatasetConfig) -> list[Record]:
     return read_folder(Path(subset.image_dir), subset)
 
 
+def _kohya_repeat_folders(path: Path, subset: SubsetConfig | None = None) -> list[SubsetConfig]:
+    """kohya's folder layout without a TOML: subfolders named `<repeats>_<class tokens>`
+    (e.g. `20_sks dog`), used only when `path` holds no images of its own."""
+    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir()):
+        return []
+    base = subset or SubsetConfig()
+    found = []
+    for d in sorted(p for p in path.iterdir() if p.is_dir()):
+        repeats, _, tokens = d.name.partition("_")
+        if repeats.isdigit() and int(repeats) > 0 and tokens:
+            found.append(replace(base, image_dir=str(d), num_repeats=int(repeats), class_tokens=tokens))
+    return found
+
+
 def _sources(path: Path, config: DatasetConfig) -> list[tuple[DatasetConfig, list[tuple[SubsetConfig, list[Record]]]]]:
     if path.is_dir():
         for name, reader in (("metadata.jsonl", read_jsonl), ("metadata.csv", read_csv)):
             if (path / name).is_file():
                 return [(config, [(config.subset, reader(path / name, config.caption_column))])]
+        repeat_dirs = _kohya_repeat_folders(path, config.subset)
+        if repeat_dirs:
+            return [(config, [(s, read_folder(Path(s.image_dir), s)) for s in repeat_dirs])]
         return [(config, [(config.subset, read_folder(path, config.subset))])]
     suffix = path.suffix.lower()
     if suffix == ".toml":
