@@ -154,6 +154,8 @@ bucket_reso_steps = 16
     ('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "x"\nnum_repeats = "2"\n', "num_repeats = '2' has the wrong type"),
     ('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "x"\ncolor_aug = true\n', "color_aug = True is not supported"),
     ('[[datasets]]\n[[datasets.subsets]]\ncaption_extension = ".txt"\n', "give image_dir"),
+    ('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "x"\n[[datasets.subsets]]\nimage_dir = "y"\nnum_repeats = 0\n',
+     r"subsets\[1\]: num_repeats must be >= 1"),
     ('[general]\n', "no \\[\\[datasets\\]\\]"),
     ('[[datasets]]\nresolution = 512\n', "no \\[\\[datasets.subsets\\]\\]"),
     ('[[datasets\n', "cannot read dataset TOML"),
