@@ -175,7 +175,8 @@ def test_undecodable_images_skipped_and_counted_or_fatal(tmp_path):
         data = (folder / "000.png").read_bytes()
     (folder / "cut.png").write_bytes(data[: len(data) // 2])
     (folder / "cut.txt").write_text("cut")
-    ds = load_dataset(folder, SMALL)
+    with pytest.warns(UserWarning, match="skipped 2 undecodable image"):
+        ds = load_dataset(folder, SMALL)
     assert len(ds) == 3 and sorted(p.name for p in ds.skipped) == ["bad.png", "cut.png"] and im.size == (40, 24)
     with pytest.raises(StablekitError, match="cannot decode image .*bad.png"):
         load_dataset(folder, DatasetConfig(resolution=16, strict_images=True))

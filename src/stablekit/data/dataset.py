@@ -8,6 +8,7 @@ Dataset (len, get_batch) with a bucket-aware batch_order.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -213,4 +214,7 @@ def load_dataset(source: str | Path, config: DatasetConfig | None = None) -> Ima
     if not examples:
         extra = f" ({len(skipped)} undecodable)" if skipped else ""
         raise StablekitError(f"dataset {path} has no usable images{extra}; add images with captions")
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} undecodable image(s) in {path} (first: {skipped[0]}); "
+                      "strict_images makes this fatal", stacklevel=2)
     return ImageCaptionDataset(examples, groups, skipped, str(path))
