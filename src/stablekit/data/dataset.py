@@ -92,15 +92,22 @@ class ImageCaptionDataset:
             self._hashes[path] = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
         return self._hashes[path]
 
-    def get_batch(self, indices, generator: torch.Generator | None = None) -> dict:
+    def get_batch(self, indices, generator: torch.Generator | None = None, offset: int = 0) -> dict:
+        """The examples at `indices` (one bucket), augmented. Each item's randomness comes from
+        its own generator seeded by (generator's seed, offset + its position), so a batch split
+        across processes (rank r passing the same generator and offset = r * its batch size)
+        gets exactly the augmentations the whole batch gets in one process."""
         examples = [self.examples[self.index[int(i)]] for i in np.asarray(indices).reshape(-1)]
         sizes = {(e.group, e.placement.bucket) for e in examples}
         if len(sizes) > 1:
             raise StablekitError(f"a batch mixes buckets {sorted(s for _, s in sizes)}; draw batches with "
                                  "dataset.batch_order(seed, batch_size)")
+        base = None if generator is None else generator.initial_seed()
         pixels, conds, captions, keys = [], [], [], []
-        for e in examples:
+        for pos, e in enumerate(examples):
             p, s = e.placement, e.subset
+            if base is not None:
+                generator = torch.Generator().manual_seed((base * 1_000_003 + offset + pos) % 2**63)
             box = augment.crop_box(p.resized, p.bucket, s.random_crop, generator)
             img, flipped = augment.maybe_flip(augment.resize_and_crop(open_rgb(e.path), p.resized, p.bucket, box),
                                               s.flip_aug, generator)
