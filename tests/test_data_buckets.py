@@ -91,6 +91,11 @@ def test_augmentations_deterministic_given_the_generator(tmp_path):
     assert "" in captions and len(set(captions)) > 2
     assert all(c.startswith("sks, ") for c in captions if c)  # the kept token stays first
     assert not ds.latents_cacheable and not ds.text_cacheable
+    # split across two processes (same generator seed, offsets 0 and 2) = the whole batch in one
+    whole = run(7)
+    halves = [ds.get_batch(idx[k:k + 2], torch.Generator().manual_seed(7), offset=k) for k in (0, 2)]
+    assert torch.equal(torch.cat([h["pixels"] for h in halves]), whole["pixels"])
+    assert halves[0]["captions"] + halves[1]["captions"] == whole["captions"]
 
 
 def test_center_crop_and_flip_are_exact(tmp_path):

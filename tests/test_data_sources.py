@@ -154,6 +154,8 @@ bucket_reso_steps = 16
     ('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "x"\nnum_repeats = "2"\n', "num_repeats = '2' has the wrong type"),
     ('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "x"\ncolor_aug = true\n', "color_aug = True is not supported"),
     ('[[datasets]]\n[[datasets.subsets]]\ncaption_extension = ".txt"\n', "give image_dir"),
+    ('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "x"\n[[datasets.subsets]]\nimage_dir = "y"\nnum_repeats = 0\n',
+     r"subsets\[1\]: num_repeats must be >= 1"),
     ('[general]\n', "no \\[\\[datasets\\]\\]"),
     ('[[datasets]]\nresolution = 512\n', "no \\[\\[datasets.subsets\\]\\]"),
     ('[[datasets\n', "cannot read dataset TOML"),
@@ -173,7 +175,8 @@ def test_undecodable_images_skipped_and_counted_or_fatal(tmp_path):
         data = (folder / "000.png").read_bytes()
     (folder / "cut.png").write_bytes(data[: len(data) // 2])
     (folder / "cut.txt").write_text("cut")
-    ds = load_dataset(folder, SMALL)
+    with pytest.warns(UserWarning, match="skipped 2 undecodable image"):
+        ds = load_dataset(folder, SMALL)
     assert len(ds) == 3 and sorted(p.name for p in ds.skipped) == ["bad.png", "cut.png"] and im.size == (40, 24)
     with pytest.raises(StablekitError, match="cannot decode image .*bad.png"):
         load_dataset(folder, DatasetConfig(resolution=16, strict_images=True))
@@ -198,3 +201,12 @@ def test_empty_and_missing_inputs_fail_in_one_line(tmp_path):
     (tmp_path / "x.parquet").write_text("")
     with pytest.raises(StablekitError, match="cannot tell the dataset layout"):
         load_dataset(tmp_path / "x.parquet", SMALL)
+
+
+def test_kohya_repeat_folders_without_toml(tmp_path):
+    image(tmp_path / "train" / "20_sks dog" / "a.png")
+    captioned_folder(tmp_path / "train" / "2_photo")
+    (tmp_path / "train" / "notes").mkdir()  # not `<repeats>_<tokens>`: ignored
+    ds = load_dataset(tmp_path / "train", SMALL)
+    assert len(ds) == 20 + 2 * 3
+    assert [e.caption for e in ds.examples] == ["sks dog"] + [f"a red shape {i}" for i in range(3)]  # folders by name

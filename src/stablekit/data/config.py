@@ -42,6 +42,12 @@ class SubsetConfig:
     flip_aug: bool = False
     random_crop: bool = False
 
+    def validate(self, where: str = "dataset") -> "SubsetConfig":
+        if self.num_repeats < 1 or self.keep_tokens < 0 or not 0 <= self.caption_dropout_rate <= 1:
+            raise StablekitError(f"{where}: num_repeats must be >= 1, keep_tokens >= 0, caption_dropout_rate in "
+                                 f"[0, 1] (got {self.num_repeats}, {self.keep_tokens}, {self.caption_dropout_rate})")
+        return self
+
 
 @dataclass
 class DatasetConfig:
@@ -77,10 +83,7 @@ class DatasetConfig:
                 self.min_bucket_reso <= min(w, h) and max(w, h) <= self.max_bucket_reso):
             raise StablekitError(f"bucket sizes {self.min_bucket_reso}..{self.max_bucket_reso} must contain the "
                                  f"resolution {w}x{h}: set min_bucket_reso / max_bucket_reso")
-        s = self.subset
-        if s.num_repeats < 1 or s.keep_tokens < 0 or not 0 <= s.caption_dropout_rate <= 1:
-            raise StablekitError(f"num_repeats must be >= 1, keep_tokens >= 0, caption_dropout_rate in [0, 1] "
-                                 f"(got {s.num_repeats}, {s.keep_tokens}, {s.caption_dropout_rate})")
+        self.subset.validate()
         return self
 
 
@@ -169,7 +172,7 @@ def read_kohya_toml(path: Path, defaults: DatasetConfig | None = None) -> list[K
             sub = _check_keys(sub, _SUBSET_KEYS, swhere)
             values = {**dataclasses.asdict(base.subset), **{k: v for k, v in general.items() if k in _SUBSET_KEYS},
                       **{k: v for k, v in ds.items() if k in _SUBSET_KEYS}, **sub}
-            subset = _typed(SubsetConfig, values, swhere)
+            subset = _typed(SubsetConfig, values, swhere).validate(swhere)
             if not subset.image_dir and not subset.metadata_file:
                 raise StablekitError(f"{swhere}: give image_dir (a folder of images) or metadata_file (kohya JSON)")
             for key in ("image_dir", "metadata_file", "conditioning_data_dir"):

@@ -8,6 +8,7 @@ Dataset (len, get_batch) with a bucket-aware batch_order.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -91,15 +92,22 @@ class ImageCaptionDataset:
             self._hashes[path] = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
         return self._hashes[path]
 
-    def get_batch(self, indices, generator: torch.Generator | None = None) -> dict:
+    def get_batch(self, indices, generator: torch.Generator | None = None, offset: int = 0) -> dict:
+        """The examples at `indices` (one bucket), augmented. Each item's randomness comes from
+        its own generator seeded by (generator's seed, offset + its position), so a batch split
+        across processes (rank r passing the same generator and offset = r * its batch size)
+        gets exactly the augmentations the whole batch gets in one process."""
         examples = [self.examples[self.index[int(i)]] for i in np.asarray(indices).reshape(-1)]
         sizes = {(e.group, e.placement.bucket) for e in examples}
         if len(sizes) > 1:
             raise StablekitError(f"a batch mixes buckets {sorted(s for _, s in sizes)}; draw batches with "
                                  "dataset.batch_order(seed, batch_size)")
+        base = None if generator is None else generator.initial_seed()
         pixels, conds, captions, keys = [], [], [], []
-        for e in examples:
+        for pos, e in enumerate(examples):
             p, s = e.placement, e.subset
+            if base is not None:
+                generator = torch.Generator().manual_seed((base * 1_000_003 + offset + pos) % 2**63)
             box = augment.crop_box(p.resized, p.bucket, s.random_crop, generator)
             img, flipped = augment.maybe_flip(augment.resize_and_crop(open_rgb(e.path), p.resized, p.bucket, box),
                                               s.flip_aug, generator)
@@ -148,11 +156,28 @@ def _read_subset(subset: SubsetConfig, config: DatasetConfig) -> list[Record]:
     return read_folder(Path(subset.image_dir), subset)
 
 
+def _kohya_repeat_folders(path: Path, subset: SubsetConfig | None = None) -> list[SubsetConfig]:
+    """kohya's folder layout without a TOML: subfolders named `<repeats>_<class tokens>`
+    (e.g. `20_sks dog`), used only when `path` holds no images of its own."""
+    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir()):
+        return []
+    base = subset or SubsetConfig()
+    found = []
+    for d in sorted(p for p in path.iterdir() if p.is_dir()):
+        repeats, _, tokens = d.name.partition("_")
+        if repeats.isdigit() and int(repeats) > 0 and tokens:
+            found.append(replace(base, image_dir=str(d), num_repeats=int(repeats), class_tokens=tokens))
+    return found
+
+
 def _sources(path: Path, config: DatasetConfig) -> list[tuple[DatasetConfig, list[tuple[SubsetConfig, list[Record]]]]]:
     if path.is_dir():
         for name, reader in (("metadata.jsonl", read_jsonl), ("metadata.csv", read_csv)):
             if (path / name).is_file():
                 return [(config, [(config.subset, reader(path / name, config.caption_column))])]
+        repeat_dirs = _kohya_repeat_folders(path, config.subset)
+        if repeat_dirs:
+            return [(config, [(s, read_folder(Path(s.image_dir), s)) for s in repeat_dirs])]
         return [(config, [(config.subset, read_folder(path, config.subset))])]
     suffix = path.suffix.lower()
     if suffix == ".toml":
@@ -196,4 +221,7 @@ def load_dataset(source: str | Path, config: DatasetConfig | None = None) -> Ima
     if not examples:
         extra = f" ({len(skipped)} undecodable)" if skipped else ""
         raise StablekitError(f"dataset {path} has no usable images{extra}; add images with captions")
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} undecodable image(s) in {path} (first: {skipped[0]}); "
+                      "strict_images makes this fatal", stacklevel=2)
     return ImageCaptionDataset(examples, groups, skipped, str(path))
