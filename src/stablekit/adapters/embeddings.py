@@ -64,16 +64,19 @@ def add_embedding(components, name: str, vectors) -> list[str]:
     tokens = token_names(name, pairs[0][2].shape[0])
     for tokenizer, encoder, rows in pairs:
         added = tokenizer.get_added_vocab()
+        vocab = tokenizer.get_vocab()
         for token in tokens:
-            ids = tokenizer.convert_tokens_to_ids([token])
-            if token not in added and ids[0] != tokenizer.unk_token_id:
+            # CLIP's vocabulary holds whole words as "word</w>" and word beginnings as "word"
+            if token not in added and (token in vocab or token + "</w>" in vocab):
                 raise StablekitError(f"embedding name {token!r} is already a token of the vocabulary; rename the file")
         tokenizer.add_tokens([t for t in tokens if t not in added])
         if len(tokenizer) > encoder.get_input_embeddings().weight.shape[0]:
-            encoder.resize_token_embeddings(len(tokenizer))
+            # the new rows' random init is overwritten below; keep it off the caller's RNG stream
+            with torch.random.fork_rng(devices=[]):
+                encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         table = encoder.get_input_embeddings().weight
         with torch.no_grad():
-            table[tokenizer.convert_tokens_to_ids(tokens)] = rows.to(table.dtype, table.device)
+            table[tokenizer.convert_tokens_to_ids(tokens)] = rows.to(device=table.device, dtype=table.dtype)
     return tokens
 
 
