@@ -115,9 +115,9 @@ def test_embedding_errors(tmp_path):
     with pytest.raises(StablekitError, match="cannot read embedding"):
         load_embedding(tmp_path / "evil.pt")
     # reloading the same name replaces only its own rows
-    save_a1111_embedding(tmp_path / "again.pt", "again", _vectors(1, 32, 5))
-    load_embeddings(c, [tmp_path / "again.pt"])
+    save_a1111_embedding(tmp_path / "zqxemb.pt", "zqxemb", _vectors(1, 32, 5))
+    load_embeddings(c, [tmp_path / "zqxemb.pt"])
     size = len(c.tokenizer)
-    save_a1111_embedding(tmp_path / "again.pt", "again", _vectors(1, 32, 6))
-    load_embeddings(c, [tmp_path / "again.pt"])
+    save_a1111_embedding(tmp_path / "zqxemb.pt", "zqxemb", _vectors(1, 32, 6))
+    load_embeddings(c, [tmp_path / "zqxemb.pt"])
     assert len(c.tokenizer) == size and torch.equal(c.text_encoder.get_input_embeddings().weight[-1], _vectors(1, 32, 6)[0])
