@@ -250,3 +250,29 @@ def addnet_hash(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def component_of_name(name: str) -> str:
+    """The model component a file's layer name belongs to ("unet", "text_encoder", "text_encoder_2")."""
+    if name.startswith(("lora_te2_", "text_encoder_2.")):
+        return "text_encoder_2"
+    if name.startswith(("lora_te_", "lora_te1_", "text_encoder.")):
+        return "text_encoder"
+    return "unet"
+
+
+def inspect_lora(path) -> dict:
+    """What a LoRA-like file holds, without a model: format, kinds, arch guess, ranks, alphas,
+    layers per component, A1111 hash and metadata (JSON-serialisable)."""
+    from collections import Counter
+
+    adapter = load_lora_file(path)
+    ranks = Counter(p.rank for p in adapter.patches.values())
+    alphas = Counter(p.alpha_float for p in adapter.patches.values())
+    return {
+        "path": str(path), "format": adapter.format, "kinds": adapter.kinds(), "arch": guess_arch(adapter),
+        "ranks": {str(k): v for k, v in sorted(ranks.items())},
+        "alphas": {("none" if k is None else f"{k:g}"): v for k, v in alphas.items()},
+        "layers": dict(Counter(component_of_name(n) for n in adapter.patches)),
+        "unknown_keys": adapter.unknown_keys, "hash": addnet_hash(path)[:12], "metadata": adapter.metadata,
+    }
