@@ -162,3 +162,33 @@ def test_not_a_lora_file(tmp_path):
         load_lora_file(tmp_path / "x.safetensors")
     with pytest.raises(StablekitError, match="safetensors only"):
         load_lora_file(tmp_path / "x.ckpt")
+
+
+def test_ldm_style_names_and_fp16_weights(tmp_path):
+    """SD 1.x files from other trainers name UNet layers the LDM way (input_blocks_1_1_...); they
+    reach the same modules. Patching fp16 weights computes in fp32 and restores exactly."""
+    from stablekit.adapters import find_adapter, parse_adapter_spec
+
+    c = tiny_components("sd1")
+    u, t = random_peft_lora(c, rank=2)
+    save_kohya_lora(tmp_path / "d.safetensors", u, t, alpha=1.0, rank=2, arch="sd1")
+    adapter = read_kohya_lora(tmp_path / "d.safetensors")
+    renamed = dict(adapter.patches)
+    patch = renamed.pop("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q")
+    renamed["lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"] = patch
+    adapter.patches = renamed
+    (tmp_path / "sub").mkdir()
+    write_kohya_lora(tmp_path / "sub" / "ldm.safetensors", adapter)
+    path = find_adapter("ldm", tmp_path)
+    assert path == tmp_path / "sub" / "ldm.safetensors" and parse_adapter_spec(f"{path}:0.5") == (str(path), 0.5)
+    with pytest.raises(StablekitError, match="no LoRA named 'nope'"):
+        find_adapter("nope", tmp_path)
+
+    c.unet.half()
+    q = c.unet.get_submodule("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q").weight
+    before = q.detach().clone()
+    applied = apply_adapters(c, [(path, 1.0)])
+    expected = before.float() + (patch.tensors["up"] @ patch.tensors["down"]) * 0.5
+    assert q.dtype == torch.float16 and torch.equal(q, expected.half())
+    applied.remove()
+    assert torch.equal(q, before)

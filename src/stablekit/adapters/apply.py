@@ -138,3 +138,17 @@ def apply_adapters(components, adapters) -> AppliedAdapters:
         name = Path(adapter.path).stem if adapter.path else f"adapter{len(loaded)}"
         loaded.append(LoadedAdapter(name, adapter, match_adapter(adapter, components), float(scale)))
     return AppliedAdapters(components, loaded)
+
+
+def find_adapter(name: str, folder) -> Path:
+    """The LoRA file a prompt's `<lora:NAME:...>` means: NAME.safetensors anywhere under `folder`
+    (A1111 matches the file name without suffix); StablekitError listing a few that exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise StablekitError(f"LoRA folder {folder} does not exist; give --lora-dir an existing folder")
+    files = sorted(folder.rglob("*.safetensors"))
+    for path in files:
+        if path.stem == name:
+            return path
+    known = ", ".join(p.stem for p in files[:5]) or "none"
+    raise StablekitError(f"no LoRA named {name!r} in {folder} (found: {known}); check the name in <lora:{name}:...>")
