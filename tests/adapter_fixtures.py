@@ -10,6 +10,7 @@ import torch
 
 from stablekit.formats.lora_keys import adaptable_modules
 
+IDS = torch.tensor([[49406, 320, 1125, 539, 320, 2368, 49407] + [49407] * 70])  # "a photo of a cat"
 UNET_LAYERS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
                "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
 CONV_LAYERS = ("conv1", "conv2")
@@ -67,3 +68,16 @@ def unet_out(components, inputs) -> torch.Tensor:
 @torch.no_grad()
 def text_out(encoder, ids: torch.Tensor) -> torch.Tensor:
     return encoder(input_ids=ids).last_hidden_state
+
+
+def diffusers_pipe(c):
+    """A diffusers StableDiffusion(XL)Pipeline sharing the modules of Components `c`."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    sched = DDIMScheduler.from_config(c.scheduler_config)
+    if c.is_sdxl:
+        return StableDiffusionXLPipeline(vae=c.vae, text_encoder=c.text_encoder, text_encoder_2=c.text_encoder_2,
+                                         tokenizer=c.tokenizer, tokenizer_2=c.tokenizer_2, unet=c.unet, scheduler=sched)
+    return StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                                   scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from adapter_fixtures import diffusers_pipe
 from fixtures import one_thread, tiny_components
-from test_lora_kohya import _diffusers_pipe
 
 from stablekit.adapters import expand_embeddings, load_embeddings
 from stablekit.errors import StablekitError
@@ -48,7 +48,7 @@ def test_a1111_embedding_matches_diffusers_load_textual_inversion(tmp_path, suff
     assert torch.equal(rows[-3:], vectors)
     assert expand_embeddings(PROMPT, ours.tokenizer) == "a photo of shapeemb shapeemb_1 shapeemb_2 on a table"
 
-    pipe = _diffusers_pipe(theirs)
+    pipe = diffusers_pipe(theirs)
     pipe.load_textual_inversion(str(path), token="shapeemb")
     theirs_embeds, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
     ours_embeds = _hidden(ours.text_encoder, _ids(ours.tokenizer, PROMPT))
@@ -64,7 +64,7 @@ def test_sdxl_clip_l_clip_g_match_diffusers(tmp_path):
     load_embeddings(ours, [tmp_path / "shapeemb.safetensors"])
     assert torch.equal(ours.text_encoder_2.get_input_embeddings().weight[-2:], vectors["clip_g"])
 
-    pipe = _diffusers_pipe(theirs)
+    pipe = diffusers_pipe(theirs)
     pipe.load_textual_inversion(vectors["clip_l"], token="shapeemb", text_encoder=pipe.text_encoder,
                                 tokenizer=pipe.tokenizer)
     pipe.load_textual_inversion(vectors["clip_g"], token="shapeemb", text_encoder=pipe.text_encoder_2,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adapter_fixtures import random_peft_lora, text_out, unet_inputs, unet_out
+from adapter_fixtures import IDS, diffusers_pipe, random_peft_lora, text_out, unet_inputs, unet_out
 from fixtures import one_thread, tiny_components
 
 from stablekit.adapters import apply_adapters
@@ -12,25 +12,10 @@ from stablekit.formats.lora_keys import load_lora_file
 from stablekit.formats.lora_kohya import read_kohya_lora, save_kohya_lora, write_kohya_lora
 from stablekit.formats.weights import open_weights
 
-IDS = torch.tensor([[49406, 320, 1125, 539, 320, 2368, 49407] + [49407] * 70])
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     with one_thread():
         yield
-
-
-def _diffusers_pipe(c):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    sched = DDIMScheduler.from_config(c.scheduler_config)
-    if c.is_sdxl:
-        return StableDiffusionXLPipeline(vae=c.vae, text_encoder=c.text_encoder, text_encoder_2=c.text_encoder_2,
-                                         tokenizer=c.tokenizer, tokenizer_2=c.tokenizer_2, unet=c.unet, scheduler=sched)
-    return StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-                                   scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
 
 
 def _peft_layers(module) -> int:
@@ -57,15 +42,24 @@ def test_kohya_export_loads_in_diffusers_with_same_outputs(tmp_path, arch):
     n_layers = len(applied.adapters[0].report.matched)
     assert n_layers == (len(unet_lora) + sum(map(len, text_lora))) // 2
 
-    pipe = _diffusers_pipe(theirs)
+    pipe = diffusers_pipe(theirs)
     pipe.load_lora_weights(str(tmp_path), weight_name="k.safetensors")  # raises on keys it cannot place
     assert sum(_peft_layers(m) for m in [theirs.unet, *_encoders(theirs)]) == n_layers
     assert torch.allclose(unet_out(theirs, inputs), unet_out(ours, inputs), atol=1e-4, rtol=0)
     for a, b in zip(_encoders(ours), _encoders(theirs)):
         assert torch.allclose(text_out(a, IDS), text_out(b, IDS), atol=1e-4, rtol=0)
+    if arch == "sd1":  # the same image, same seed and sampler: diffusers' LoRA vs our patched weights
+        def image(p):
+            return p("a photo of a cat", num_inference_steps=3, guidance_scale=7.0, height=64, width=64,
+                     generator=torch.Generator().manual_seed(0), output_type="np").images
+        theirs_image = image(pipe)
+        ours_image = image(diffusers_pipe(ours))
+        assert abs(theirs_image - ours_image).max() < 1e-4
     # the adapter really changes the output (else the comparison proves nothing)
     applied.remove()
     assert not torch.allclose(unet_out(ours, inputs), unet_out(theirs, inputs), atol=1e-3)
+    if arch == "sd1":
+        assert abs(image(diffusers_pipe(ours)) - ours_image).max() > 1e-3
 
 
 def test_kohya_round_trip_bit_exact(tmp_path):
@@ -117,7 +111,7 @@ def test_two_adapters_match_diffusers_set_adapters(tmp_path):
         save_kohya_lora(tmp_path / f"l{i}.safetensors", u, t, alpha=1.0, rank=2, arch="sd1")
     inputs = unet_inputs(ours)
     apply_adapters(ours, [(tmp_path / "l0.safetensors", 0.6), (tmp_path / "l1.safetensors", -0.4)])
-    pipe = _diffusers_pipe(theirs)
+    pipe = diffusers_pipe(theirs)
     pipe.load_lora_weights(str(tmp_path), weight_name="l0.safetensors", adapter_name="a")
     pipe.load_lora_weights(str(tmp_path), weight_name="l1.safetensors", adapter_name="b")
     pipe.set_adapters(["a", "b"], [0.6, -0.4])

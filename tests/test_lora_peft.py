@@ -5,9 +5,8 @@ import json
 
 import pytest
 import torch
-from adapter_fixtures import UNET_LAYERS, random_peft_lora, text_out, unet_inputs, unet_out
+from adapter_fixtures import IDS, UNET_LAYERS, diffusers_pipe, random_peft_lora, text_out, unet_inputs, unet_out
 from fixtures import one_thread, tiny_components
-from test_lora_kohya import IDS, _diffusers_pipe
 
 from stablekit.adapters import apply_adapters
 from stablekit.formats.lora_keys import load_lora_file
@@ -33,7 +32,7 @@ def test_peft_export_keeps_alpha_and_loads_in_diffusers(tmp_path):
 
     inputs = unet_inputs(ours)
     apply_adapters(ours, [(tmp_path / "p.safetensors", 1.0)])
-    pipe = _diffusers_pipe(theirs)
+    pipe = diffusers_pipe(theirs)
     pipe.load_lora_weights(str(tmp_path), weight_name="p.safetensors")
     assert theirs.unet.peft_config["default_0"].lora_alpha == 12.0
     assert torch.allclose(unet_out(theirs, inputs), unet_out(ours, inputs), atol=1e-4, rtol=0)
