@@ -100,8 +100,14 @@ def test_scales_and_exact_removal(tmp_path):
     assert torch.equal(only_first, unet_out(single.components, inputs))
     applied.set_scales([0.7, 0.3])
     assert torch.equal(unet_out(c, inputs), both)
+    with pytest.raises(StablekitError, match="already applied"):
+        apply_adapters(c, [(tmp_path / "l1.safetensors", 1.0)])
+    from stablekit.formats.lora_keys import addnet_hash
+
+    assert applied.hashes == {f"l{i}": addnet_hash(tmp_path / f"l{i}.safetensors")[:12] for i in range(2)}
     applied.remove()
     assert all(torch.equal(v, c.unet.state_dict()[k]) for k, v in before.items())
+    apply_adapters(c, [(tmp_path / "l1.safetensors", 1.0)]).remove()  # allowed once the first set is gone
 
 
 def test_two_adapters_match_diffusers_set_adapters(tmp_path):

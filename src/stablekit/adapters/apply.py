@@ -20,9 +20,11 @@ import torch
 
 from stablekit.adapters.math import patched_weight
 from stablekit.errors import StablekitError
-from stablekit.formats.lora_keys import AdapterFile, MatchReport, components_of, guess_arch, load_lora_file, resolve
+from stablekit.formats.lora_keys import (AdapterFile, MatchReport, addnet_hash, components_of, guess_arch,
+                                        load_lora_file, resolve)
 
 ARCH_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+_ACTIVE = "applied_adapters"  # Components.extra key of the AppliedAdapters patched in
 
 
 @dataclass
@@ -60,11 +62,22 @@ class AppliedAdapters:
     """Adapters patched into a model's weights. `set_scales()` re-weights, `remove()` restores the base."""
 
     def __init__(self, components, adapters: list[LoadedAdapter]):
+        active = components.extra.get(_ACTIVE)
+        if active is not None and active.adapters:
+            # a second set would back up already-patched weights as "originals"
+            raise StablekitError(f"adapters {', '.join(active.names)} are already applied to this model; "
+                                 "call .remove() on them first, or apply all adapters in one call")
         self.components = components
         self.adapters = adapters
         self._backups: dict[tuple[str, str], torch.Tensor] = {}
         self._modules = components_of(components)
         self._apply()
+        components.extra[_ACTIVE] = self
+
+    @property
+    def hashes(self) -> dict[str, str]:
+        """A1111's `Lora hashes`: name -> first 12 hex digits of the file's addnet hash."""
+        return {a.name: addnet_hash(a.file.path)[:12] for a in self.adapters if a.file.path is not None}
 
     @property
     def names(self) -> list[str]:
@@ -87,6 +100,8 @@ class AppliedAdapters:
         self._restore(self._backups)
         self._backups = {}
         self.adapters = []
+        if self.components.extra.get(_ACTIVE) is self:
+            del self.components.extra[_ACTIVE]
 
     def _weight(self, target: tuple[str, str]) -> torch.nn.Parameter:
         return self._modules[target[0]].get_submodule(target[1]).weight
