@@ -206,6 +206,8 @@ def guess_arch(adapter: AdapterFile) -> str:
         if w in by_width:
             return by_width[w]
     version = adapter.metadata.get("ss_base_model_version", "")
+    if version in ("sd1", "sd2", "sd2-v"):  # stablekit arch names, as some writers store them
+        return version.removesuffix("-v")
     if version.startswith("sdxl"):
         return "sdxl"
     if version.startswith("sd_v2") or adapter.metadata.get("ss_v2") == "True":
