@@ -144,3 +144,21 @@ def test_lycoris_round_trip_bit_exact(tmp_path):
     assert {k.split(".", 1)[1] for k in a.keys()} >= {"hada_w1_a", "lokr_w1", "lokr_w2_a", "dora_scale", "alpha"}
     for key in a.keys():
         assert torch.equal(a.get(key), b.get(key)) and a.dtype(key) == b.dtype(key)
+
+
+def test_unsupported_lycoris_kind_fails_loudly(tmp_path):
+    """An OFT layer (a LyCORIS kind stablekit does not apply) beside good ones: refused, nothing changes."""
+    from stablekit.errors import StablekitError
+    from stablekit.formats.weights import write_safetensors
+
+    cases = _cases(torch.Generator().manual_seed(3))
+    path = _write(tmp_path, cases)
+    w = open_weights(path)
+    tensors = {k: w.get(k) for k in w.keys()}
+    tensors[NAMES[Q].replace("to_q", "to_k") + ".oft_blocks"] = torch.zeros(4, 8, 8)
+    write_safetensors(tmp_path / "oft.safetensors", [(k, (lambda t=t: t), tuple(t.shape), t.dtype) for k, t in tensors.items()])
+    c = tiny_components("sd1")
+    before = _weight(c, FF)
+    with pytest.raises(StablekitError, match=r"4 of 4 layers match the model; 1 keys of no known LoRA kind \(e.g. .*oft_blocks"):
+        apply_adapters(c, [(tmp_path / "oft.safetensors", 1.0)])
+    assert torch.equal(_weight(c, FF), before)
