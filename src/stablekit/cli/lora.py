@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 
+from stablekit.cli.formats import DTYPE_CHOICES
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("lora", help="inspect LoRA files or merge them into a checkpoint",
                               description="LoRA / LoCon / LoHa / LoKr / DoRA files (kohya, LyCORIS, diffusers/PEFT).")
-    sub = p.add_subparsers(dest="lora_command", metavar="ACTION", required=True)
-    q = sub.add_parser("inspect", help="show a LoRA file's format, architecture, rank, alpha, layers and metadata")
+    sub = p.add_subparsers(dest="lora_command", metavar="ACTION", required=True,
+                            help="inspect: what a LoRA file holds; merge: bake LoRAs into a checkpoint")
+    q = sub.add_parser("inspect", help="show a LoRA file's format, architecture, rank, alpha, layers and metadata",
+                       description="Show a LoRA file's format, architecture, rank, alpha, layers and metadata.")
     q.add_argument("file", help="LoRA .safetensors file")
     q.add_argument("--json", action="store_true", help="print the result as JSON")
     q.set_defaults(func=run_inspect)
@@ -22,7 +26,7 @@ def register(subparsers) -> None:
     m.add_argument("base", help="model file or diffusers folder")
     m.add_argument("loras", nargs="+", metavar="LORA[:SCALE]", help="LoRA file, optionally with a scale, e.g. style.safetensors:0.8")
     m.add_argument("--out", required=True, help="output .safetensors file (single file) or folder (diffusers)")
-    m.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="cast the saved weights")
+    m.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="cast the saved weights")
     m.add_argument("--allow-pickle", action="store_true", help="read a .ckpt BASE with torch.load(weights_only=True)")
     m.set_defaults(func=run_merge)
 
