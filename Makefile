@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/stablekit generate "a large red star on a blue background" --out out/demo.png
+	$(VENV)/bin/stablekit generate "a large red star on a blue background" --out out/demo.png --overwrite
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

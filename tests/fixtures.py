@@ -101,3 +101,107 @@ def _seeded_modules(configs: dict, seed: int) -> dict:
                     p.add_(torch.randn(p.shape, generator=gen) * 0.02)
                 module.eval()
     return modules
+
+
+# ----------------------------------------------------------------------------- released-file layout
+def ldm_schedule_buffers(configs: dict) -> dict[str, torch.Tensor]:
+    """The 12 noise-schedule buffers LDM's DDPM.register_schedule stores in SD 1.x/2.x files
+    (float32, computed in float64 as ldm/models/diffusion/ddpm.py does; v_posterior = 0)."""
+    sched = configs["scheduler"]
+    n = sched.get("num_train_timesteps", 1000)
+    betas = torch.linspace(sched["beta_start"] ** 0.5, sched["beta_end"] ** 0.5, n, dtype=torch.float64) ** 2
+    alphas = 1.0 - betas
+    cumprod = torch.cumprod(alphas, 0)
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), cumprod[:-1]])
+    posterior_variance = betas * (1.0 - prev) / (1.0 - cumprod)
+    buffers = {
+        "betas": betas, "alphas_cumprod": cumprod, "alphas_cumprod_prev": prev,
+        "sqrt_alphas_cumprod": cumprod.sqrt(), "sqrt_one_minus_alphas_cumprod": (1.0 - cumprod).sqrt(),
+        "log_one_minus_alphas_cumprod": (1.0 - cumprod).log(), "sqrt_recip_alphas_cumprod": (1.0 / cumprod).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1.0 / cumprod - 1).sqrt(), "posterior_variance": posterior_variance,
+        "posterior_log_variance_clipped": posterior_variance.clamp(min=1e-20).log(),
+        "posterior_mean_coef1": betas * prev.sqrt() / (1.0 - cumprod),
+        "posterior_mean_coef2": (1.0 - prev) * alphas.sqrt() / (1.0 - cumprod),
+    }
+    return {k: v.float() for k, v in buffers.items()}
+
+
+def ldm_extras(arch: str, configs: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Tensors released LDM files hold that the diffusers modules have no place for, in tiny widths.
+
+    SD 1.x (v1-5-pruned-emaonly): CLIP's position_ids + the schedule buffers. SD 2.x (v2-1_768-ema):
+    the schedule buffers + OpenCLIP's last resblock (SD 2 conditions on the penultimate layer, so
+    diffusers' text encoder has one layer fewer), `text_projection` (x @ W) and `logit_scale`.
+    SDXL base: position_ids of the first encoder and `logit_scale` of the second (its
+    text_projection is used). Same seed -> same tensors.
+    """
+    gen = torch.Generator().manual_seed(seed + 7)
+    ids = torch.arange(77, dtype=torch.int64)[None]
+    logit_scale = torch.tensor(4.6052)  # ln(1 / 0.07), OpenCLIP's init; shape [] as released
+    if arch == "sdxl":
+        return {"conditioner.embedders.0.transformer.text_model.embeddings.position_ids": ids,
+                "conditioner.embedders.1.model.logit_scale": logit_scale}
+    extras = ldm_schedule_buffers(configs)
+    if arch == "sd1":
+        extras["cond_stage_model.transformer.text_model.embeddings.position_ids"] = ids
+        return extras
+    te = configs["text_encoder"]
+    width, hidden, last = te["hidden_size"], te["intermediate_size"], te["num_hidden_layers"]
+    block = f"cond_stage_model.model.transformer.resblocks.{last}."
+    shapes = {"ln_1.weight": (width,), "ln_1.bias": (width,), "attn.in_proj_weight": (3 * width, width),
+              "attn.in_proj_bias": (3 * width,), "attn.out_proj.weight": (width, width), "attn.out_proj.bias": (width,),
+              "ln_2.weight": (width,), "ln_2.bias": (width,), "mlp.c_fc.weight": (hidden, width),
+              "mlp.c_fc.bias": (hidden,), "mlp.c_proj.weight": (width, hidden), "mlp.c_proj.bias": (width,)}
+    extras.update({block + k: torch.randn(s, generator=gen) * 0.02 for k, s in shapes.items()})
+    extras["cond_stage_model.model.text_projection"] = torch.randn(width, te.get("projection_dim", width), generator=gen)
+    extras["cond_stage_model.model.logit_scale"] = logit_scale
+    return extras
+
+
+# SDXL base 1.0 ships this kind of metadata (Stability's model spec); kept to check it survives.
+SDXL_FILE_METADATA = {"modelspec.architecture": "stable-diffusion-xl-v1-base", "modelspec.title": "tiny"}
+
+
+def tiny_ldm_file(arch: str, path, seed: int = 0, record: bool = True):
+    """A tiny single file in the layout of the released checkpoints: tiny_components' weights in LDM
+    keys plus `ldm_extras` (and SDXL's model-spec metadata). record=False leaves out stablekit's
+    metadata record, as in a file from elsewhere; loading it then needs the tiny configs in place
+    of the shipped ones (monkeypatch `stablekit.formats.single_file.shipped_configs`)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from stablekit.formats import save_model
+
+    path = Path(path)
+    save_model(tiny_components(arch, seed), path)
+    with safe_open(str(path), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = dict(f.metadata() or {})
+    tensors.update(ldm_extras(arch, tiny_configs(arch), seed))
+    if not record:
+        metadata.pop("stablekit", None)
+    if arch == "sdxl":
+        metadata.update(SDXL_FILE_METADATA)
+    save_file(tensors, str(path), metadata=metadata or None)
+    return path
+
+
+def tiny_controlnet(arch: str = "sd1", seed: int = 0):
+    """A tiny seeded random diffusers ControlNetModel for `tiny_components(arch)`'s UNet: the real
+    block structure (so the real key layouts), tiny widths; every tensor perturbed (zero
+    convolutions included) so no two are equal. Same seed -> same weights."""
+    from diffusers import ControlNetModel
+
+    from stablekit.formats.controlnet import controlnet_config
+
+    config = controlnet_config(tiny_configs(arch)["unet"])
+    with one_thread(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ControlNetModel.from_config(config)
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    return net.eval()

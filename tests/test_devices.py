@@ -75,7 +75,7 @@ def test_explicit_cpu_in_python_and_cli(tmp_path, capsys):
     assert main(args + ["--device", "cpu"]) == 0 and out.exists()
     assert main(args + ["--device", "auto", "--out", str(tmp_path / "auto.png")]) == 0
     capsys.readouterr()
-    assert main(args + ["--device", "tpu"]) == 2
+    assert main(args + ["--device", "tpu", "--out", str(tmp_path / "tpu.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("stablekit: error: unknown device 'tpu'") and "\n" not in err
 

@@ -233,15 +233,37 @@ def test_dtype_none_keeps_the_file_dtypes(tiny, tmp_path):
     assert_same_weights(tiny["sd2"], loaded, dtype=torch.bfloat16)
 
 
+# Equal weights (checked bit for bit above) need not give bit-equal outputs: the loaded tensors
+# are memory-mapped from the file, the originals are fresh allocations, and oneDNN/MKL choose
+# kernels (vector widths, blocking, summation order) by memory alignment, so fp32 sums differ in
+# the last bits: 1.1e-6 measured on some machines of this type, identical after a .clone().
+# A few float32 ulps through ~30 layers is far below 1e-5; a wrong key mapping (two tensors
+# swapped, a transposed projection) moves them far more: swapping one q/k pair gave 0.11 (outputs ~1).
+OUTPUT_ATOL = 1e-5
+
+
+def _unet_outputs(comps_list, tokens="a cat"):
+    ids = comps_list[0].tokenizer([tokens], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return [c.unet(x, 10, encoder_hidden_states=c.text_encoder(ids).last_hidden_state).sample for c in comps_list]
+
+
 def test_loaded_model_runs(single_files):
     original = tiny_components("sd1")
     comps = load_model(single_files["sd1"])
-    ids = comps.tokenizer(["a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    outs = _unet_outputs([original, comps])
+    assert outs[0].shape == (1, 4, 8, 8)
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=OUTPUT_ATOL)
+    # Control: the tolerance still catches a real mapping bug (attn1's q and k weights swapped).
+    broken = load_model(single_files["sd1"])
+    attn = broken.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
     with torch.no_grad():
-        outs = [c.unet(x, 10, encoder_hidden_states=c.text_encoder(ids).last_hidden_state).sample
-                for c in (original, comps)]
-    assert outs[0].shape == (1, 4, 8, 8) and torch.equal(outs[0], outs[1])
+        q = attn.to_q.weight.clone()
+        attn.to_q.weight.copy_(attn.to_k.weight)
+        attn.to_k.weight.copy_(q)
+    wrong = _unet_outputs([original, broken])[1]
+    assert (wrong - outs[0]).abs().max() > 100 * OUTPUT_ATOL
 
 
 # ----------------------------------------------------------------------------- detection

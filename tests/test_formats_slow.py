@@ -93,7 +93,12 @@ def test_full_size_ldm_round_trip(arch, dtype, prediction, tmp_path):
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
     expected = unet_output(original)
     assert torch.isfinite(expected).all()
-    assert torch.equal(unet_output(loaded), expected)
+    # Weights are bit-equal (above); outputs from memory-mapped vs freshly allocated weights may
+    # differ by a few ulps (kernels chosen by alignment, see tests/test_formats.py OUTPUT_ATOL), so
+    # compare within a few ulps of the dtype at the output's scale; a mapping bug is far larger.
+    ulp = torch.finfo(dtype).eps * expected.abs().max().item()
+    ulps = 64 if dtype == torch.float32 else 4  # bf16's ulp is already 2**-8 of the scale
+    torch.testing.assert_close(unet_output(loaded), expected, rtol=0, atol=ulps * ulp)
 
 
 _PEAK_SCRIPT = textwrap.dedent("""

@@ -1,40 +1,71 @@
-"""`stablekit generate`: txt2img from the command line, writing PNGs with A1111 metadata."""
+"""`stablekit generate`: txt2img, img2img (--init-image) and inpainting (--mask) from the command line.
+
+Writes PNG, JPEG or WebP files carrying A1111's parameters text and stablekit's record. The output
+path is validated before anything is loaded or computed (stablekit.metadata.outputs).
+"""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from stablekit.cli.formats import DTYPE_CHOICES
 from stablekit.errors import StablekitError
+from stablekit.formats.archs import ARCHS
+from stablekit.metadata.outputs import FORMATS, check_count, plan_outputs, write_outputs
+from stablekit.samplers.registry import SAMPLER_NAMES, SCHEDULE_NAMES
 
-DTYPES = ("fp32", "bf16", "fp16")
+DESCRIPTION = """Generate images with a Stable Diffusion model; without --model, with the embedded shapes model
+(native size 64x64). txt2img from a prompt; img2img with --init-image (and --strength); inpainting with
+--init-image and --mask. Images go to --out with their parameters embedded (see png-info)."""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="txt2img: generate images from a prompt",
-                              description="Generate images. Without --model, uses the embedded shapes model.")
-    p.add_argument("prompt", nargs="?", default=None, help="the prompt (A1111 syntax: (word:1.2), [word], BREAK)")
-    p.add_argument("--model", default=None, help="diffusers folder or single .safetensors (default: embedded model)")
-    p.add_argument("--negative", default=None, help="negative prompt")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 20)")
-    p.add_argument("--cfg", type=float, default=None, help="CFG scale (default 7)")
-    p.add_argument("--sampler", default=None, help='sampler name, A1111 or ComfyUI (default "DPM++ 2M")')
-    p.add_argument("--schedule", default=None, help="Automatic, Karras, Exponential, SGM Uniform, ... (default Automatic)")
-    p.add_argument("--seed", type=int, default=None, help="seed; image i uses seed+i (default -1: random)")
-    p.add_argument("--width", type=int, default=None, help="multiple of 8 (default: the model's native size)")
-    p.add_argument("--height", type=int, default=None, help="multiple of 8 (default: the model's native size)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default 1)")
-    p.add_argument("--batch-count", type=int, default=None, help="number of batches (default 1)")
-    p.add_argument("--clip-skip", type=int, default=None, help="A1111 clip skip (default 1)")
-    p.add_argument("--init-image", default=None, metavar="FILE", help="img2img: start from this image (size defaults to its own)")
-    p.add_argument("--strength", type=float, default=None, help="img2img denoising strength 0..1 (default 0.75; inpainting 1.0)")
-    p.add_argument("--mask", default=None, metavar="FILE", help="inpaint: white = repaint (needs --init-image)")
-    p.add_argument("--out", default=None, help="a .png file for one image, a folder for several (default: outputs/)")
-    p.add_argument("--from-png", default=None, metavar="FILE", help="regenerate a PNG from its stored parameters; other flags override")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights dtype (default fp32)")
+    p = subparsers.add_parser("generate", help="txt2img, img2img and inpainting: images from a prompt",
+                              description=DESCRIPTION)
+    p.add_argument("prompt", nargs="?", default=None,
+                   help="the prompt (A1111 syntax: (word:1.2), [word], [from:to:when], BREAK)")
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="diffusers folder or single .safetensors (.ckpt with --allow-pickle); "
+                        "leave out for the embedded shapes model")
+    p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default empty)")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="sampling steps (default 20)")
+    p.add_argument("--cfg", type=float, default=None, metavar="X", help="classifier-free guidance scale (default 7)")
+    p.add_argument("--sampler", default=None, metavar="NAME",
+                   help=f"A1111 or ComfyUI sampler name: {', '.join(SAMPLER_NAMES)} (default DPM++ 2M)")
+    p.add_argument("--schedule", default=None, metavar="NAME",
+                   help=f"schedule type: {', '.join(SCHEDULE_NAMES)} (default Automatic: the sampler's own)")
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="seed; image i of the run uses seed+i, as A1111 (default -1: random)")
+    p.add_argument("--width", type=int, default=None, metavar="W",
+                   help="a multiple of 8 (default: the model's native size; 64 for the embedded model)")
+    p.add_argument("--height", type=int, default=None, metavar="H",
+                   help="a multiple of 8 (default: the model's native size; 64 for the embedded model)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="images per UNet call (default 1)")
+    p.add_argument("--batch-count", type=int, default=None, metavar="N", help="number of batches (default 1)")
+    p.add_argument("--clip-skip", type=int, default=None, metavar="N", help="A1111 clip skip (default 1)")
+    p.add_argument("--init-image", default=None, metavar="FILE",
+                   help="img2img: start from this image (size defaults to its own, rounded down to a multiple of 8)")
+    p.add_argument("--strength", type=float, default=None, metavar="X",
+                   help="img2img denoising strength 0..1 (default 0.75; inpainting 1.0)")
+    p.add_argument("--mask", default=None, metavar="FILE",
+                   help="inpainting: white = repaint, black = keep (needs --init-image)")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="a .png/.jpg/.webp file for one image, else a folder of NNNNN-SEED files; "
+                        "a trailing / makes any name a folder (default: outputs/)")
+    p.add_argument("--format", choices=tuple(FORMATS), default=None,
+                   help="file type of the images written into a folder (default png)")
+    p.add_argument("--grid", action="store_true",
+                   help="also write an A1111-style grid of a run's images (with a file --out: only the grid)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--from-png", default=None, metavar="FILE",
+                   help="regenerate an image from its stored parameters (PNG, JPEG or WebP; stablekit's or "
+                        "A1111's); other flags override")
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--arch", default=None, help="override architecture detection (sd1, sd2, sd2-v, sdxl)")
-    p.add_argument("--allow-pickle", action="store_true", help="allow .ckpt/.pt pickles (loaded with weights_only=True)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="fp32", help="dtype to load the weights in (default fp32)")
+    p.add_argument("--arch", choices=ARCHS, default=None,
+                   help="override architecture detection (default: detected from the file)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow .ckpt/.pt pickles (loaded with torch.load(weights_only=True))")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -51,20 +82,6 @@ def _replay_png(path: str):
     if found.ignored:
         warn(f"--from-png {path}: not applied (stablekit does not implement them): {', '.join(found.ignored)}")
     return found
-
-
-def output_paths(out: str | None, n: int, seeds: list[int]) -> list[Path]:
-    """A file for one image (if --out ends in .png), else numbered files in a folder, never overwriting."""
-    if out and out.lower().endswith(".png"):
-        if n != 1:
-            raise StablekitError(f"--out {out} is a file but {n} images were asked for; give a folder instead")
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        return [Path(out)]
-    folder = Path(out or "outputs")
-    folder.mkdir(parents=True, exist_ok=True)
-    taken = [int(p.name.split("-")[0]) for p in folder.glob("*.png") if p.name.split("-")[0].isdigit()]
-    start = max(taken, default=-1) + 1
-    return [folder / f"{start + i:05d}-{seed}.png" for i, seed in enumerate(seeds)]
 
 
 def _check_inputs(args, params, replay) -> None:
@@ -104,25 +121,27 @@ def _strength(params, default: float) -> float:
 
 
 def run(args) -> int:
+    # The output path first: a mistake there must cost no model loading and no compute.
+    outputs = plan_outputs(args.out, args.format, overwrite=args.overwrite, grid=args.grid)
+
     import torch
 
     import stablekit
     from stablekit.generate.params import GenerationParams
     from stablekit.generate.replay import Replay
-    from stablekit.metadata import save_png
 
     replay = _replay_png(args.from_png) if args.from_png else Replay(GenerationParams())
-    params = replay.params
     overrides = {"prompt": args.prompt, "negative_prompt": args.negative, "steps": args.steps, "cfg": args.cfg,
                  "sampler": args.sampler, "schedule": args.schedule, "seed": args.seed, "width": args.width,
                  "height": args.height, "batch_size": args.batch_size, "batch_count": args.batch_count,
                  "clip_skip": args.clip_skip, "denoising_strength": args.strength}
     given = {k: v for k, v in overrides.items() if v is not None}
-    params = GenerationParams.from_dict({**params.to_dict(), **given})
+    params = GenerationParams.from_dict({**replay.params.to_dict(), **given})
     # the PNG's own image out of its regenerated batch, unless the run was changed to a new one
     keep = replay.index if args.from_png and not given.keys() & {"seed", "batch_size", "batch_count"} else None
     if args.prompt is None and not args.from_png:
         raise StablekitError("no prompt: give one, e.g. stablekit generate \"a red circle\", or use --from-png FILE")
+    check_count(outputs, 1 if keep is not None else params.batch_size * params.batch_count)
     _check_inputs(args, params, replay)
     model = args.model
     if model is None and replay.model.get("source") and Path(replay.model["source"]).exists():
@@ -135,8 +154,6 @@ def run(args) -> int:
     images = _generate(pipe, params, args, replay)
     if keep is not None and keep < len(images):
         images = [images[keep]]
-    seeds = [json.loads(im.info["stablekit"])["seed"] for im in images]
-    for image, path in zip(images, output_paths(args.out, len(images), seeds)):
-        save_png(image, path, image.info["parameters"], json.loads(image.info["stablekit"]))
+    for path in write_outputs(outputs, images):
         print(path)
     return 0

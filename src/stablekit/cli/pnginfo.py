@@ -1,4 +1,4 @@
-"""`stablekit png-info FILE [--json]`: show the generation parameters stored in a PNG."""
+"""`stablekit png-info FILE [--json]`: show the generation parameters stored in a PNG, JPEG or WebP."""
 from __future__ import annotations
 
 import json
@@ -9,18 +9,20 @@ from stablekit.errors import StablekitError
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "png-info",
-        help="show the generation parameters of a PNG (A1111 or stablekit)",
-        description="Print the A1111 'parameters' text of a PNG, or with --json the parsed fields and stablekit's record.",
+        help="show the generation parameters of an image (PNG, JPEG or WebP; A1111 or stablekit)",
+        description="Print the A1111 'parameters' text of a PNG, JPEG or WebP (PNG text chunk or EXIF "
+                    "UserComment, as A1111 writes them), or with --json the parsed fields and stablekit's record.",
     )
-    parser.add_argument("file", metavar="FILE", help="a PNG written by stablekit or the A1111 web UI")
-    parser.add_argument("--json", action="store_true", help="print JSON: parameters text, parsed fields, stablekit record")
+    parser.add_argument("file", metavar="FILE", help="a .png, .jpg or .webp written by stablekit or the A1111 web UI")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON: the parameters text, its parsed fields and the stablekit record")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from stablekit.metadata import read_png_info
+    from stablekit.metadata import read_image_info
 
-    info = read_png_info(args.file)
+    info = read_image_info(args.file)
     if args.json:
         out = {k: info[k] for k in ("parameters", "fields", "stablekit")}
         print(json.dumps(out, indent=2, ensure_ascii=False))
@@ -30,5 +32,6 @@ def run(args) -> int:
     elif info["stablekit"] is not None:
         print(json.dumps(info["stablekit"], indent=2, ensure_ascii=False))
     else:
-        raise StablekitError(f"{args.file} holds no generation parameters (no 'parameters' or 'stablekit' text chunk)")
+        raise StablekitError(f"{args.file} holds no generation parameters (no A1111 'parameters' text, "
+                             "no stablekit record)")
     return 0

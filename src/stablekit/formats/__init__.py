@@ -7,6 +7,7 @@ Nothing here reaches a model hub: the configs of the reference architectures shi
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -32,50 +33,79 @@ def load_model(path, arch: str | None = None, dtype=torch.float32, allow_pickle:
     name is the file stem or folder name, hash the A1111 short hash (for folders: of the UNet
     weights file), source the path.
     """
-    from stablekit.formats.diffusers_folder import is_diffusers_folder, load_folder
+    from stablekit.formats.diffusers_folder import load_folder, source_kind
     from stablekit.formats.single_file import load_single_file
 
     path = Path(path)
     dtype = parse_dtype(dtype)
-    if not path.exists():
-        raise StablekitError(f"{path} does not exist")
-    if path.is_dir():
-        if not is_diffusers_folder(path):
-            raise StablekitError(f"{path} is a folder without model_index.json; give a diffusers model folder or a .safetensors file")
-        return load_folder(path, arch, dtype, allow_pickle, prediction_type)
-    return load_single_file(path, arch, dtype, allow_pickle, prediction_type)
+    load = load_folder if source_kind(path) == "diffusers" else load_single_file
+    return load(path, arch, dtype, allow_pickle, prediction_type)
+
+
+def check_save_target(path, to: str | None = None) -> tuple[Path, str]:
+    """(path, format) that `save_model(components, path, to)` would write, or the one-line error it
+    would give; cheap, so callers (convert) check the target before spending time on a load.
+
+    to: "diffusers" or "single-file"; None: a path ending in .safetensors is a single file and
+    anything else a folder.
+    """
+    from stablekit.formats.diffusers_folder import is_diffusers_folder
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if to is None:
+        to = "single-file" if suffix == ".safetensors" else "diffusers"
+    if to not in SAVE_FORMATS:
+        raise StablekitError(f"unknown save format {to!r}; use diffusers or single-file")
+    if to == "diffusers":
+        if suffix in (".safetensors", ".ckpt", ".pt", ".bin"):
+            raise StablekitError(f"{path}: a diffusers model is a folder; give a name without a file suffix")
+        if path.exists() and not path.is_dir():
+            raise StablekitError(f"{path} is a file; a diffusers model is a folder (give a name without .safetensors)")
+        if path.is_dir() and any(path.iterdir()) and not is_diffusers_folder(path):
+            raise StablekitError(f"{path} exists and is not a diffusers model folder; give a new or empty folder")
+    else:
+        if suffix != ".safetensors":
+            raise StablekitError(f"{path}: single files are written as .safetensors only; use a .safetensors name")
+        if path.is_dir():
+            raise StablekitError(f"{path} is a folder; give a file name ending in .safetensors")
+    parent = path.parent if to == "single-file" else path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise StablekitError(f"cannot write {path}: {parent} is not a writable folder; choose another place")
+    return path, to
 
 
 def save_model(components: Components, path, to: str | None = None, dtype=None) -> Path:
     """Save as a diffusers folder or a single LDM-layout .safetensors file; returns the path.
 
-    to: "diffusers" or "single-file"; by default a path ending in .safetensors is a single file
-    and anything else a folder. dtype: cast floating tensors on the way out (None keeps them);
-    the Components themselves are not changed.
+    to: "diffusers" or "single-file"; by default a path ending in .safetensors is a single file and
+    anything else a folder (see `check_save_target`). dtype: cast floating tensors on the way out
+    (None keeps them); the Components themselves are not changed.
     """
     from stablekit.formats.diffusers_folder import save_folder
     from stablekit.formats.single_file import save_single_file
 
-    path = Path(path)
-    if to is None:
-        to = "single-file" if path.suffix.lower() == ".safetensors" else "diffusers"
-    if to not in SAVE_FORMATS:
-        raise StablekitError(f"unknown save format {to!r}; use diffusers or single-file")
-    if to == "diffusers" and path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin"):
-        raise StablekitError(f"{path}: a diffusers model is a folder; give a name without a file suffix")
+    path, to = check_save_target(path, to)
     dtype = parse_dtype(dtype)
     (save_single_file if to == "single-file" else save_folder)(components, path, dtype)
     return path
 
 
-def inspect_model(path, allow_pickle: bool = False) -> dict:
+def inspect_model(path, allow_pickle: bool = False, arch: str | None = None,
+                  prediction_type: str | None = None) -> dict:
     """Architecture, prediction type, dtype, parameters per component and A1111 hashes of a model.
 
-    Reads headers and key names (plus one tensor for the SD 2.x v-prediction test) without
-    building models. Keys: path, format, architecture, prediction_type, dtype, dtypes,
-    parameters, total_parameters, tensors, size_bytes, hash (A1111 "Model hash", 10 hex),
-    sha256, and for single files legacy_hash (A1111's old 8-hex hash) and stablekit_metadata.
+    Reads headers and key names (plus one tensor for the SD 2.x v-prediction test) and runs the
+    same detection and checks as `load_model` with the same arguments, without reading weights.
+    A path load_model cannot even open (missing, corrupt, a refused pickle) raises the same
+    StablekitError; a file it opens but would refuse (a LoRA, missing or mis-shaped tensors) is
+    reported with loadable False and problem = load_model's message. Keys: path, format,
+    architecture ("unknown" if not detected), prediction_type, loadable, problem, dtype, dtypes,
+    parameters, total_parameters, tensors, size_bytes, hash (A1111 "Model hash", 10 hex), sha256,
+    and for single files legacy_hash (A1111's old 8-hex hash) and stablekit_metadata.
     """
     from stablekit.formats.inspect import inspect_path
 
-    return inspect_path(path, allow_pickle)
+    return inspect_path(path, allow_pickle, arch, prediction_type)

@@ -33,9 +33,11 @@ PAD_TOKENS = {"sd1": ("<|endoftext|>", None), "sd2": ("!", None), "sd2-v": ("!",
 
 
 def check_arch(arch: str) -> str:
+    """`arch` if it is one of the reference architectures (whose configs ship), else a one-line error."""
     if arch not in ARCHS:
         raise StablekitError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHS)}")
     return arch
+
 
 
 def read_configs(folder: Path) -> dict:
@@ -123,7 +125,25 @@ def module_configs(components) -> dict:
         "text_encoder_2": _te_config(components.text_encoder_2) if components.text_encoder_2 is not None else None,
         "scheduler": dict(components.scheduler_config),
     }
-    return json.loads(json.dumps(configs, default=_jsonable))
+    return stable_json(configs)
+
+
+def stable_json(data):
+    """`data` as plain JSON values, the same for the same model in every process.
+
+    diffusers records `_use_default_values` as a list made from a set, so its order follows
+    Python's per-process string hash seed; sorted here so that a conversion gives the same bytes
+    every time (A1111's "Model hash" of a converted file must not change from run to run).
+    """
+    data = json.loads(json.dumps(data, default=_jsonable))
+    return _sort_default_lists(data)
+
+
+def _sort_default_lists(value):
+    if isinstance(value, dict):
+        return {k: sorted(v) if k == "_use_default_values" and isinstance(v, list) else _sort_default_lists(v)
+                for k, v in value.items()}
+    return value
 
 
 def _te_config(model) -> dict:

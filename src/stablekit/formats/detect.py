@@ -55,6 +55,9 @@ def detect_family(path, keys) -> str:
         raise StablekitError(
             f"{path}: has a UNet (model.diffusion_model.*) but no text encoder (cond_stage_model.* or "
             "conditioner.embedders.*); UNet-only files are not supported, use a full checkpoint")
+    if any(k.removeprefix("control_model.").startswith(("zero_convs.", "controlnet_cond_embedding.")) for k in keys):
+        raise StablekitError(f"{path}: a ControlNet, not a Stable Diffusion model; use it as a ControlNet "
+                             "beside a model (stablekit.formats.controlnet.load_controlnet)")
     sample = ", ".join(sorted(keys)[:3]) or "no tensors"
     raise StablekitError(
         f"{path}: unknown checkpoint layout (no model.diffusion_model./cond_stage_model./conditioner. keys; "

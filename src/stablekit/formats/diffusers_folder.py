@@ -5,7 +5,8 @@ Read: each component's config.json and weights (`diffusion_pytorch_model[.fp16].
 allow_pickle). Text encoder weights with or without transformers' old `text_model.` prefix load.
 Written: the layout `DiffusionPipeline.from_pretrained` reads, text encoders with the `text_model.`
 prefix (readable by every transformers version), CLIP tokenizers as vocab.json + merges.txt, and the
-stablekit arch in model_index.json under "_stablekit" (diffusers ignores keys starting with "_").
+stablekit arch in model_index.json under "_stablekit" (diffusers ignores keys starting with "_"),
+and what only an LDM single file can hold in `stablekit_extra.safetensors` (see side_file.py).
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import torch
 
 from stablekit.components import Components
 from stablekit.errors import StablekitError
-from stablekit.formats.archs import CONFIG_FILES, module_configs, read_configs, tokenizers_for
+from stablekit.formats.archs import CONFIG_FILES, check_arch, module_configs, read_configs, tokenizers_for
 from stablekit.formats.assemble import empty_modules, fill, make_components, set_prediction_type
+from stablekit.formats.ldm import layout_for
+from stablekit.formats.side_file import load_extra, save_extra
 from stablekit.formats.weights import cast, open_weights, write_safetensors
 from stablekit.formats.tokenizer import save_clip_tokenizer
 
@@ -28,6 +31,19 @@ TOKENIZERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 
 def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model_index.json").is_file()
+
+
+def source_kind(path: Path) -> str:
+    """"diffusers" or "single-file" for a model path; the one-line error load, inspect and convert
+    all give for a path that is neither."""
+    if not path.exists():
+        raise StablekitError(f"{path} does not exist; give a .safetensors file or a diffusers model folder")
+    if path.is_dir():
+        if not is_diffusers_folder(path):
+            raise StablekitError(f"{path} is a folder without model_index.json; give a diffusers model folder "
+                                 "or a .safetensors file")
+        return "diffusers"
+    return "single-file"
 
 
 def folder_arch(path: Path, configs: dict) -> str:
@@ -69,25 +85,41 @@ def weight_files(sub: Path, component: str, allow_pickle: bool) -> list[Path]:
     raise StablekitError(f"{sub}: no weights found (expected {base}.safetensors)")
 
 
-def load_folder(path, arch=None, dtype=torch.float32, allow_pickle=False, prediction_type=None) -> Components:
-    path = Path(path)
+def resolve_folder(path: Path, arch: str | None, prediction_type: str | None) -> tuple[str, dict]:
+    """(arch, configs) of a folder: the arch argument, else stablekit's record, else the configs."""
     configs = read_configs(path)
-    arch = arch or folder_arch(path, configs)
-    set_prediction_type(configs, prediction_type)
-    modules, expected = empty_modules(configs)
-    state_dicts = {}
+    found = folder_arch(path, configs)
+    if arch is not None and arch != found:
+        check_arch(arch)  # as for single files: a reference arch, or the one the model records
+    return arch or found, set_prediction_type(configs, prediction_type)
+
+
+def check_folder(path: Path, expected: dict[str, dict[str, tuple]], allow_pickle: bool) -> dict:
+    """{component: {model key: (weight file, file key)}} once every component's weight files hold
+    every tensor the module needs in the right shape; else a one-line StablekitError."""
+    located = {}
     for component, shapes in expected.items():
         files = [open_weights(f, allow_pickle=allow_pickle) for f in weight_files(path / component, component, allow_pickle)]
-        state_dicts[component] = _read_component(path / component, files, shapes, dtype)
+        located[component] = _locate(path / component, files, shapes)
+    return located
+
+
+def load_folder(path, arch=None, dtype=torch.float32, allow_pickle=False, prediction_type=None) -> Components:
+    path = Path(path)
+    arch, configs = resolve_folder(path, arch, prediction_type)
+    modules, expected = empty_modules(configs)
+    located = check_folder(path, expected, allow_pickle)
+    state_dicts = {component: {k: wf.get(key, dtype) for k, (wf, key) in where.items()}
+                   for component, where in located.items()}
     fill(modules, state_dicts, dtype)
     tokenizers = _load_tokenizers(path, arch, configs)
     unet_file = weight_files(path / "unet", "unet", allow_pickle)[0]
-    extra = {"format": "diffusers"}
+    extra = {"format": "diffusers", **load_extra(path, layout_for(arch, configs), dtype)}
     return make_components(arch, modules, configs, tokenizers, name=path.name, hash_file=str(unet_file),
                            source=str(path), extra=extra)
 
 
-def _read_component(sub: Path, files, shapes: dict[str, tuple], dtype) -> dict[str, torch.Tensor]:
+def _locate(sub: Path, files, shapes: dict[str, tuple]) -> dict[str, tuple]:
     from stablekit.formats.ldm import check_file_against
 
     where = {}
@@ -101,7 +133,7 @@ def _read_component(sub: Path, files, shapes: dict[str, tuple], dtype) -> dict[s
         rename[model_key] = key
     file_shapes = {m: where[f].shape(f) for m, f in rename.items()}
     check_file_against(sub, file_shapes, shapes, f"diffusers {sub.name}")
-    return {k: where[rename[k]].get(rename[k], dtype) for k in shapes}
+    return {k: (where[rename[k]], rename[k]) for k in shapes}
 
 
 def _load_tokenizers(path: Path, arch: str, configs: dict):
@@ -137,11 +169,7 @@ def _pad_token(folder: Path) -> str | None:
 
 
 def save_folder(components: Components, path, dtype: torch.dtype | None = None) -> None:
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise StablekitError(f"{path} is a file; a diffusers model is a folder (give a name without .safetensors)")
-    if path.is_dir() and any(path.iterdir()) and not is_diffusers_folder(path):
-        raise StablekitError(f"{path} exists and is not a diffusers model folder; give a new or empty folder")
+    path = Path(path)  # checked by formats.check_save_target
     configs = module_configs(components)
     path.mkdir(parents=True, exist_ok=True)
     for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
@@ -161,13 +189,14 @@ def save_folder(components: Components, path, dtype: torch.dtype | None = None) 
         else:
             config["_class_name"] = type(module).__name__
         _write_json(path / CONFIG_FILES[component], config)
-    scheduler = dict(components.scheduler_config)
+    scheduler = dict(configs["scheduler"])
     scheduler.setdefault("_class_name", "PNDMScheduler")
     _write_json(path / CONFIG_FILES["scheduler"], scheduler)
     for component, folder in TOKENIZERS.items():
         tokenizer = components.tokenizer if component == "text_encoder" else components.tokenizer_2
         if tokenizer is not None:
             save_clip_tokenizer(tokenizer, path / folder)
+    save_extra(components.extra, path, dtype)
     _write_json(path / "model_index.json", _model_index(components, scheduler["_class_name"]))
 
 

@@ -1,4 +1,8 @@
-"""What a model file or folder holds, from headers and key names, without building models."""
+"""What a model file or folder holds, from headers and key names, without reading the weights.
+
+The checks are load_model's own (modules are built on the meta device only for their expected
+shapes), so inspect and convert accept and refuse the same inputs with the same messages.
+"""
 from __future__ import annotations
 
 from collections import Counter
@@ -6,6 +10,8 @@ from pathlib import Path
 
 from stablekit.errors import StablekitError
 from stablekit.formats.hashes import a1111_legacy_hash, cached_sha256
+from stablekit.formats.side_file import EXTRA_FILE
+from stablekit.formats.side_file import read_record as read_extra_record
 from stablekit.formats.weights import DTYPE_NAMES, open_weights
 
 # LDM prefixes counted per component (anything else, e.g. model_ema.*, is "other").
@@ -18,17 +24,28 @@ _LDM_PARTS = [
 ]
 
 
-def inspect_path(path, allow_pickle: bool = False) -> dict:
-    from stablekit.formats.diffusers_folder import is_diffusers_folder
+def inspect_path(path, allow_pickle: bool = False, arch: str | None = None,
+                 prediction_type: str | None = None) -> dict:
+    """See `stablekit.formats.inspect_model`. Runs the checks `load_model` runs, in the same
+    functions, on headers only: what inspect calls loadable, convert loads; what it refuses
+    (`problem`), convert refuses with the same message."""
+    from stablekit.formats.diffusers_folder import source_kind
 
     path = Path(path)
-    if not path.exists():
-        raise StablekitError(f"{path} does not exist")
-    if path.is_dir():
-        if not is_diffusers_folder(path):
-            raise StablekitError(f"{path} is a folder without model_index.json, not a diffusers model")
-        return _inspect_folder(path, allow_pickle)
-    return _inspect_file(path, allow_pickle)
+    if source_kind(path) == "diffusers":
+        return _inspect_folder(path, allow_pickle, arch, prediction_type)
+    return _inspect_file(path, allow_pickle, arch, prediction_type)
+
+
+def _checked(info: dict, check) -> dict:
+    """Run the loader's checks; a refusal is reported (loadable False, problem = its message)."""
+    try:
+        check()
+        info["loadable"] = True
+    except StablekitError as exc:
+        info.setdefault("architecture", "unknown")
+        info.update(loadable=False, problem=str(exc))
+    return info
 
 
 def _summary(tensors: list[tuple[str, tuple, object]], part_of) -> dict:
@@ -58,48 +75,60 @@ def _ldm_part(key: str) -> str:
     return "other"
 
 
-def _inspect_file(path: Path, allow_pickle: bool) -> dict:
-    from stablekit.formats.detect import detect_arch
-    from stablekit.formats.single_file import read_record
+def _inspect_file(path: Path, allow_pickle: bool, arch: str | None, prediction_type: str | None) -> dict:
+    from stablekit.formats.single_file import check_single_file, read_record, resolve
 
     weights = open_weights(path, allow_pickle=allow_pickle)
     info = {"path": str(path), "format": "single-file", "file_type": weights.kind}
-    record = read_record(weights)
-    if record is not None:
-        info.update(architecture=record["arch"], layout=record["layout"],
-                    prediction_type=record["configs"]["scheduler"].get("prediction_type", "epsilon"),
-                    stablekit_metadata=True)
-    else:
-        try:
-            arch, prediction = detect_arch(weights)
-            info.update(architecture=arch, prediction_type=prediction
-                        or ("v_prediction" if arch == "sd2-v" else "epsilon"))
-        except StablekitError as exc:
-            info.update(architecture="unknown", problem=str(exc))
-        info["stablekit_metadata"] = False
+    info["stablekit_metadata"] = read_record(weights) is not None
+
+    def check():
+        found, layout, configs = resolve(weights, arch, prediction_type)
+        info.update(architecture=found, layout=layout,
+                    prediction_type=configs["scheduler"].get("prediction_type", "epsilon"))
+        check_single_file(weights, found, layout, configs)
+
+    _checked(info, check)
     info.update(_summary([(k, weights.shape(k), weights.dtype(k)) for k in weights.keys()], _ldm_part))
     digest = cached_sha256(path)
     info.update(size_bytes=path.stat().st_size, hash=digest[:10], sha256=digest, legacy_hash=a1111_legacy_hash(path))
     return info
 
 
-def _inspect_folder(path: Path, allow_pickle: bool) -> dict:
-    from stablekit.formats.archs import read_configs
-    from stablekit.formats.diffusers_folder import folder_arch, weight_files
+def _inspect_folder(path: Path, allow_pickle: bool, arch: str | None, prediction_type: str | None) -> dict:
+    from stablekit.formats.assemble import empty_modules
+    from stablekit.formats.diffusers_folder import check_folder, resolve_folder, weight_files
 
-    configs = read_configs(path)
-    info = {"path": str(path), "format": "diffusers", "architecture": folder_arch(path, configs),
+    found, configs = resolve_folder(path, arch, prediction_type)
+    info = {"path": str(path), "format": "diffusers", "architecture": found,
             "prediction_type": configs["scheduler"].get("prediction_type", "epsilon")}
+    def check():
+        check_folder(path, empty_modules(configs)[1], allow_pickle)
+        if (path / EXTRA_FILE).is_file():  # load_folder reads the side file's record too
+            read_extra_record(open_weights(path / EXTRA_FILE))
+
+    _checked(info, check)
     tensors, size = [], 0
     for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
         if configs.get(component) is None:
             continue
-        for file in weight_files(path / component, component, allow_pickle):
+        try:
+            files = weight_files(path / component, component, allow_pickle)
+        except StablekitError:  # already reported as the problem
+            continue
+        for file in files:
             weights = open_weights(file, allow_pickle=allow_pickle)
             size += file.stat().st_size
             tensors += [(component, weights.shape(k), weights.dtype(k)) for k in weights.keys()]
+    side = path / EXTRA_FILE
+    if side.is_file():  # LDM-only tensors, counted where the single file counts them
+        weights = open_weights(side)
+        size += side.stat().st_size
+        tensors += [(_ldm_part(k), weights.shape(k), weights.dtype(k)) for k in weights.keys()]
     info.update(_summary(tensors, lambda component: component))
-    unet_file = weight_files(path / "unet", "unet", allow_pickle)[0]
-    digest = cached_sha256(unet_file)
-    info.update(size_bytes=size, hash=digest[:10], sha256=digest, hash_of=str(unet_file.relative_to(path)))
+    info["size_bytes"] = size
+    if info["loadable"]:
+        unet_file = weight_files(path / "unet", "unet", allow_pickle)[0]
+        digest = cached_sha256(unet_file)
+        info.update(hash=digest[:10], sha256=digest, hash_of=str(unet_file.relative_to(path)))
     return info

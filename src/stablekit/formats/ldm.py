@@ -267,6 +267,15 @@ def canonical_keys(keys) -> dict[str, str]:
     return out
 
 
+def check_ldm_file(weights, layout: str, configs: dict, expected: dict[str, dict[str, tuple]], what: str):
+    """({canonical key: file key}, {canonical key: shape}) of a file that has every tensor the
+    modules need, in the right shape; else the one-line StablekitError of `check_file_against`."""
+    names = canonical_keys(weights.keys())
+    file_shapes = {k: weights.shape(f) for k, f in names.items()}
+    check_file_against(weights.path, file_shapes, expected_ldm(expected, layout, configs), what)
+    return names, file_shapes
+
+
 def read_state_dicts(weights, layout: str, configs: dict, expected: dict[str, dict[str, tuple]],
                      dtype: torch.dtype | None, what: str):
     """(state dicts {component: {diffusers key: tensor}}, unmapped file keys, renamed keys).
@@ -275,9 +284,7 @@ def read_state_dicts(weights, layout: str, configs: dict, expected: dict[str, di
     tensors it feeds (fused q/k/v are cloned apart so nothing holds the fused tensor alive).
     renamed: {canonical key: file key} for old-style keys, so a save can write them back as found.
     """
-    names = canonical_keys(weights.keys())
-    file_shapes = {k: weights.shape(f) for k, f in names.items()}
-    check_file_against(weights.path, file_shapes, expected_ldm(expected, layout, configs), what)
+    names, file_shapes = check_ldm_file(weights, layout, configs, expected, what)
     plan = trace_plan(file_shapes, layout, configs)
     _check_plan(plan, expected)
     uses = defaultdict(list)  # canonical file key -> [(component, diffusers key, ops)]

@@ -57,6 +57,12 @@ def resolve(weights, arch: str | None, prediction_type: str | None) -> tuple[str
     return arch, layout, set_prediction_type(configs, prediction_type)
 
 
+def check_single_file(weights, arch: str, layout: str, configs: dict) -> None:
+    """The shape check loading runs, without reading tensor data (for inspect)."""
+    _, expected = empty_modules(configs)
+    ldm.check_ldm_file(weights, layout, configs, expected, what=arch)
+
+
 def load_single_file(path, arch=None, dtype=torch.float32, allow_pickle=False, prediction_type=None) -> Components:
     path = Path(path)
     weights = open_weights(path, allow_pickle=allow_pickle)
@@ -80,11 +86,7 @@ def load_single_file(path, arch=None, dtype=torch.float32, allow_pickle=False, p
 
 
 def save_single_file(components: Components, path, dtype: torch.dtype | None = None) -> None:
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise StablekitError(f"{path}: single files are written as .safetensors only; use a .safetensors name")
-    if path.is_dir():
-        raise StablekitError(f"{path} is a folder; give a file name ending in .safetensors")
+    path = Path(path)  # checked by formats.check_save_target
     configs = module_configs(components)
     layout = components.extra.get("layout") or ldm.layout_for(components.arch, configs)
     if layout not in ldm.TEXT_LAYOUTS:

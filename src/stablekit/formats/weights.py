@@ -181,7 +181,8 @@ def write_safetensors(path, items: Iterable[tuple[str, Callable[[], torch.Tensor
     """Write tensors to `path` one at a time (atomically: a temporary file, then rename).
 
     items: (key, make_tensor, shape, dtype); make_tensor is called once, just before its bytes are
-    written, so at most one converted tensor exists at a time. Keys are written in sorted order.
+    written, so at most one converted tensor exists at a time. Keys and metadata are written in
+    sorted order and nothing depends on the time, so equal inputs give equal bytes.
     """
     path = Path(path)
     items = sorted(items, key=lambda item: item[0])
@@ -192,7 +193,8 @@ def write_safetensors(path, items: Iterable[tuple[str, Callable[[], torch.Tensor
         header[key] = {"dtype": _ST_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     if metadata:
-        header = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}, **header}
+        # Sorted, so the same tensors and metadata always give the same bytes.
+        header = {"__metadata__": {str(k): str(v) for k, v in sorted(metadata.items())}, **header}
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # the format aligns the data start to 8 bytes
     tmp = path.with_name(path.name + ".partial")

@@ -277,9 +277,8 @@ def to_pil(images: np.ndarray) -> list[Image.Image]:
 
 
 def attach_metadata(image: Image.Image, parameters: str, record: dict) -> Image.Image:
-    """Put A1111's text and the stablekit record on the image (`.info`), for saving."""
-    import json
+    """The image carrying A1111's text and the stablekit record, so that an ordinary
+    `image.save(path)` writes them (stablekit.metadata.annotate: PNG text, JPEG/WebP EXIF)."""
+    from stablekit.metadata import annotate
 
-    image.info["parameters"] = parameters
-    image.info["stablekit"] = json.dumps(record, sort_keys=True)
-    return image
+    return annotate(image, parameters, record)
