@@ -157,8 +157,6 @@ def test_pipeline_images_annotated_save_their_metadata(tmp_path, pipeline_images
         assert info["parameters"] == image.info["parameters"] and info["stablekit"] == json.loads(image.info["stablekit"])
 
 
-@pytest.mark.xfail(strict=True, reason="passes once the pipeline's post-process step calls metadata.annotate() "
-                                       "(CORE's refactor); remove this marker at that merge")
 def test_readme_snippet_images_save_their_metadata(tmp_path, pipeline_images):
     # The README: images = pipe.generate(...); images[0].save("out.png") -> png-info works.
     for name in ("out.png", "out.jpg", "out.webp"):
