@@ -206,7 +206,7 @@ def write_safetensors(path, items: Iterable[tuple[str, Callable[[], torch.Tensor
                 tensor = make()
                 if tuple(tensor.shape) != tuple(shape) or tensor.dtype != dtype:
                     raise RuntimeError(f"{key}: produced {tuple(tensor.shape)} {tensor.dtype}, announced {shape} {dtype}")
-                flat = tensor.detach().contiguous().reshape(-1)
+                flat = tensor.detach().cpu().contiguous().reshape(-1)  # a GPU model saves too
                 if flat.numel():
                     f.write(flat.view(torch.uint8).numpy().data)
         os.replace(tmp, path)
