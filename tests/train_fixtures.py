@@ -30,3 +30,32 @@ class TinyImages:
 
         self.batch_order_calls.append((seed, batch_size))
         return BatchOrder(len(self), seed)
+
+
+class FolderImages(TinyImages):
+    """Images + same-name .txt captions from a folder, at their own (equal) size: a stand-in for
+    stablekit.data.load_dataset in subprocess tests while the DATA branch is not merged."""
+
+    def __init__(self, folder):
+        from pathlib import Path
+
+        from PIL import Image
+
+        paths = sorted(Path(folder).glob("*.png"))
+        arrays = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) for p in paths]
+        self.pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
+        self.captions = [p.with_suffix(".txt").read_text().strip() for p in paths]
+        self.batch_order_calls = []
+
+
+def write_folder(folder, n=8, size=64, seed=0):
+    """n PNGs with .txt captions (what `stablekit shapes render` writes); returns the folder."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data = TinyImages(n=n, size=size, seed=seed)
+    for i in range(n):
+        arr = ((data.pixels[i].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        Image.fromarray(arr).save(folder / f"{i:04d}.png")
+        (folder / f"{i:04d}.txt").write_text(data.captions[i])
+    return folder

@@ -13,7 +13,7 @@ import sys
 from stablekit.errors import StablekitError
 
 # Modules under stablekit.cli that contribute sub-commands, in help order.
-COMMAND_MODULES = ["generate", "formats", "pnginfo", "shapes"]
+COMMAND_MODULES = ["generate", "formats", "pnginfo", "shapes", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 from stablekit.errors import StablekitError
 from stablekit.train.config import TrainConfig, read_toml
@@ -92,16 +93,23 @@ def setting_fields(method: str) -> tuple[list[dataclasses.Field], list[dataclass
     return list(dataclasses.fields(cls)), [f for f in dataclasses.fields(TrainConfig) if f.name != "out_dir"]
 
 
-def resolve(method: str, config_path=None, **overrides) -> tuple[MethodConfig, TrainConfig]:
-    """Defaults < TOML file < overrides (None values ignored). Returns (method config, loop config)."""
+def resolve(method: str, config_path=None, check: bool = True, **overrides) -> tuple[MethodConfig, TrainConfig]:
+    """Defaults < TOML file < overrides (None values ignored). Returns (method config, loop config).
+
+    check=False skips the method's required-setting checks (for printing the defaults).
+    """
     method = check_method(method)
     cls, loop_defaults = METHODS[method]
     own, loop = setting_fields(method)
     own_names, loop_names = {f.name for f in own}, {f.name for f in loop}
     given = {}
     if config_path:
-        given.update({k.replace("-", "_"): v for k, v in read_toml(config_path).items() if k != "method"})
+        data = read_toml(config_path)
+        if data.get("method", method).replace("_", "-") != method:
+            raise StablekitError(f"{config_path} is a {data['method']} config; run 'stablekit train {data['method']}' or remove its method key")
+        given.update({k.replace("-", "_"): v for k, v in data.items() if k != "method"})
     given.update({k.replace("-", "_"): v for k, v in overrides.items() if v is not None})
+    given = {k: (str(v) if isinstance(v, PurePath) else v) for k, v in given.items()}  # paths may be Path objects
     unknown = sorted(set(given) - own_names - loop_names)
     if unknown:
         raise StablekitError(f"unknown setting(s) {unknown} for {method}; valid ones: {sorted(own_names | loop_names)}")
@@ -111,7 +119,8 @@ def resolve(method: str, config_path=None, **overrides) -> tuple[MethodConfig, T
         loop_values["betas"] = tuple(loop_values["betas"])
     if not settings.name:
         settings.name = settings.token.strip("<>") if method == "textual-inversion" and settings.token else method
-    _check(method, settings)
+    if check:
+        _check(method, settings)
     tc = TrainConfig(**loop_values)
     tc.out_dir = str(run_dir(settings))
     return settings, tc.validate()
