@@ -1,6 +1,8 @@
 """The training methods on tiny random models: what trains, what must not change, what is exported."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,16 @@ from stablekit.errors import StablekitError
 from stablekit.train.parallel import BatchRandom
 from stablekit.train.strategies.lora import LoraStrategy, unet_targets
 from stablekit.train.strategies.textual_inversion import TextualInversionStrategy
+
+_BUILT = {}
+
+
+def tiny(arch: str = "sd1"):
+    """tiny(arch), built once per session and deep-copied (building costs seconds)."""
+    if arch not in _BUILT:
+        _BUILT[arch] = tiny_components(arch)
+    return copy.deepcopy(_BUILT[arch])
+
 
 FAST = dict(steps=3, batch_size=2, sample_every=0, progress=False, tensorboard=False)
 
@@ -32,7 +44,7 @@ def _changed(before: dict, after: dict) -> set[str]:
 
 @pytest.mark.parametrize("arch", ["sd1", "sdxl"])
 def test_textual_inversion_changes_only_the_new_rows(tmp_path, arch):
-    comps = tiny_components(arch)
+    comps = tiny(arch)
     before = _snapshot(comps)
     rows = {k: v.shape[0] for k, v in before.items() if k.endswith("token_embedding.weight")}
     result = stablekit.train("textual-inversion", components=comps, dataset=TinyImages(captions=[
@@ -60,10 +72,10 @@ def test_textual_inversion_changes_only_the_new_rows(tmp_path, arch):
 
 def test_textual_inversion_refuses_a_known_token_and_expands_captions():
     with pytest.raises(StablekitError, match="already in the vocabulary"):
-        TextualInversionStrategy(tiny_components("sd1"), token="square", init_word="shape")
+        TextualInversionStrategy(tiny("sd1"), token="square", init_word="shape")
     with pytest.raises(StablekitError, match="initializer word"):
-        TextualInversionStrategy(tiny_components("sd1"), token="<new>", init_word=" ")
-    s = TextualInversionStrategy(tiny_components("sd1"), token="<zq>", init_word="square", vectors=3)
+        TextualInversionStrategy(tiny("sd1"), token="<new>", init_word=" ")
+    s = TextualInversionStrategy(tiny("sd1"), token="<zq>", init_word="square", vectors=3)
     assert s.caption_hook("a red <zq>") == "a red <zq> <zq>_1 <zq>_2"
     assert s.caption_hook("a circle") == "<zq> <zq>_1 <zq>_2 a circle"
     ids = s.components.tokenizer("a red <zq> <zq>_1 <zq>_2").input_ids
@@ -72,7 +84,7 @@ def test_textual_inversion_refuses_a_known_token_and_expands_captions():
 
 @pytest.mark.parametrize("arch", ["sd1", "sd2-v", "sdxl"])
 def test_lora_trains_only_adapter_weights_and_exports(tmp_path, arch):
-    comps = tiny_components(arch)
+    comps = tiny(arch)
     before = _snapshot(comps)
     result = stablekit.train("lora", components=comps, dataset=TinyImages(), out=tmp_path, name="style", rank=4,
                              alpha=2.0, lr=1e-2, train_text_encoder=True, **FAST)
@@ -88,7 +100,7 @@ def test_lora_trains_only_adapter_weights_and_exports(tmp_path, arch):
 
 
 def test_lora_targets_attention_and_projection_and_locon_adds_convs():
-    unet = tiny_components("sd1").unet
+    unet = tiny("sd1").unet
     plain = unet_targets(unet, conv=False)
     assert any(n.endswith("attn1.to_q") for n in plain) and any(n.endswith("attn2.to_out.0") for n in plain)
     assert any(n.endswith("proj_in") for n in plain) and any(n.endswith("ff.net.2") for n in plain)
@@ -98,7 +110,7 @@ def test_lora_targets_attention_and_projection_and_locon_adds_convs():
 
 
 def test_untrained_lora_leaves_the_unet_output_unchanged():
-    comps = tiny_components("sd1")
+    comps = tiny("sd1")
     x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 32)
     with torch.no_grad():
         ref = comps.unet(x, t, ctx).sample
@@ -110,7 +122,7 @@ def test_untrained_lora_leaves_the_unet_output_unchanged():
 def test_finetune_changes_unet_only_and_exports_single_file_and_folder(tmp_path):
     from stablekit.formats import load_model
 
-    comps = tiny_components("sd2-v")
+    comps = tiny("sd2-v")
     before = _snapshot(comps)
     result = stablekit.train("finetune", components=comps, dataset=TinyImages(), out=tmp_path, name="ft", lr=1e-3,
                              ema_decay=0.5, snr_gamma=5.0, noise_offset=0.05, **FAST)
@@ -128,7 +140,7 @@ def test_finetune_changes_unet_only_and_exports_single_file_and_folder(tmp_path)
 def test_finetune_can_train_the_text_encoder():
     from stablekit.train.strategies.finetune import FinetuneStrategy
 
-    s = FinetuneStrategy(tiny_components("sd1"), train_text_encoder=True)
+    s = FinetuneStrategy(tiny("sd1"), train_text_encoder=True)
     te_params = set(map(id, s.components.text_encoder.parameters()))
     assert te_params <= set(map(id, s.trainable_parameters()))
     assert not set(map(id, s.components.vae.parameters())) & set(map(id, s.trainable_parameters()))
@@ -141,7 +153,7 @@ def test_v_prediction_target_is_used():
     data = TinyImages().get_batch(np.arange(2))
     losses = []
     for pred in ("epsilon", "v_prediction"):
-        comps = tiny_components("sd1")
+        comps = tiny("sd1")
         comps.scheduler_config = {**comps.scheduler_config, "prediction_type": pred}
         with torch.no_grad():
             losses.append(float(FinetuneStrategy(comps).loss(data, BatchRandom(torch.Generator().manual_seed(0)))[0]))
@@ -161,12 +173,12 @@ def test_dreambooth_draws_class_images_once_and_weights_the_prior(tmp_path, monk
     monkeypatch.setattr(pipeline.Pipeline, "generate", counting)
     settings = dict(instance_prompt="a sks square", class_prompt="a square", num_class_images=3, class_steps=2,
                     out=tmp_path, **FAST)
-    stablekit.train("dreambooth", components=tiny_components("sd1"), dataset=TinyImages(n=2), **settings)
+    stablekit.train("dreambooth", components=tiny("sd1"), dataset=TinyImages(n=2), **settings)
     assert calls["n"] == 3
     folders = list((tmp_path / "class-images").iterdir())
     assert len(folders) == 1 and len(list(folders[0].glob("*.png"))) == 3
     assert (folders[0] / "0000.txt").read_text() == "a square"
-    result = stablekit.train("dreambooth", components=tiny_components("sd1"), dataset=TinyImages(n=2),
+    result = stablekit.train("dreambooth", components=tiny("sd1"), dataset=TinyImages(n=2),
                              lora=True, name="db-lora", **settings)
     assert calls["n"] == 3  # reused from the cache
     assert result["artefact"].endswith("db-lora.safetensors") and any("lora" in k for k in load_file(result["artefact"]))
@@ -189,8 +201,9 @@ def test_prior_loss_weight_weights_class_items():
     batch = TinyImages(n=2).get_batch(np.arange(2))
     batch["is_reg"] = torch.tensor([False, True])
     losses = []
+    s = FinetuneStrategy(tiny("sd1"))
     for w in (0.0, 1.0, 2.0):
-        s = FinetuneStrategy(tiny_components("sd1"), prior_loss_weight=w)
+        s.prior_loss_weight = w
         with torch.no_grad():
             losses.append(float(s.loss(batch, BatchRandom(torch.Generator().manual_seed(0)))[0]))
     # loss = (instance + w * class) / 2: linear in w
@@ -212,5 +225,5 @@ def test_methods_run_on_the_embedded_model(tmp_path):
 
 def test_methods_use_the_datasets_batch_order(tmp_path):
     data = TinyImages()
-    stablekit.train("lora", components=tiny_components("sd1"), dataset=data, out=tmp_path, seed=5, **FAST)
+    stablekit.train("lora", components=tiny("sd1"), dataset=data, out=tmp_path, seed=5, **FAST)
     assert data.batch_order_calls == [(5, 2)]
