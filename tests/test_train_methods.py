@@ -227,3 +227,23 @@ def test_methods_use_the_datasets_batch_order(tmp_path):
     data = TinyImages()
     stablekit.train("lora", components=tiny("sd1"), dataset=data, out=tmp_path, seed=5, **FAST)
     assert data.batch_order_calls == [(5, 2)]
+
+
+def test_bf16_and_gradient_checkpointing_options(tmp_path):
+    comps = tiny("sd1")
+    result = stablekit.train("lora", components=comps, dataset=TinyImages(), out=tmp_path, mixed_precision="bf16",
+                             gradient_checkpointing=True, **FAST)
+    assert comps.unet.is_gradient_checkpointing
+    assert all(np.isfinite(h["loss"]) for h in result["history"])
+    assert next(p for n, p in comps.unet.named_parameters() if "lora_A" in n).dtype == torch.float32  # autocast only
+
+
+def test_accelerate_picks_the_device():
+    from accelerate import PartialState
+
+    from stablekit.train.config import TrainConfig
+    from stablekit.train.loop import make_accelerator
+
+    assert make_accelerator(TrainConfig(device="cpu")).device.type == "cpu"
+    auto = make_accelerator(TrainConfig(device="auto")).device
+    assert auto == PartialState().default_device  # CUDA > MPS > CPU, as accelerate decides
