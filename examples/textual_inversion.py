@@ -28,10 +28,13 @@ from stablekit.shapes.render import COLORS
 from stablekit.train.strategies.textual_inversion import placeholder_tokens
 
 
-def evaluate(components, word: str, seeds: int = 1, steps: int = 20) -> dict:
-    """Fraction of images the judge reads as hexagons, and of those with the asked color."""
+def evaluate(components, word: str, limit: int = 0, seeds: int = 1, steps: int = 20) -> dict:
+    """Fraction of images the judge reads as hexagons, and of those with the asked color
+    (every color/background pair, or every k-th of them down to `limit` prompts)."""
     pipe, judge = Pipeline(components, progress=False), Judge.load()
     pairs = list(permutations(COLORS, 2))
+    if limit and limit < len(pairs):
+        pairs = pairs[::len(pairs) // limit][:limit]
     images, asked = [], []
     for color, bg in pairs:
         for seed in range(seeds):
@@ -48,12 +51,14 @@ def main() -> None:
     parser.add_argument("--out", default="runs/examples/ti")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--vectors", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=0, help="evaluate on this many color/background pairs (0: all 56)")
+    parser.add_argument("--baseline", action="store_true", help="also judge the plain word 'hexagon' before training")
     args = parser.parse_args()
     out = Path(args.out)
 
     data = render_dataset(out / "data", n=5, seed=1, shape_word="<hexagon>", shapes=("hexagon",))
     components = load_model(stablekit.EMBEDDED_MODEL)
-    baseline = evaluate(components, "hexagon")
+    baseline = evaluate(components, "hexagon", args.prompts) if args.baseline else None
 
     t = time.time()
     result = stablekit.train("textual-inversion", components=components, data=str(data), out=str(out),
@@ -61,7 +66,7 @@ def main() -> None:
                              lr=5e-3, batch_size=5, sample_every=0, checkpoint_every=100)
     minutes = (time.time() - t) / 60
     # the trained components hold the new tokens; a prompt spells the word out as its vectors
-    trained = evaluate(components, " ".join(placeholder_tokens("<hexagon>", args.vectors)))
+    trained = evaluate(components, " ".join(placeholder_tokens("<hexagon>", args.vectors)), args.prompts)
     report = {"baseline_plain_word": baseline, "textual_inversion": trained, "train_minutes": round(minutes, 1),
               "steps": args.steps, "artefact": result["artefact"]}
     (out / "report.json").write_text(json.dumps(report, indent=2))
