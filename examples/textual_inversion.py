@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/examples/ti")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--vectors", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--prompts", type=int, default=0, help="evaluate on this many color/background pairs (0: all 56)")
     parser.add_argument("--baseline", action="store_true", help="also judge the plain word 'hexagon' before training")
     args = parser.parse_args()
@@ -63,7 +64,7 @@ def main() -> None:
     t = time.time()
     result = stablekit.train("textual-inversion", components=components, data=str(data), out=str(out),
                              token="<hexagon>", init_word="circle", vectors=args.vectors, steps=args.steps,
-                             lr=5e-3, batch_size=5, sample_every=0, checkpoint_every=100)
+                             lr=args.lr, batch_size=5, sample_every=0, checkpoint_every=50)
     minutes = (time.time() - t) / 60
     # the trained components hold the new tokens; a prompt spells the word out as its vectors
     trained = evaluate(components, " ".join(placeholder_tokens("<hexagon>", args.vectors)), args.prompts)
