@@ -10,6 +10,7 @@ from stablekit.errors import StablekitError
 from stablekit.train import TrainConfig, train
 from stablekit.train.checkpoint import latest_checkpoint, list_checkpoints, save_atomic
 from stablekit.train.loop import BatchOrder, lr_factor
+from stablekit.train.parallel import BatchRandom
 from stablekit.train.strategies import DiffusionStrategy
 
 
@@ -41,11 +42,11 @@ def _strategy(crash_at=None):
     if crash_at is not None:  # simulate a kill: die in the middle of step `crash_at`
         real, calls = strategy.loss, {"n": 0}
 
-        def loss(batch, generator):
+        def loss(batch, rng):
             calls["n"] += 1
             if calls["n"] > crash_at:
                 raise Crash()
-            return real(batch, generator)
+            return real(batch, rng)
 
         strategy.loss = loss
     return strategy
@@ -64,7 +65,7 @@ def test_loss_decreases(tmp_path):
 
     def held_loss():  # same noise, timesteps and dropout every time: only the weights change
         with torch.no_grad():
-            return float(strategy.loss(batch, torch.Generator().manual_seed(123))[0])
+            return float(strategy.loss(batch, BatchRandom(torch.Generator().manual_seed(123)))[0])
 
     before = held_loss()
     train(_cfg(tmp_path, steps=40, checkpoint_every=40, batch_size=8, ema_decay=0.0, lr=5e-3), strategy, data,
@@ -127,3 +128,60 @@ def test_config_rejects_unknown_settings(tmp_path):
         TrainConfig.from_toml(toml)
     toml.write_text('steps = 5\nlr = 0.1\nbetas = [0.9, 0.99]\n')
     assert TrainConfig.from_toml(toml).betas == (0.9, 0.99)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine", "cosine_with_restarts", "polynomial"])
+def test_lr_schedules_match_diffusers_after_warmup(schedule):
+    from diffusers.optimization import get_scheduler
+
+    from stablekit.train.optim import build_scheduler
+
+    cfg = TrainConfig(steps=60, warmup_steps=10, lr=1.0, lr_schedule=schedule, min_lr_ratio=0.0, lr_cycles=3,
+                      lr_power=2.0)
+    ours = build_scheduler(cfg, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0))
+    ref = get_scheduler(schedule, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), num_warmup_steps=10,
+                        num_training_steps=60, num_cycles=3, power=2.0)
+    a, b = [], []
+    for _ in range(60):
+        a.append(ours.get_last_lr()[0])
+        b.append(ref.get_last_lr()[0])
+        ours.optimizer.step(), ours.step(), ref.optimizer.step(), ref.step()
+    # diffusers' warm-up starts at 0 and peaks one step later; the decays agree (its polynomial
+    # ends at lr_end = 1e-7 instead of 0)
+    assert a[10:] == pytest.approx(b[10:], abs=2e-7)
+    assert a[9] == 1.0 and a[0] == pytest.approx(0.1)
+    if schedule == "cosine_with_restarts":  # three cycles: the rate jumps back up twice
+        assert sum(y > x + 0.5 for x, y in zip(a[10:], a[11:])) == 2
+
+
+@pytest.mark.parametrize("name,cls", [("adamw", "AdamW"), ("adafactor", "Adafactor"), ("sgd", "SGD")])
+def test_optimizers_by_name_train(tmp_path, name, cls):
+    from stablekit.train.optim import build_optimizer
+
+    p = torch.nn.Parameter(torch.ones(4, 4))
+    opt = build_optimizer(TrainConfig(optimizer=name, lr=0.1, momentum=0.9), [p])
+    assert type(opt).__name__ == cls
+    (p**2).sum().backward()
+    opt.step()
+    assert float(p.detach().abs().max()) < 1.0
+
+
+def test_metrics_jsonl_and_tensorboard_and_config_beside_checkpoints(tmp_path):
+    torch.set_num_threads(1)
+    train(_cfg(tmp_path, steps=4, checkpoint_every=2), _strategy(), LatentSet(), progress=False)
+    rows = [__import__("json").loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["loss"] > 0 for r in rows)
+    pytest.importorskip("tensorboard")
+    assert list((tmp_path / "logs").glob("events.out.tfevents.*"))
+    for step in (2, 4):
+        import tomllib
+
+        saved = tomllib.loads((tmp_path / "checkpoints" / f"step-{step:06d}.toml").read_text())
+        assert saved["steps"] == 4 and saved["strategy"] == "unet"
+
+
+def test_config_rejects_bad_choices():
+    for bad in (dict(optimizer="lion"), dict(lr_schedule="cosine_restarts"), dict(device="tpu"),
+                dict(mixed_precision="fp8")):
+        with pytest.raises(StablekitError, match=list(bad.values())[0]):
+            TrainConfig(**bad).validate()

@@ -47,6 +47,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int = 2) -> Pat
     save_atomic(state, path)
     for _, old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
+        old.with_suffix(".toml").unlink(missing_ok=True)  # the resolved config written beside it
     return path
 
 

@@ -3,47 +3,62 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from stablekit.errors import StablekitError
+
+OPTIMIZERS = ("adamw", "adafactor", "sgd")
+LR_SCHEDULES = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial")
+MIXED_PRECISION = ("no", "bf16")
 
 
 @dataclass
 class TrainConfig:
     """What every training run shares, whatever the strategy (what trains and what the loss is).
 
-    steps counts optimizer updates; each update sees batch_size * grad_accum examples.
+    steps counts optimizer updates. batch_size is per process (as in accelerate and kohya): one
+    update sees batch_size * processes * grad_accum examples.
     """
 
     out_dir: str = "runs/train"
     steps: int = 1000
     batch_size: int = 32
     grad_accum: int = 1
+    optimizer: str = "adamw"  # adamw | adafactor | sgd
     lr: float = 1e-4
-    lr_schedule: str = "cosine"  # constant | linear | cosine (after warm-up)
+    lr_schedule: str = "cosine"  # constant | linear | cosine | cosine_with_restarts | polynomial
     warmup_steps: int = 100
-    min_lr_ratio: float = 0.1  # cosine/linear decay floor, as a fraction of lr
+    min_lr_ratio: float = 0.1  # the floor every decaying schedule ends at, as a fraction of lr
+    lr_cycles: int = 1  # cosine_with_restarts: number of hard restarts (cycles)
+    lr_power: float = 1.0  # polynomial: decay power (1 = linear)
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.0  # sgd only
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 disables EMA
-    mixed_precision: str = "no"  # no | bf16 (autocast; only where measured faster)
+    mixed_precision: str = "no"  # no | bf16 (autocast through accelerate; weights stay fp32)
+    gradient_checkpointing: bool = False
+    device: str = "auto"  # auto (accelerate picks: CUDA > MPS > CPU) | cpu | cuda | cuda:N | mps
     seed: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     sample_every: int = 500  # validation sample grid every N steps (0: never)
     log_every: int = 10
+    tensorboard: bool = True  # TensorBoard event files in <out_dir>/logs (metrics.jsonl is always written)
     threads: int = 0  # torch threads; 0 leaves torch's default
-    extra: dict = field(default_factory=dict)  # strategy-specific settings
 
     def validate(self) -> "TrainConfig":
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise StablekitError(f"steps, batch_size and grad_accum must be >= 1 (got {self.steps}, {self.batch_size}, {self.grad_accum})")
-        if self.lr_schedule not in ("constant", "linear", "cosine"):
-            raise StablekitError(f"unknown lr_schedule {self.lr_schedule!r}: use constant, linear or cosine")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise StablekitError(f"unknown mixed_precision {self.mixed_precision!r}: use no or bf16")
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if self.lr <= 0 or self.warmup_steps < 0 or self.lr_cycles < 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise StablekitError(f"need lr > 0, warmup_steps >= 0, lr_cycles >= 1, 0 <= min_lr_ratio <= 1 "
+                                 f"(got {self.lr}, {self.warmup_steps}, {self.lr_cycles}, {self.min_lr_ratio})")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise StablekitError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
         return self
 
     def to_dict(self) -> dict:
@@ -62,9 +77,45 @@ class TrainConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides) -> "TrainConfig":
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise StablekitError(f"cannot read training config {path}: {exc}") from None
+        data = read_toml(path)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
+
+
+def _choice(what: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise StablekitError(f"unknown {what} {value!r}: use one of {', '.join(valid)}")
+
+
+def read_toml(path: str | Path) -> dict:
+    """A TOML file as a dict; an unreadable or malformed file is a one-line error."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise StablekitError(f"cannot read training config {path}: {exc}") from None
+
+
+def to_toml(data: dict) -> str:
+    """A flat dict (str, int, float, bool, lists of those; None left out) as TOML text.
+
+    The standard library reads TOML but does not write it; our configs are flat, so this is enough.
+    """
+    lines = []
+    for key, value in data.items():
+        if value is None:
+            lines.append(f"# {key} = (not set)")
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    import json
+
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string

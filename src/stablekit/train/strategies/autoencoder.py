@@ -23,11 +23,15 @@ class AutoencoderStrategy:
     def trainable_parameters(self):
         return [p for p in self.vae.parameters() if p.requires_grad]
 
-    def loss(self, batch: dict, generator: torch.Generator):
+    def to(self, device) -> None:
+        self.vae.to(device)
+
+    def loss(self, batch: dict, rng):
         x = batch["pixels"]  # [B, 3, H, W] in [-1, 1]
         self.vae.train()
         posterior = self.vae.encode(x).latent_dist
-        z = posterior.sample(generator=generator)
+        # The reparameterised sample with noise from the loop's CPU generator (device-independent).
+        z = posterior.mean + posterior.std * rng.randn(x.shape[0], *posterior.mean.shape[1:]).to(posterior.mean.dtype)
         rec = self.vae.decode(z).sample.float()
         l1 = F.l1_loss(rec, x)
         mse = F.mse_loss(rec, x)

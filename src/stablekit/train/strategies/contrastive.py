@@ -53,7 +53,13 @@ class ContrastiveTextStrategy:
         return (list(self.text_encoder.parameters()) + list(self.image_encoder.parameters())
                 + list(self.text_projection.parameters()) + [self.logit_scale])
 
-    def loss(self, batch: dict, generator: torch.Generator):
+    def to(self, device) -> None:
+        for m in (self.text_encoder, self.image_encoder, self.text_projection):
+            m.to(device)
+        with torch.no_grad():
+            self.logit_scale.data = self.logit_scale.data.to(device)
+
+    def loss(self, batch: dict, rng):
         self.text_encoder.train()
         self.image_encoder.train()
         img = F.normalize(self.image_encoder(batch["pixels"]).float(), dim=-1)
@@ -76,7 +82,7 @@ class ContrastiveTextStrategy:
             target = torch.cat([target, torch.zeros_like(hard)], dim=1)
         loss = 0.5 * (F.cross_entropy(logits, target) + text_loss)
         with torch.no_grad():
-            stats["acc"] = (logits[:, :len(txt)].argmax(1) == torch.arange(len(txt))).float().mean()
+            stats["acc"] = (logits[:, :len(txt)].argmax(1) == torch.arange(len(txt), device=logits.device)).float().mean()
         return loss, stats
 
     def _text(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,12 @@
-"""Denoising diffusion on cached latents and text embeddings: the stage-2 objective of latent diffusion.
+"""Denoising diffusion: the stage-2 objective of latent diffusion, shared by every method.
 
-The same strategy serves pretraining and full fine-tuning (all UNet parameters train); LoRA,
-textual inversion and DreamBooth will differ only in which parameters train and what the batch
-adds. Noise schedule and target follow the model's scheduler config (DDPM forward process,
+`diffusion_loss` is the one implementation of the noising, the target and the loss weighting;
+`DiffusionStrategy` trains a UNet on cached latents and text embeddings (pretraining), and the
+method strategies (finetune, lora, textual_inversion, dreambooth) call `diffusion_loss` on what
+they encode. Noise schedule and target follow the model's scheduler config (DDPM forward process,
 Ho et al. 2020; v-prediction, Salimans & Ho 2022), with optional Min-SNR-gamma loss weighting
-(Hang et al. 2023) and caption dropout so classifier-free guidance works (Ho & Salimans 2022).
+(Hang et al. 2023), offset noise (Guttenberg 2023, as kohya's `noise_offset`) and caption dropout
+so classifier-free guidance works (Ho & Salimans 2022).
 """
 from __future__ import annotations
 
@@ -15,6 +17,36 @@ import torch
 import torch.nn.functional as F
 
 from stablekit.generate.denoiser import alphas_cumprod_from_config
+
+
+def diffusion_loss(unet, x0: torch.Tensor, context: torch.Tensor, rng, alphas_cumprod: torch.Tensor,
+                   prediction_type: str = "epsilon", snr_gamma: float = 0.0, noise_offset: float = 0.0,
+                   weights: torch.Tensor | None = None, added_cond_kwargs: dict | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, per-item MSE) for one batch: x0 [B, C, h, w] latents, context [B, T, D].
+
+    The loss is the mean over items of per-item MSE x Min-SNR weight x `weights` (e.g. DreamBooth's
+    prior_loss_weight for class images): a per-item weighting, so a batch split over processes
+    averages to the same value.
+    """
+    b = x0.shape[0]
+    noise = rng.randn(b, *x0.shape[1:]).to(x0.dtype)
+    if noise_offset > 0:
+        noise = noise + noise_offset * rng.randn(b, x0.shape[1], 1, 1).to(x0.dtype)
+    t = rng.randint(len(alphas_cumprod), b)
+    acp = alphas_cumprod.to(x0.device)[t].view(b, 1, 1, 1)
+    noisy = acp.sqrt() * x0 + (1 - acp).sqrt() * noise
+    target = acp.sqrt() * noise - (1 - acp).sqrt() * x0 if prediction_type == "v_prediction" else noise
+    dtype = next(unet.parameters()).dtype
+    pred = unet(noisy.to(dtype), t, context.to(dtype), added_cond_kwargs=added_cond_kwargs).sample.float()
+    per_item = F.mse_loss(pred, target.float(), reduction="none").mean(dim=(1, 2, 3))
+    weight = torch.ones_like(per_item)
+    if snr_gamma > 0:
+        snr = (acp / (1 - acp)).view(b).float()
+        weight = snr.clamp(max=snr_gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
+    if weights is not None:
+        weight = weight * weights.to(weight)
+    return (per_item * weight).mean(), per_item.detach()
 
 
 @dataclass
@@ -36,34 +68,24 @@ class DiffusionStrategy:
         self.alphas_cumprod = alphas_cumprod_from_config(self.scheduler_config)
         self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
 
+    def to(self, device) -> None:
+        self.unet.to(device)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.unet.enable_gradient_checkpointing()
+
     def trainable_parameters(self):
         return [p for p in self.unet.parameters() if p.requires_grad]
 
-    def loss(self, batch: dict, generator: torch.Generator):
-        x0 = batch["latents"]
+    def loss(self, batch: dict, rng):
         text = batch["text"]
-        b = x0.shape[0]
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, len(self.alphas_cumprod), (b,), generator=generator)
-        drop = torch.rand(b, generator=generator) < self.caption_dropout
+        drop = rng.rand(len(text)) < self.caption_dropout
         if drop.any():
             text = torch.where(drop[:, None, None], batch["uncond"].expand_as(text), text)
-        acp = self.alphas_cumprod[t].view(b, 1, 1, 1)
-        noisy = acp.sqrt() * x0 + (1 - acp).sqrt() * noise
-        if self.prediction_type == "v_prediction":
-            target = acp.sqrt() * noise - (1 - acp).sqrt() * x0
-        else:
-            target = noise
         self.unet.train()
-        pred = self.unet(noisy, t, text).sample.float()
-        per_item = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        if self.snr_gamma > 0:
-            snr = (acp / (1 - acp)).view(b)
-            weight = snr.clamp(max=self.snr_gamma) / (snr + 1 if self.prediction_type == "v_prediction" else snr)
-            loss = (per_item * weight).mean()
-        else:
-            loss = per_item.mean()
-        return loss, {"mse": per_item.mean().detach()}
+        loss, per_item = diffusion_loss(self.unet, batch["latents"], text, rng, self.alphas_cumprod,
+                                        self.prediction_type, self.snr_gamma)
+        return loss, {"mse": per_item.mean()}
 
     def state_dict(self) -> dict:
         return {"unet": self.unet.state_dict()}

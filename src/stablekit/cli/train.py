@@ -1,0 +1,78 @@
+"""`stablekit train METHOD`: fine-tune, LoRA, textual inversion or DreamBooth a model on your images.
+
+    stablekit train lora --data DIR --out runs --name outline --steps 800 --lr 1e-4 --rank 4
+    stablekit train textual-inversion --data DIR --out runs --token '<hexagon>' --init-word shape --vectors 2
+    stablekit train dreambooth --data DIR --out runs --instance-prompt 'a sks square' --class-prompt 'a square' [--lora]
+    stablekit train finetune --config run.toml --steps 2000        (every TOML key is also a flag)
+    stablekit train lora --print-config                            (the resolved settings, as TOML)
+    accelerate launch -m stablekit train ...                       (data-parallel, same result per global batch)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from stablekit.train.methods import METHODS, as_record, resolve, setting_fields
+
+_HELP = {
+    "data": "a folder of images + .txt captions, a metadata.jsonl, a CSV (image_path,caption) or a kohya dataset TOML",
+    "out": "output folder: the artefact is OUT/NAME.safetensors",
+    "name": "artefact name (default: the method; textual inversion: the token)",
+    "model": "model file or diffusers folder (default: the embedded shapes model)",
+    "steps": "optimizer updates", "lr": "learning rate", "batch_size": "images per step and process",
+    "token": "textual inversion: the new word, e.g. '<hexagon>'", "init_word": "its starting embedding, e.g. 'shape'",
+    "vectors": "embedding vectors per token", "instance_prompt": "DreamBooth: caption of the subject images",
+    "class_prompt": "DreamBooth: class caption for prior preservation", "class_data": "folder of class images "
+    "(default: drawn by the model and cached)", "prior_loss_weight": "loss weight of class / regularisation images",
+    "lora": "DreamBooth-LoRA instead of the full UNet", "device": "auto, cpu, cuda, cuda:N or mps",
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a model: finetune, lora, textual-inversion, dreambooth",
+                                   description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[2:]),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="method", metavar="METHOD")
+    parser.set_defaults(func=lambda args: parser.print_help() or 1)
+    for method in METHODS:
+        p = sub.add_parser(method, help=f"{method} (stablekit train {method} --print-config shows every setting)",
+                           argument_default=argparse.SUPPRESS)
+        p.add_argument("--config", metavar="TOML", help="settings file (flat keys; flags override it)")
+        p.add_argument("--print-config", action="store_true", help="print the resolved settings as TOML and exit")
+        own, loop = setting_fields(method)
+        for f in own + loop:
+            _add_flag(p, f)
+        p.set_defaults(func=run_train, method=method)
+
+
+def _add_flag(p: argparse.ArgumentParser, f: dataclasses.Field) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    help_text = _HELP.get(f.name, "")
+    if isinstance(default, bool):
+        p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+    elif isinstance(default, (list, tuple)):
+        item = float if f.name == "betas" else str
+        p.add_argument(flag, dest=f.name, nargs=len(default) if isinstance(default, tuple) else "+", type=item,
+                       help=help_text)
+    else:
+        p.add_argument(flag, dest=f.name, type=type(default), metavar=f.name.upper(), help=help_text)
+
+
+def run_train(args) -> int:
+    from stablekit.train.config import to_toml
+
+    method = args.method
+    own, loop = setting_fields(method)
+    given = {f.name: getattr(args, f.name) for f in own + loop if hasattr(args, f.name)}
+    config = getattr(args, "config", None)
+    if getattr(args, "print_config", False):
+        settings, tc = resolve(method, config, check=False, **given)
+        print(to_toml(as_record(method, settings, tc)), end="")
+        return 0
+    from stablekit.train.run import run
+
+    result = run(method, config=config, **given)
+    if result["artefact"]:
+        print(f"{method}: {result['step']} steps -> {result['artefact']}")
+    return 0

@@ -1,0 +1,151 @@
+"""The user-facing training methods and their settings: one flat, typed configuration per method.
+
+A run's settings are the method's dataclass (model, data, output, what trains) plus TrainConfig
+(steps, lr, schedule, ...), read in this order, later winning: the method's defaults, a TOML file
+(flat keys, `batch_size` or `batch-size`), keyword arguments / CLI flags. Unknown keys are an
+error that names them. `resolve()` returns the typed pair; `as_record()` the flat dict written
+beside every checkpoint and printed by `--print-config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import PurePath
+
+from stablekit.errors import StablekitError
+from stablekit.train.config import TrainConfig, read_toml
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method shares."""
+
+    model: str = ""  # a model file or diffusers folder; "" = the embedded shapes model
+    data: str = ""  # a folder of images + .txt captions, metadata.jsonl, CSV or kohya dataset TOML
+    out: str = "runs/train"  # the final artefact is <out>/<name>.safetensors
+    name: str = ""  # "" = the method's name (textual inversion: the token without <>)
+    snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (0: off; 5 is the paper's value)
+    noise_offset: float = 0.0  # offset noise strength (kohya's noise_offset; 0.05-0.1 typical)
+    prior_loss_weight: float = 1.0  # loss weight of regularisation / class images (is_reg)
+    sample_prompts: list[str] = field(default_factory=list)  # validation grid prompts (every sample_every steps)
+    sample_steps: int = 20
+    sample_cfg: float = 7.0
+    sample_seed: int = 0
+
+
+@dataclass
+class FinetuneConfig(MethodConfig):
+    train_text_encoder: bool = False
+
+
+@dataclass
+class LoraSettings(MethodConfig):
+    rank: int = 8
+    alpha: float = 8.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    conv: bool = False  # LoCon: also the ResNet / sampling convolutions
+    train_text_encoder: bool = False
+
+
+@dataclass
+class TextualInversionConfig(MethodConfig):
+    token: str = ""  # the placeholder, e.g. "<hexagon>"; captions use it (or it is put in front)
+    init_word: str = ""  # its vectors start as this word's embedding, e.g. "shape"
+    vectors: int = 1  # embedding vectors per token
+
+
+@dataclass
+class DreamBoothConfig(LoraSettings):
+    instance_prompt: str = ""  # e.g. "a sks square": the caption of every instance image
+    class_prompt: str = ""  # e.g. "a square": the caption of the class images ("" = no prior preservation)
+    class_data: str = ""  # a folder of class images; "" = drawn by the model itself (cached)
+    num_class_images: int = 50
+    class_steps: int = 20  # sampler steps for drawing class images
+    class_cfg: float = 7.0
+    lora: bool = False  # DreamBooth-LoRA: train a LoRA instead of the full UNet
+
+
+# Per-method defaults for the loop (what the reference trainers start from; each is a setting).
+_COMMON = dict(steps=1000, batch_size=4, lr_schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
+               checkpoint_every=250, sample_every=250, keep_checkpoints=2)
+METHODS: dict[str, tuple[type, dict]] = {
+    "finetune": (FinetuneConfig, dict(_COMMON, lr=1e-5)),
+    "lora": (LoraSettings, dict(_COMMON, lr=1e-4)),
+    "textual-inversion": (TextualInversionConfig, dict(_COMMON, lr=5e-3, weight_decay=0.0)),
+    "dreambooth": (DreamBoothConfig, dict(_COMMON, steps=400, batch_size=2, lr=5e-6)),
+}
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def check_method(method: str) -> str:
+    method = method.replace("_", "-")
+    if method not in METHODS:
+        raise StablekitError(f"unknown training method {method!r}: use one of {', '.join(METHODS)}")
+    return method
+
+
+def setting_fields(method: str) -> tuple[list[dataclasses.Field], list[dataclasses.Field]]:
+    """(method fields, loop fields) a user may set; the loop's out_dir is derived from out/name."""
+    cls, _ = METHODS[check_method(method)]
+    return list(dataclasses.fields(cls)), [f for f in dataclasses.fields(TrainConfig) if f.name != "out_dir"]
+
+
+def resolve(method: str, config_path=None, check: bool = True, **overrides) -> tuple[MethodConfig, TrainConfig]:
+    """Defaults < TOML file < overrides (None values ignored). Returns (method config, loop config).
+
+    check=False skips the method's required-setting checks (for printing the defaults).
+    """
+    method = check_method(method)
+    cls, loop_defaults = METHODS[method]
+    own, loop = setting_fields(method)
+    own_names, loop_names = {f.name for f in own}, {f.name for f in loop}
+    given = {}
+    if config_path:
+        data = read_toml(config_path)
+        if data.get("method", method).replace("_", "-") != method:
+            raise StablekitError(f"{config_path} is a {data['method']} config; run 'stablekit train {data['method']}' or remove its method key")
+        given.update({k.replace("-", "_"): v for k, v in data.items() if k != "method"})
+    given.update({k.replace("-", "_"): v for k, v in overrides.items() if v is not None})
+    given = {k: (str(v) if isinstance(v, PurePath) else v) for k, v in given.items()}  # paths may be Path objects
+    unknown = sorted(set(given) - own_names - loop_names)
+    if unknown:
+        raise StablekitError(f"unknown setting(s) {unknown} for {method}; valid ones: {sorted(own_names | loop_names)}")
+    settings = cls(**{k: v for k, v in given.items() if k in own_names})
+    loop_values = {**loop_defaults, **{k: v for k, v in given.items() if k in loop_names}}
+    if "betas" in loop_values:
+        loop_values["betas"] = tuple(loop_values["betas"])
+    if not settings.name:
+        settings.name = settings.token.strip("<>") if method == "textual-inversion" and settings.token else method
+    if check:
+        _check(method, settings)
+    tc = TrainConfig(**loop_values)
+    tc.out_dir = str(run_dir(settings))
+    return settings, tc.validate()
+
+
+def run_dir(settings: MethodConfig):
+    """Checkpoints, samples, logs: <out>/<name>-training/ (the artefacts go in <out> itself)."""
+    from pathlib import Path
+
+    return Path(settings.out) / f"{settings.name}-training"
+
+
+def _check(method: str, s: MethodConfig) -> None:
+    if method == "textual-inversion" and (not s.token or not s.init_word):
+        raise StablekitError("textual inversion needs --token (e.g. '<hexagon>') and --init-word (e.g. 'shape')")
+    if method == "dreambooth" and not s.instance_prompt:
+        raise StablekitError("DreamBooth needs --instance-prompt (e.g. 'a sks square'); add --class-prompt "
+                             "(e.g. 'a square') for prior preservation")
+    if isinstance(s, LoraSettings) and (s.rank < 1 or s.alpha <= 0 or not 0 <= s.dropout < 1):
+        raise StablekitError(f"need rank >= 1, alpha > 0 and 0 <= dropout < 1 (got {s.rank}, {s.alpha}, {s.dropout})")
+    if s.snr_gamma < 0 or s.noise_offset < 0 or s.prior_loss_weight < 0:
+        raise StablekitError("snr_gamma, noise_offset and prior_loss_weight must be >= 0")
+
+
+def as_record(method: str, settings: MethodConfig, tc: TrainConfig) -> dict:
+    """The flat resolved configuration: what `--config` reads back to the same run."""
+    loop = {k: (list(v) if isinstance(v, tuple) else v) for k, v in tc.to_dict().items() if k != "out_dir"}
+    return {"method": method, **dataclasses.asdict(settings), **loop}

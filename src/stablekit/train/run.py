@@ -1,0 +1,116 @@
+"""Run a training method end to end: load the model and data, train on the one loop, export.
+
+    import stablekit.train
+    result = stablekit.train("lora", data="shapes/outline", steps=800, lr=1e-4, rank=4)
+    result["artefact"]   # runs/train/lora.safetensors, a kohya-format LoRA
+
+Outputs (issue 8's CLI contract): <out>/<name>.safetensors is a kohya LoRA (lora, dreambooth
+--lora), an A1111 embedding (textual-inversion) or a single-file checkpoint with a diffusers
+folder <out>/<name>/ beside it (finetune, dreambooth); <out>/<name>.toml holds the resolved
+configuration, and <out>/<name>-training/ the checkpoints (each with its config), samples and logs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from stablekit.errors import StablekitError
+from stablekit.train.loop import train as train_loop
+from stablekit.train.methods import as_record, resolve
+from stablekit.train.strategies.sd import SampleSettings
+
+
+def run(method: str, *, config=None, dataset=None, components=None, progress: bool = True, **settings) -> dict:
+    """Train `method` ("finetune", "lora", "textual-inversion", "dreambooth") and export the result.
+
+    config: a TOML file of settings; settings: any method or loop setting (they win over the file).
+    dataset: an object implementing the training-data contract instead of `data`; components: a
+    loaded model instead of `model`. Returns {"artefact", "config", "run_dir", "step", "history"}.
+    """
+    from stablekit.train.config import to_toml
+    from stablekit.train.export import export
+
+    s, tc = resolve(method, config, **settings)
+    method = method.replace("_", "-")
+    record = as_record(method, s, tc)
+    components = components if components is not None else load_components(s.model)
+    dataset = dataset if dataset is not None else load_data(s.data)
+    strategy, dataset = build(method, s, tc, components, dataset)
+    result = train_loop(tc, strategy, dataset, progress=progress, record=record)
+    out = Path(s.out)
+    artefact = None
+    if _is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        artefact = export(method, s, strategy, components, out, record)
+        (out / f"{s.name}.toml").write_text(to_toml(record))
+    return {"artefact": str(artefact) if artefact else None, "config": record, **result}
+
+
+def _is_main_process() -> bool:
+    from accelerate.state import PartialState
+
+    return PartialState().is_main_process
+
+
+def load_components(model: str):
+    from stablekit import default_model_path
+    from stablekit.formats import load_model
+
+    return load_model(model or default_model_path(), dtype=torch.float32)
+
+
+def load_data(data: str):
+    if not data:
+        raise StablekitError("no training data: give --data PATH (a folder, metadata.jsonl, CSV or kohya dataset TOML)")
+    try:
+        from stablekit.data import load_dataset
+    except ImportError:
+        raise StablekitError("stablekit.data is not available in this installation; pass a dataset object "
+                             "to stablekit.train.run(..., dataset=...)") from None
+    return load_dataset(data)
+
+
+def build(method: str, s, tc, components, dataset):
+    """(strategy, dataset) for a method; DreamBooth wraps the dataset with its class images."""
+    from stablekit.train.strategies.finetune import FinetuneStrategy
+    from stablekit.train.strategies.lora import LoraStrategy
+    from stablekit.train.strategies.textual_inversion import TextualInversionStrategy
+
+    common = dict(components=components, snr_gamma=s.snr_gamma, noise_offset=s.noise_offset,
+                  prior_loss_weight=s.prior_loss_weight,
+                  sample=SampleSettings(list(s.sample_prompts), s.sample_seed, s.sample_steps, s.sample_cfg))
+    lora = dict(rank=getattr(s, "rank", 8), alpha=getattr(s, "alpha", 8.0), dropout=getattr(s, "dropout", 0.0),
+                conv=getattr(s, "conv", False), train_text_encoder=getattr(s, "train_text_encoder", False))
+    if method == "finetune":
+        return FinetuneStrategy(**common, train_text_encoder=s.train_text_encoder), dataset
+    if method == "lora":
+        return LoraStrategy(**common, **lora), dataset
+    if method == "textual-inversion":
+        return TextualInversionStrategy(**common, token=s.token, init_word=s.init_word, vectors=s.vectors), dataset
+    dataset = dreambooth_data(s, tc, components, dataset)
+    if s.lora:
+        return LoraStrategy(**common, **lora, name="dreambooth-lora"), dataset
+    return FinetuneStrategy(**common, train_text_encoder=s.train_text_encoder, name="dreambooth"), dataset
+
+
+def dreambooth_data(s, tc, components, instance):
+    from stablekit.train.dreambooth import PriorPreservationData, class_images, load_image_folder
+
+    if len(instance) == 0:
+        raise StablekitError("the DreamBooth instance dataset is empty; give --data with 3-5 images of the subject")
+    if not s.class_prompt or s.prior_loss_weight == 0:
+        return PriorPreservationData(instance, s.instance_prompt, None, s.class_prompt)
+    size = _first_size(instance)
+    if s.class_data:
+        folder = Path(s.class_data)
+    else:
+        folder = class_images(components, s.class_prompt, s.num_class_images, size, Path(s.out) / "class-images",
+                              seed=tc.seed, steps=s.class_steps, cfg=s.class_cfg)
+    return PriorPreservationData(instance, s.instance_prompt, load_image_folder(folder, size), s.class_prompt)
+
+
+def _first_size(dataset) -> tuple[int, int]:
+    import numpy as np
+
+    return tuple(dataset.get_batch(np.array([0]))["pixels"].shape[-2:])
