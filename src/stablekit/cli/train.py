@@ -25,6 +25,34 @@ _HELP = {
     "class_prompt": "DreamBooth: class caption for prior preservation", "class_data": "folder of class images "
     "(default: drawn by the model and cached)", "prior_loss_weight": "loss weight of class / regularisation images",
     "lora": "DreamBooth-LoRA instead of the full UNet", "device": "auto, cpu, cuda, cuda:N or mps",
+    "snr_gamma": "Min-SNR-gamma loss weighting (0: off)", "noise_offset": "noise offset (0: off)",
+    "sample_prompts": "prompts of the validation grid", "sample_steps": "sampler steps of the validation grid",
+    "sample_cfg": "CFG scale of the validation grid", "sample_seed": "seed of the validation grid",
+    "train_text_encoder": "also train the text encoder(s)", "rank": "LoRA rank", "alpha": "LoRA alpha (scale alpha/rank)",
+    "dropout": "LoRA dropout", "conv": "also adapt 3x3 convolutions (LoCon)",
+    "num_class_images": "DreamBooth: class images to draw when --class-data has fewer",
+    "class_steps": "DreamBooth: sampler steps for drawing class images", "class_cfg": "DreamBooth: CFG for class images",
+    "grad_accum": "micro-batches per optimizer update", "optimizer": "adamw, adafactor or sgd",
+    "lr_schedule": "constant, linear, cosine, cosine_with_restarts or polynomial (after warm-up)",
+    "warmup_steps": "linear warm-up steps", "min_lr_ratio": "decay floor as a fraction of lr",
+    "lr_cycles": "cosine_with_restarts: number of cycles", "lr_power": "polynomial: power of the decay",
+    "weight_decay": "optimizer weight decay", "betas": "AdamW betas (two numbers)", "momentum": "SGD momentum",
+    "grad_clip": "gradient norm clip (0: off)", "ema_decay": "EMA decay of the trained weights (0: off)",
+    "mixed_precision": "no or bf16 (autocast)", "gradient_checkpointing": "trade compute for memory",
+    "seed": "seed of data order, noise and augmentations", "checkpoint_every": "steps between atomic checkpoints",
+    "keep_checkpoints": "checkpoints kept on disk", "sample_every": "steps between validation grids (0: never)",
+    "log_every": "steps between log lines", "tensorboard": "write TensorBoard event files (needs tensorboard)",
+    "threads": "torch CPU threads (0: torch's default)",
+}
+
+
+METHOD_DESCRIPTIONS = {
+    "finetune": "Full fine-tuning of the UNet (optionally the text encoders): a single-file checkpoint and a "
+                "diffusers folder.",
+    "lora": "LoRA (LoCon with --conv) on the UNet and optionally the text encoders: a kohya-format LoRA file.",
+    "textual-inversion": "Textual inversion: only the new token's embedding rows train; an A1111-format embedding.",
+    "dreambooth": "DreamBooth: identifier + class noun with prior preservation (class images drawn by the model "
+                  "when none are given); full weights, or a LoRA with --lora.",
 }
 
 
@@ -32,11 +60,11 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a model: finetune, lora, textual-inversion, dreambooth",
                                    description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[2:]),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="method", metavar="METHOD")
+    sub = parser.add_subparsers(dest="method", metavar="METHOD", help="what to train (each has its own settings)")
     parser.set_defaults(func=lambda args: parser.print_help() or 1)
     for method in METHODS:
         p = sub.add_parser(method, help=f"{method} (stablekit train {method} --print-config shows every setting)",
-                           argument_default=argparse.SUPPRESS)
+                           description=METHOD_DESCRIPTIONS[method], argument_default=argparse.SUPPRESS)
         p.add_argument("--config", metavar="TOML", help="settings file (flat keys; flags override it)")
         p.add_argument("--print-config", action="store_true", help="print the resolved settings as TOML and exit")
         own, loop = setting_fields(method)
@@ -48,7 +76,7 @@ def register(subparsers) -> None:
 def _add_flag(p: argparse.ArgumentParser, f: dataclasses.Field) -> None:
     flag = "--" + f.name.replace("_", "-")
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    help_text = _HELP.get(f.name, "")
+    help_text = _HELP[f.name]  # every setting is described (tests/test_cli_help.py)
     if isinstance(default, bool):
         p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
     elif isinstance(default, (list, tuple)):

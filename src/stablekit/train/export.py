@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 
 from stablekit.train.strategies.lora import LoraStrategy
 from stablekit.train.strategies.textual_inversion import TextualInversionStrategy
@@ -21,8 +20,7 @@ from stablekit.train.strategies.textual_inversion import TextualInversionStrateg
 
 def export(method: str, s, strategy, components, out: Path, record: dict) -> Path:
     path = out / f"{s.name}.safetensors"
-    metadata = {"ss_training_comment": "stablekit", "stablekit_config": json.dumps(record),
-                "ss_base_model_version": components.arch, "ss_steps": str(record.get("steps", ""))}
+    metadata = {"ss_training_comment": "stablekit", "stablekit_config": json.dumps(record), "ss_steps": str(record.get("steps", ""))}
     if isinstance(strategy, LoraStrategy):
         save_lora(path, strategy, components.arch, metadata)
     elif isinstance(strategy, TextualInversionStrategy):
@@ -44,38 +42,13 @@ def save_lora(path: Path, strategy: LoraStrategy, arch: str, metadata: dict[str,
     metadata = {**metadata, "ss_network_dim": str(strategy.rank), "ss_network_alpha": str(strategy.alpha),
                 "ss_network_dropout": str(strategy.dropout),
                 "ss_network_module": "networks.lora" if not strategy.conv else "lycoris.kohya"}
-    try:
-        from stablekit.formats.lora_kohya import save_kohya_lora
-    except ImportError:
-        save_kohya_lora = None
-    if save_kohya_lora is not None:
-        save_kohya_lora(path, unet, text_arg, alpha=strategy.alpha, rank=strategy.rank, arch=arch, metadata=metadata)
-        return
-    from safetensors.torch import save_file
+    from stablekit.formats.lora_kohya import save_kohya_lora
 
-    tensors = {f"unet.{k}": v for k, v in unet.items()}
-    for prefix, sd in zip(("text_encoder", "text_encoder_2"), text):
-        tensors.update({f"{prefix}.{k}": v for k, v in sd.items()})
-    metadata["stablekit_layout"] = "peft-fallback (kohya writer not installed)"
-    _save_atomic(save_file, {k: v.contiguous() for k, v in tensors.items()}, path, metadata)
+    # kohya's writer sets ss_base_model_version in kohya's spelling (sd_v1, sdxl_base_v1-0)
+    save_kohya_lora(path, unet, text_arg, alpha=strategy.alpha, rank=strategy.rank, arch=arch, metadata=metadata)
 
 
 def save_embedding(path: Path, name: str, vectors, metadata: dict[str, str]) -> None:
-    try:
-        from stablekit.formats.embeddings_a1111 import save_a1111_embedding
-    except ImportError:
-        save_a1111_embedding = None
-    if save_a1111_embedding is not None:
-        save_a1111_embedding(path, name, vectors, metadata)
-        return
-    from safetensors.torch import save_file
+    from stablekit.formats.embeddings_a1111 import save_a1111_embedding
 
-    tensors = dict(vectors) if isinstance(vectors, dict) else {"emb_params": vectors}
-    metadata = {**metadata, "name": name, "stablekit_layout": "a1111-fallback (embedding writer not installed)"}
-    _save_atomic(save_file, {k: v.contiguous() for k, v in tensors.items()}, path, metadata)
-
-
-def _save_atomic(save_file, tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    save_a1111_embedding(path, name, vectors, metadata)
