@@ -161,25 +161,33 @@ class Evaluation:
         """All rows (model x sweep setting) plus the config; see write_report for the files."""
         import stablekit
 
-        c = self.config
         rows, samples = [], {}
-        for model in c.models:
+        for model in self.config.models:
             label = model_label(model)
             self.log(f"[eval] loading {label}")
             pipe = stablekit.load(None if model in (None, "", "embedded") else model, progress=False)
-            shapes = pipe.components.arch == "shapes"
-            if {"fid", "kid"} & set(c.metrics):  # fail on a missing reference or weights before generating
-                self.reference(shapes)
-                self.extractor(shapes)
-            loss = self._loss(pipe.components, shapes) if "loss" in c.metrics else None
-            for setting in c.sweep:
-                row, images = self._row(pipe, shapes, setting)
-                row.update(model=label, path=str(model or "embedded"), step=checkpoint_step(model), **(loss or {}))
-                rows.append(row)
-                samples[row_key(row)] = images
-                self.log(f"[eval] {row_key(row)}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
-                                                                 if isinstance(v, float)))
-        return {"config": {k: v for k, v in vars(c).items()}, "rows": rows, "samples": samples}
+            r, s = self.evaluate_pipeline(pipe, label, str(model or "embedded"), checkpoint_step(model))
+            rows += r
+            samples.update(s)
+        return {"config": {k: v for k, v in vars(self.config).items()}, "rows": rows, "samples": samples}
+
+    def evaluate_pipeline(self, pipe, label: str, path: str = "", step: int | None = None) -> tuple[list, dict]:
+        """Rows (one per sweep setting) and sample images for one loaded Pipeline."""
+        c = self.config
+        shapes = pipe.components.arch == "shapes"
+        if {"fid", "kid"} & set(c.metrics):  # fail on a missing reference or weights before generating
+            self.reference(shapes)
+            self.extractor(shapes)
+        loss = self._loss(pipe.components, shapes) if "loss" in c.metrics else None
+        rows, samples = [], {}
+        for setting in c.sweep:
+            row, images = self._row(pipe, shapes, setting)
+            row.update(model=label, path=path, step=step, **(loss or {}))
+            rows.append(row)
+            samples[row_key(row)] = images
+            self.log(f"[eval] {row_key(row)}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
+                                                             if isinstance(v, float)))
+        return rows, samples
 
     def _settings(self, setting: dict) -> dict:
         c = self.config
@@ -248,6 +256,19 @@ def row_key(row: dict) -> str:
     """A row's name: model label plus the swept settings."""
     extra = " ".join(f"{k}={v}" for k, v in row.get("settings", {}).items())
     return f"{row['model']} {extra}".strip()
+
+
+def evaluate_components(evaluation: Evaluation, components, step: int, label: str = "") -> dict:
+    """Eval-in-training hook: score the in-memory model at `step` and return its metrics
+    ({metric: value}, first sweep setting). Build the Evaluation once per run so the reference
+    set, its features and the scorers are computed once, then call this every N steps."""
+    from stablekit.generate.pipeline import Pipeline
+
+    was_training = components.unet.training
+    rows, _ = evaluation.evaluate_pipeline(Pipeline(components, progress=False), label or f"step-{step}",
+                                           step=step)
+    components.unet.train(was_training)  # generation put the UNet in eval mode
+    return {k: v for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def evaluate(config: EvalConfig, log=print) -> dict:
