@@ -103,14 +103,14 @@ def test_eval_cli_two_checkpoints_with_inception_fid_and_loss(tiny_setup, tmp_pa
 def test_eval_cli_sweep_rows_and_timing(tiny_setup, tmp_path, capsys):
     r = tiny_setup
     code = main(["eval", "--model", str(r / "step-100"), "--prompts", str(r / "prompts.txt"),
-                 "--reference", str(r / "ref"), "--metrics", "fid", "--n", "2",
-                 "--inception", str(r / "inception.pth"), "--out", str(tmp_path / "sw"),
+                 "--reference", str(r / "ref"), "--metrics", "fid", "--n", "2", "--features", "shapes",
+                 "--out", str(tmp_path / "sw"),
                  "--sweep", "sampler=Euler,DPM++ 2M", "steps=1,2"])
     assert code == 0
     rows = json.loads((tmp_path / "sw" / "report.json").read_text())["rows"]
     assert [(x["settings"]["sampler"], x["settings"]["steps"]) for x in rows] == [
         ("Euler", 1), ("Euler", 2), ("DPM++ 2M", 1), ("DPM++ 2M", 2)]
-    assert all(x["seconds_per_image"] > 0 for x in rows)
+    assert all(x["seconds_per_image"] > 0 and x["features"] == "shapes-features-v1" for x in rows)
     page = (tmp_path / "sw" / "report.html").read_text()
     assert "metrics vs sampler steps" in page and "metrics vs seconds per image" in page
 
