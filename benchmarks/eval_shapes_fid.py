@@ -23,7 +23,7 @@ from stablekit.evaluate.fid import fid, kid
 from stablekit.evaluate.shapes_features import ShapesFeatures
 
 
-def generated(model, n: int, per_prompt: int, cache: Path | None, steps: int, chunk: int = 8):
+def generated(model, n: int, per_prompt: int, cache: Path | None, steps: int, chunk: int = 4):
     import stablekit
     from stablekit.evaluate.runner import generate
 
@@ -53,10 +53,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--render-only", action="store_true", help="only the rendered-vs-rendered floor")
+    p.add_argument("--available", action="store_true",
+                   help="score only the images already in --cache (n = their count, rounded down to per-prompt)")
     args = p.parse_args()
+    if args.available:
+        have = len(np.load(args.cache)["images"]) if args.cache and args.cache.exists() else 0
+        args.n = have - have % args.per_prompt
     t0 = time.time()
     feats = ShapesFeatures()
-    ref = feats(shapes_reference(args.n).images)
+    ref = feats(shapes_reference(args.n).images)  # same n as generated: FID's small-n bias matches
     other = feats(shapes_reference(args.n, seed=REFERENCE_SEED + 1).images)
     out = {"n": args.n, "features": feats.name,
            "rendered_vs_rendered": {"fid": fid(other, ref), "kid": kid(other, ref)[0]}}
