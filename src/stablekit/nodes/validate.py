@@ -28,7 +28,7 @@ class WorkflowInvalid(StablekitError):
             for e in entry["errors"]:
                 lines.append(f"node {node_id} ({entry['class_type']}): {e['message']}: {e['details']}")
         text = "; ".join(line.replace("\n", "; ") for line in dict.fromkeys(lines))
-        super().__init__(f"invalid workflow: {text}")
+        super().__init__(f"invalid workflow: {text}; fix the workflow (CLI: --set NODE.INPUT=VALUE)")
 
 
 def _error(kind: str, message: str, details: str, **extra) -> dict:
