@@ -98,3 +98,22 @@ def test_cli_runs_the_default_workflow_and_reports_errors_in_one_line(tmp_path, 
     assert "Save (API Format)" in capsys.readouterr().err
     assert main(["workflow", "run", str(tmp_path / "missing.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_png_info_and_from_png_read_a_workflow_png(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["workflow", "run", str(DEFAULT), "--out", str(out), "--noise", "a1111"]
+    args += [a for s in SMALL + ["6.text=a red star", "3.steps=4"] for a in ("--set", s)]
+    assert main(args) == 0
+    png = capsys.readouterr().out.split()[0]
+    assert main(["png-info", png]) == 0
+    assert json.loads(capsys.readouterr().out)["6"]["inputs"]["text"] == "a red star"
+    assert main(["png-info", png, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["comfyui"]["prompt"]["3"]["inputs"]["steps"] == 4
+    # --from-png maps the one-KSampler graph onto generate's settings (A1111 noise, as --noise a1111 ran it)
+    again = tmp_path / "again.png"
+    assert main(["generate", "--from-png", png, "--out", str(again), "--no-progress"]) == 0
+    record = json.loads(Image.open(again).text["stablekit"])
+    assert (record["prompt"], record["steps"], record["seed"], record["sampler"]) == ("a red star", 4, 8566257, "Euler")
+    diff = np.abs(np.asarray(Image.open(again), dtype=np.int16) - np.asarray(Image.open(png).convert("RGB"), dtype=np.int16))
+    assert diff.max() <= 1  # SaveImage truncates to 8 bits as ComfyUI does; generate rounds

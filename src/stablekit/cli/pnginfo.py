@@ -21,17 +21,23 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from stablekit.metadata import read_image_info
+    from stablekit.metadata.comfy import read_comfy_chunks
 
     info = read_image_info(args.file)
+    comfy = read_comfy_chunks(info.get("text") or {})  # ComfyUI's SaveImage: "prompt" (+ "workflow") chunks
     if args.json:
         out = {k: info[k] for k in ("parameters", "fields", "stablekit")}
+        if comfy is not None:
+            out["comfyui"] = comfy
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     if info["parameters"]:
         print(info["parameters"])
     elif info["stablekit"] is not None:
         print(json.dumps(info["stablekit"], indent=2, ensure_ascii=False))
+    elif comfy is not None:
+        print(json.dumps(comfy["prompt"], indent=2, ensure_ascii=False))
     else:
         raise StablekitError(f"{args.file} holds no generation parameters (no A1111 'parameters' text, "
-                             "no stablekit record)")
+                             "no stablekit record, no ComfyUI prompt)")
     return 0

@@ -62,4 +62,9 @@ def replay(info: dict) -> Replay | None:
         needs_mask = any(k in fields for k in A1111_INPAINT_FIELDS) or None
         needs_init = (params.denoising_strength is not None) or None
         return Replay(params, 0, {}, needs_init, needs_mask, ignored)
+    from stablekit.metadata.comfy import params_from_comfy_prompt, read_comfy_chunks
+
+    comfy = read_comfy_chunks(info.get("text") or {})
+    if comfy is not None:  # a ComfyUI PNG with one KSampler; regenerated with A1111's noise, so close, not equal
+        return Replay(GenerationParams.from_dict(params_from_comfy_prompt(comfy["prompt"])))
     return None
