@@ -61,13 +61,14 @@ TEMPLATES = (_t_plain, _t_comma, _t_bg_first, _t_against, _t_picture)
 
 
 def compose_caption(spec: ShapeSpec, named_attrs, template: int = 0, variant: int = 0,
-                    shape_word: str | None = None) -> tuple[str, dict]:
+                    shape_word: str | None = None, templates=TEMPLATES) -> tuple[str, dict]:
     """Caption `spec` naming exactly `named_attrs` (the shape is always named) with template
     number `template` and phrase variant `variant`; returns (text, named values).
 
     `named` always holds "shape" and, for the outline style, "hollow": True. `shape_word`
     replaces the shape's name in the text (e.g. "<hexagon>" or "sks square") while `named`
-    keeps the true shape.
+    keeps the true shape. `templates` is the list `template` indexes (the training captions'
+    TEMPLATES unless an evaluation set brings its own).
     """
     named = {"shape": spec.shape}
     for attr in OPTIONAL_ATTRIBUTES:
@@ -79,7 +80,7 @@ def compose_caption(spec: ShapeSpec, named_attrs, template: int = 0, variant: in
     pos = phrases[variant % len(phrases)] if "position" in named else None
     np_ = _join(named.get("size"), named.get("color"), shape_word or spec.shape,
                 "outline" if spec.hollow else None)
-    text = TEMPLATES[template % len(TEMPLATES)](f"{_article(np_)} {np_}", np_, pos, named.get("background"))
+    text = templates[template % len(templates)](f"{_article(np_)} {np_}", np_, pos, named.get("background"))
     return text, named
 
 

@@ -12,6 +12,12 @@ The shape comes from a small softmax classifier over the filled alpha resampled 
 centered at the centroid and scaled by sqrt(area) (so it sees the silhouette, whatever its size
 and place). It is trained only on rendered images with blur, noise and color-shift augmentation
 (`train_shape_classifier`), and its weights ship as judge_weights.safetensors.
+
+The judge abstains rather than guesses. A silhouette whose top class probability is below
+SHAPE_THRESHOLD gets shape None ("unrecognised"): the threshold is calibrated on held-out renders
+passed through the embedded autoencoder (`python -m stablekit.shapes.judge_train --calibrate`),
+the best a generated image can be. An object whose colour reads as the background's, or no
+object at all, gets None for every object attribute. `abstained` says why, or is None.
 """
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ WINDOW = 1.15  # half-width of the resampling window, in units of sqrt(area)
 OBJECT_DISTANCE = 40.0  # RGB distance from the background that marks object pixels
 SIZE_THRESHOLD = 23.0  # px of Feret diameter: small objects reach <= 18, large ones >= 26
 HOLLOW_THRESHOLD = 0.05  # enclosed share: filled shapes 0, thinnest outline (star) about 0.13
+# Shape confidence below which the judge says "unrecognised" (see judge_train.calibrate_threshold).
+SHAPE_THRESHOLD = 0.605  # keeps 98% of the correct reads of 2,000 renders through the embedded VAE
+OBJECT_ATTRIBUTES = ("shape", "color", "size", "position", "hollow")
 
 _COLOR_NAMES = list(ALL_COLORS)
 _COLOR_RGB = np.asarray([ALL_COLORS[c] for c in _COLOR_NAMES], dtype=np.float32)
@@ -231,12 +240,14 @@ class ShapeClassifier(torch.nn.Module):
 class Judge:
     """Reads shapes-world images: shape, color, background, size, position, hollow."""
 
-    def __init__(self, classifier: ShapeClassifier):
+    def __init__(self, classifier: ShapeClassifier, threshold: float = SHAPE_THRESHOLD):
         self.classifier = classifier.eval()
+        self.threshold = threshold
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Judge":
-        """Load the shipped shape classifier (or the one at `path`)."""
+    def load(cls, path: str | Path | None = None, threshold: float = SHAPE_THRESHOLD) -> "Judge":
+        """Load the shipped shape classifier (or the one at `path`); `threshold` is the shape
+        confidence below which shape is None (0 never abstains on a silhouette)."""
         from safetensors.torch import load_file
 
         path = Path(path or WEIGHTS_PATH)
@@ -245,7 +256,7 @@ class Judge:
                                  f"run `python -m stablekit.shapes.judge_train` to build them")
         model = ShapeClassifier()
         model.load_state_dict(load_file(str(path)))
-        return cls(model)
+        return cls(model, threshold)
 
     @torch.no_grad()
     def shape_probabilities(self, features: np.ndarray) -> np.ndarray:
@@ -264,8 +275,9 @@ class Judge:
 
     def judge(self, images, batch_size: int = 512) -> list[dict]:
         """One dict per image: shape, color, background, size, position, hollow, plus
-        shape_confidence and a few raw measurements (feret px, centroid, hollow share).
-        An image with no object gets None for every object attribute."""
+        shape_confidence, `abstained` and a few raw measurements (feret px, centroid, hollow
+        share). No object, or an object in the background's colour: None for every object
+        attribute. A silhouette recognised with confidence below the threshold: shape None."""
         arr = as_array(images)
         out = []
         for s in range(0, len(arr), batch_size):
@@ -281,10 +293,11 @@ class Judge:
         pos_idx = ((centers[:, None] - _POS_XY[None]) ** 2).sum(-1).argmin(1)
         results = []
         for i in range(len(arr)):
-            r = {"background": _COLOR_NAMES[bg_idx[i]]}
-            if m["found"][i]:
+            r = {"background": _COLOR_NAMES[bg_idx[i]], "abstained": None}
+            if m["found"][i] and fg_idx[i] != bg_idx[i]:
+                confident = probs[i].max() >= self.threshold
                 r.update(
-                    shape=ALL_SHAPES[int(probs[i].argmax())],
+                    shape=ALL_SHAPES[int(probs[i].argmax())] if confident else None,
                     color=_COLOR_NAMES[fg_idx[i]],
                     size="large" if m["feret"][i] > SIZE_THRESHOLD else "small",
                     position=_POS_NAMES[pos_idx[i]],
@@ -293,9 +306,11 @@ class Judge:
                     feret=float(m["feret"][i]),
                     center=(float(m["cx"][i]), float(m["cy"][i])),
                     hollow_share=float(m["hollow_share"][i]),
+                    abstained=None if confident else "shape unrecognised",
                 )
             else:
-                r.update(shape=None, color=None, size=None, position=None, hollow=None,
-                         shape_confidence=0.0, feret=0.0, center=None, hollow_share=0.0)
+                r.update({a: None for a in OBJECT_ATTRIBUTES})
+                r.update(shape_confidence=0.0, feret=0.0, center=None, hollow_share=0.0,
+                         abstained="object in background colour" if m["found"][i] else "no object")
             results.append(r)
         return results

@@ -2,6 +2,7 @@
 
     python -m stablekit.shapes.judge_train            # retrain -> judge_weights.safetensors
     python -m stablekit.shapes.judge_train --check    # accuracy of the shipped judge
+    python -m stablekit.shapes.judge_train --calibrate  # the abstention threshold, from VAE round trips
 
 Training is deterministic (fixed seeds, one thread). Images are augmented the way generated
 images are imperfect (blur, pixel noise, global color shift) before the silhouette is measured,
@@ -23,6 +24,7 @@ from stablekit.shapes.render import ALL_COLORS, ALL_SHAPES, ShapeSpec, render, s
 
 TRAIN_SEED = 1000
 CHECK_SEED = 2000
+CALIBRATION_SEED = 3000
 JUDGED = ("shape", "color", "background", "size", "position", "hollow")
 
 
@@ -116,6 +118,50 @@ def judge_accuracy(judge: Judge, n: int = 2000, seed: int = CHECK_SEED, augmente
     return acc
 
 
+def roundtrip(images: np.ndarray, model=None) -> np.ndarray:
+    """uint8 images encoded and decoded by `model`'s autoencoder (default: the embedded model)."""
+    import stablekit
+    from stablekit.generate.pipeline import decode, encode
+
+    pipe = stablekit.load(model, progress=False) if model else stablekit.load(progress=False)
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(images), 250):
+            x = images[s:s + 250].astype(np.float32) / 255
+            out.append(decode(pipe.components, encode(pipe.components, x)))
+    return (np.concatenate(out) * 255).round().astype(np.uint8)
+
+
+def calibrate_threshold(judge: Judge, n: int = 2000, seed: int = CALIBRATION_SEED, keep: float = 0.98,
+                        model=None) -> dict:
+    """The shape-confidence threshold: renders (all shapes, 25% outlines) passed through the
+    autoencoder, the cleanest images a latent model can make; the threshold is the (1 - keep)
+    quantile of the confidence of the silhouettes the classifier reads correctly, so at least
+    `keep` of what the autoencoder carries faithfully is still recognised. Returns the threshold
+    and what it does on those images (correct reads kept, wrong reads turned into abstentions).
+    """
+    images, specs = sample_judge_set(n, seed)
+    images = roundtrip(images, model)
+    m = measure(images)
+    probs = judge.shape_probabilities(m["features"])
+    conf = probs.max(1)
+    right = np.array([ALL_SHAPES[int(p.argmax())] == s.shape for p, s in zip(probs, specs)]) & m["found"]
+    threshold = float(np.quantile(conf[right], 1 - keep))
+    small = np.array([s.size == "small" for s in specs])
+    kept = conf >= threshold
+    return {"threshold": round(threshold, 4), "n": n, "seed": seed,
+            "roundtrip shape accuracy (no abstention)": float(right.mean()),
+            "correct reads kept": float(kept[right].mean()),
+            "wrong reads abstained": float((~kept[~right]).mean()) if (~right).any() else None,
+            "wrong reads": int((~right).sum()),
+            "accuracy of kept reads": float(right[kept].mean()),
+            "small: correct reads kept": float(kept[right & small].mean()),
+            "small: wrong reads abstained": float((~kept[~right & small]).mean()) if (~right & small).any() else None,
+            "confidence quantiles of wrong reads (10/50/90%)": [round(float(q), 3) for q in
+                                                                np.quantile(conf[~right], [0.1, 0.5, 0.9])]
+            if (~right).any() else None}
+
+
 def save_weights(model: ShapeClassifier, path: str | Path = WEIGHTS_PATH) -> Path:
     from safetensors.torch import save_file
 
@@ -127,8 +173,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only measure the shipped judge")
     ap.add_argument("--n", type=int, default=2000, help="fresh images for the check")
-    ap.add_argument("--out", default=str(WEIGHTS_PATH))
+    ap.add_argument("--calibrate", action="store_true",
+                    help="measure the abstention threshold on renders passed through the embedded autoencoder")
+    ap.add_argument("--out", default=str(WEIGHTS_PATH), help="where the weights are written (and read)")
     args = ap.parse_args(argv)
+    if args.calibrate:
+        t = time.time()
+        stats = calibrate_threshold(Judge.load(args.out, threshold=0.0))
+        for k, v in stats.items():
+            print(f"  {k:50s} {v}")
+        print(f"calibrated in {time.time() - t:.0f} s; set judge.SHAPE_THRESHOLD to the threshold")
+        return 0
     if not args.check:
         t = time.time()
         path = save_weights(train_shape_classifier(), args.out)
