@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stablekit.data.arrays import LatentData, PixelData, image_grid, to_pixels, to_u8
+from stablekit.data.encode import encode_latents, encode_text
+from stablekit.data.validation import grid_sampler
 from stablekit.shapes import architecture as arch
 from stablekit.train import TrainConfig, train
 from stablekit.train.checkpoint import save_atomic
@@ -50,46 +53,6 @@ class PretrainConfig:
 STAGES = ("data", "vae", "text", "cache", "unet", "export")
 
 
-def _pixels(images_u8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-class PixelData:
-    """Rendered images (and tokenised captions) as a training dataset."""
-
-    def __init__(self, images: np.ndarray, caption_index: np.ndarray, input_ids: torch.Tensor | None = None,
-                 negative_ids: torch.Tensor | None = None):
-        self.images, self.caption_index, self.input_ids = images, caption_index, input_ids
-        self.negative_ids = negative_ids  # [captions, K, L] hard negatives per caption
-
-    def __len__(self):
-        return len(self.images)
-
-    def get_batch(self, indices):
-        batch = {"pixels": _pixels(self.images[indices])}
-        if self.input_ids is not None:
-            cid = torch.from_numpy(self.caption_index[indices])
-            batch.update(input_ids=self.input_ids[cid], caption_ids=cid)
-            if self.negative_ids is not None:
-                batch["negative_input_ids"] = self.negative_ids[cid]
-        return batch
-
-
-class LatentData:
-    """Cached latents + per-caption text hidden states: stage 2 never runs the VAE or text encoder."""
-
-    def __init__(self, latents: torch.Tensor, caption_index: np.ndarray, text: torch.Tensor, uncond: torch.Tensor):
-        self.latents, self.caption_index, self.text, self.uncond = latents, caption_index, text, uncond
-
-    def __len__(self):
-        return len(self.latents)
-
-    def get_batch(self, indices):
-        idx = torch.from_numpy(np.asarray(indices))
-        return {"latents": self.latents[idx], "text": self.text[torch.from_numpy(self.caption_index[indices])],
-                "uncond": self.uncond}
-
-
 # ---------------------------------------------------------------------------------------------
 def stage_data(cfg: PretrainConfig, out: Path) -> None:
     from stablekit.shapes.captions import make_batch
@@ -111,21 +74,6 @@ def load_data(out: Path):
     return d["images"], [str(c) for c in d["captions"]], d["caption_index"]
 
 
-def _grid(images_u8: list[np.ndarray], cols: int):
-    from PIL import Image
-
-    rows = (len(images_u8) + cols - 1) // cols
-    h, w = images_u8[0].shape[:2]
-    grid = Image.new("RGB", (cols * w, rows * h), (128, 128, 128))
-    for i, im in enumerate(images_u8):
-        grid.paste(Image.fromarray(im), ((i % cols) * w, (i // cols) * h))
-    return grid
-
-
-def _to_u8(x: torch.Tensor) -> list[np.ndarray]:
-    return list(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
-
-
 def stage_vae(cfg: PretrainConfig, out: Path):
     final = out / "vae" / "final.pt"
     vae = arch.build_vae(cfg.seed)
@@ -133,11 +81,11 @@ def stage_vae(cfg: PretrainConfig, out: Path):
         vae.load_state_dict(torch.load(final, weights_only=True))
         return vae
     images, _, caption_index = load_data(out)
-    held_out = _pixels(images[-16:])
+    held_out = to_pixels(images[-16:])
 
     def recon_grid(step):
         rec = vae.decode(vae.encode(held_out).latent_dist.mode()).sample
-        return _grid(_to_u8(held_out) + _to_u8(rec), cols=16)
+        return image_grid(to_u8(held_out) + to_u8(rec), cols=16)
 
     from stablekit.train.strategies import AutoencoderStrategy
 
@@ -179,18 +127,6 @@ def stage_text(cfg: PretrainConfig, out: Path):
     return te
 
 
-@torch.no_grad()
-def encode_text(te, tok, captions: list[str], batch: int = 512) -> torch.Tensor:
-    """Last hidden state after the final layer norm (SD 1.x conditioning, clip skip 1)."""
-    te.eval()
-    chunks = []
-    for i in range(0, len(captions), batch):
-        ids = tok(captions[i:i + batch], padding="max_length", max_length=77, truncation=True,
-                  return_tensors="pt").input_ids
-        chunks.append(te(input_ids=ids).last_hidden_state)
-    return torch.cat(chunks)
-
-
 def stage_cache(cfg: PretrainConfig, out: Path, vae, te):
     from stablekit.formats.tokenizer import clip_tokenizer
 
@@ -198,11 +134,8 @@ def stage_cache(cfg: PretrainConfig, out: Path, vae, te):
     if path.exists():
         return torch.load(path, weights_only=True)
     images, captions, caption_index = load_data(out)
-    vae.eval()
     t = time.time()
-    with torch.no_grad():
-        latents = torch.cat([vae.encode(_pixels(images[i:i + 500])).latent_dist.mode()
-                             for i in range(0, len(images), 500)])
+    latents = encode_latents(vae, (to_pixels(images[i:i + 500]) for i in range(0, len(images), 500)))
     scale = float(1.0 / latents.std())
     tok = clip_tokenizer()
     cache = {"latents": latents * scale, "scaling_factor": torch.tensor(scale),
@@ -211,32 +144,6 @@ def stage_cache(cfg: PretrainConfig, out: Path, vae, te):
     save_atomic(cache, path)
     print(f"cache: latents {tuple(latents.shape)} scale {scale:.4f}, text {tuple(cache['text'].shape)}, {time.time() - t:.0f} s")
     return cache
-
-
-def make_sampler(unet, vae, te, scaling_factor: float, prompts: list[str], seed: int = 0, steps: int = 20, cfg_scale: float = 5.0):
-    """Validation grid for training: a fixed prompt set, diffusers' Euler, CFG."""
-    from diffusers import EulerDiscreteScheduler
-
-    from stablekit.formats.tokenizer import clip_tokenizer
-
-    tok = clip_tokenizer()
-    cond = encode_text(te, tok, prompts)
-    uncond = encode_text(te, tok, [""]).expand_as(cond)
-
-    @torch.no_grad()
-    def sample(step):
-        sched = EulerDiscreteScheduler.from_config(arch.SCHEDULER_CONFIG)
-        sched.set_timesteps(steps)
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn((len(prompts), 4, 16, 16), generator=g) * sched.init_noise_sigma
-        for t in sched.timesteps:
-            inp = sched.scale_model_input(torch.cat([x, x]), t)
-            out = unet(inp, t, torch.cat([uncond, cond])).sample
-            u, c = out.chunk(2)
-            x = sched.step(u + cfg_scale * (c - u), t, x).prev_sample
-        return _grid(_to_u8(vae.decode(x / scaling_factor).sample), cols=8)
-
-    return sample
 
 
 GRID_PROMPTS = [f"a {size} {color} {shape} on a {bg} background"
@@ -254,7 +161,9 @@ def stage_unet(cfg: PretrainConfig, out: Path, vae, te, cache):
 
     unet = arch.build_unet(cfg.seed)
     data = LatentData(cache["latents"], cache["caption_index"].numpy(), cache["text"], cache["uncond"])
-    sampler = make_sampler(unet, vae, te, float(cache["scaling_factor"]), GRID_PROMPTS, seed=cfg.seed)
+    # Validation grids by the public generation API on the modules as they train (Euler, CFG 5).
+    comps = build_components(vae, te, unet, float(cache["scaling_factor"]))
+    sampler = grid_sampler(comps, GRID_PROMPTS, seed=cfg.seed, steps=20, cfg=5.0, sampler="Euler")
     strategy = DiffusionStrategy(unet, arch.SCHEDULER_CONFIG, caption_dropout=cfg.caption_dropout,
                                  snr_gamma=cfg.snr_gamma, sample_fn=sampler)
     tc = TrainConfig(out_dir=str(out / "unet"), steps=cfg.unet_steps, batch_size=cfg.unet_batch, lr=cfg.unet_lr,
