@@ -132,34 +132,35 @@ def roundtrip(images: np.ndarray, model=None) -> np.ndarray:
     return (np.concatenate(out) * 255).round().astype(np.uint8)
 
 
-def calibrate_threshold(judge: Judge, n: int = 2000, seed: int = CALIBRATION_SEED, keep: float = 0.98,
-                        model=None) -> dict:
-    """The shape-confidence threshold: renders (all shapes, 25% outlines) passed through the
-    autoencoder, the cleanest images a latent model can make; the threshold is the (1 - keep)
-    quantile of the confidence of the silhouettes the classifier reads correctly, so at least
-    `keep` of what the autoencoder carries faithfully is still recognised. Returns the threshold
-    and what it does on those images (correct reads kept, wrong reads turned into abstentions).
-    """
+def calibrate_thresholds(judge: Judge, n: int = 2000, seed: int = CALIBRATION_SEED, quantile: float = 0.01,
+                         model=None) -> dict:
+    """The abstention thresholds, from renders (all shapes, 25% outlines) passed through the
+    autoencoder, the cleanest images a latent model can make. Over the silhouettes the classifier
+    reads correctly there, each threshold (classifier probability, template fit) is the
+    `quantile` of its score, so together they keep at least 1 - 2 x quantile of what the
+    autoencoder carries faithfully. Returns both and what they do on those images."""
+    from stablekit.shapes.judge import silhouette_fit
+
     images, specs = sample_judge_set(n, seed)
     images = roundtrip(images, model)
     m = measure(images)
     probs = judge.shape_probabilities(m["features"])
-    conf = probs.max(1)
+    conf, fit = probs.max(1), silhouette_fit(m["features"], probs.argmax(1))
     right = np.array([ALL_SHAPES[int(p.argmax())] == s.shape for p, s in zip(probs, specs)]) & m["found"]
-    threshold = float(np.quantile(conf[right], 1 - keep))
+    threshold = float(np.quantile(conf[right], quantile))
+    fit_threshold = float(np.quantile(fit[right], quantile))
     small = np.array([s.size == "small" for s in specs])
-    kept = conf >= threshold
-    return {"threshold": round(threshold, 4), "n": n, "seed": seed,
-            "roundtrip shape accuracy (no abstention)": float(right.mean()),
-            "correct reads kept": float(kept[right].mean()),
-            "wrong reads abstained": float((~kept[~right]).mean()) if (~right).any() else None,
-            "wrong reads": int((~right).sum()),
-            "accuracy of kept reads": float(right[kept].mean()),
-            "small: correct reads kept": float(kept[right & small].mean()),
-            "small: wrong reads abstained": float((~kept[~right & small]).mean()) if (~right & small).any() else None,
-            "confidence quantiles of wrong reads (10/50/90%)": [round(float(q), 3) for q in
-                                                                np.quantile(conf[~right], [0.1, 0.5, 0.9])]
-            if (~right).any() else None}
+    kept = (conf >= threshold) & (fit >= fit_threshold)
+
+    def share(mask, of):
+        return round(float(mask[of].mean()), 4) if of.any() else None
+
+    return {"threshold": round(threshold, 3), "fit_threshold": round(fit_threshold, 3), "n": n, "seed": seed,
+            "roundtrip shape accuracy without abstention": share(right, np.ones_like(right)),
+            "correct reads kept": share(kept, right), "wrong reads abstained": share(~kept, ~right),
+            "wrong reads": int((~right).sum()), "accuracy of kept reads": share(right, kept),
+            "small: correct reads kept": share(kept, right & small),
+            "small: wrong reads abstained": share(~kept, ~right & small)}
 
 
 def save_weights(model: ShapeClassifier, path: str | Path = WEIGHTS_PATH) -> Path:
@@ -179,10 +180,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.calibrate:
         t = time.time()
-        stats = calibrate_threshold(Judge.load(args.out, threshold=0.0))
+        stats = calibrate_thresholds(Judge.load(args.out, threshold=0.0, fit_threshold=0.0))
         for k, v in stats.items():
             print(f"  {k:50s} {v}")
-        print(f"calibrated in {time.time() - t:.0f} s; set judge.SHAPE_THRESHOLD to the threshold")
+        print(f"calibrated in {time.time() - t:.0f} s; set judge.SHAPE_THRESHOLD and FIT_THRESHOLD to them")
         return 0
     if not args.check:
         t = time.time()
