@@ -130,3 +130,14 @@ def test_mismatched_lengths_are_an_error(items):
 
     with pytest.raises(StablekitError, match="one image per prompt"):
         evaluate_images(items[:3], np.zeros((2, 64, 64, 3), np.uint8))
+
+
+def test_abstentions_do_not_change_the_diversity_scale(items):
+    """An image the judge abstains on leaves its attributes out of diversity; it must not widen
+    the set of possible values (2 sizes stay 2)."""
+    sub = [i for i in items if "size" not in i.named][:8]
+    images = [render(i.spec) for i in sub]
+    base = evaluate_images(sub, np.stack(images))["diversity"]["size"]
+    images.append(np.full_like(images[0], 40))  # no object: size None
+    report = evaluate_images(sub + [sub[0]], np.stack(images))
+    assert report["diversity"]["size"] == pytest.approx(base)

@@ -74,7 +74,9 @@ def evaluate_images(items: Sequence[PromptItem], images, judge=None) -> dict:
         if shown:
             # a value outside the base world (e.g. the judge reading teal) widens the support, so
             # the fraction stays <= 1 instead of crediting an off-domain answer as extra diversity
-            diversity[a] = normalized_entropy(shown, len(set(POSSIBLE_VALUES[a]) | set(shown)))
+            # (an abstention, None, is no value: it neither counts nor widens the support)
+            seen = {v for v in shown if v is not None}
+            diversity[a] = normalized_entropy(shown, len(set(POSSIBLE_VALUES[a]) | seen))
     return {
         "n": len(items),
         "adherence": float(np.mean(scores)) if scores else 0.0,
