@@ -35,6 +35,7 @@ class PretrainConfig:
     out: str = "runs/shapes-pretrain"
     seed: int = 0
     n_images: int = 100_000
+    caption_templates: str = "extended"  # shapes.captions.TEMPLATE_SETS: "v1" (5 word orders) or "extended" (10)
     vae_steps: int = 3000
     vae_batch: int = 32
     vae_lr: float = 1e-3
@@ -56,6 +57,7 @@ HELP = {
     "out": "run folder: stages, checkpoints and the exported model (rerun with the same folder to resume)",
     "seed": "seed of the data stream, initial weights and batch order",
     "n_images": "rendered training images (base shapes, captioned)",
+    "caption_templates": "caption word orders: v1 (the first model's 5) or extended (10)",
     "vae_steps": "autoencoder optimizer steps",
     "vae_batch": "autoencoder batch size (images)",
     "vae_lr": "autoencoder learning rate",
@@ -80,13 +82,16 @@ STAGES = ("data", "vae", "text", "cache", "unet", "export")
 
 # ---------------------------------------------------------------------------------------------
 def stage_data(cfg: PretrainConfig, out: Path) -> None:
-    from stablekit.shapes.captions import make_batch
+    from stablekit.errors import StablekitError
+    from stablekit.shapes.captions import TEMPLATE_SETS, make_batch
 
     path = out / "data.npz"
     if path.exists():
         return
+    if cfg.caption_templates not in TEMPLATE_SETS:
+        raise StablekitError(f"unknown --caption-templates {cfg.caption_templates!r}; use one of {', '.join(TEMPLATE_SETS)}")
     t = time.time()
-    images, captions, _ = make_batch(cfg.n_images, seed=cfg.seed)
+    images, captions, _ = make_batch(cfg.n_images, seed=cfg.seed, templates=TEMPLATE_SETS[cfg.caption_templates])
     unique, index = np.unique(np.array(captions), return_inverse=True)
     tmp = out / "data.tmp.npz"
     np.savez(tmp, images=images, captions=unique, caption_index=index.astype(np.int64))

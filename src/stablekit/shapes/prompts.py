@@ -113,7 +113,7 @@ def build_prompt_set(n: int = 240, seed: int = 20261122, shapes=BASE_SHAPES, col
 
 
 PROMPT_SETS = {
-    "eval-v1": dict(n=240, seed=20261122),
+    "eval-v1": dict(n=240, seed=20261122, templates=TEMPLATES),  # the five training templates, frozen
     "eval-v2": dict(n=240, seed=20261130, first_seed=5000, templates=EVAL_V2_TEMPLATES),
 }
 
