@@ -39,7 +39,7 @@ class PretrainConfig:
     vae_steps: int = 3000
     vae_batch: int = 32
     vae_lr: float = 1e-3
-    vae_edge_weight: float = 0.0  # reconstruction weight 1 + w x local contrast (shapes.vae_loss); 0 = plain
+    vae_edge_weight: float = 8.0  # reconstruction weight 1 + w x local contrast (shapes.vae_loss); 0 = plain
     text_steps: int = 1500
     text_batch: int = 256
     text_lr: float = 1e-3
