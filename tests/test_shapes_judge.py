@@ -70,3 +70,33 @@ def test_augment_is_seeded():
     a = augment(images, np.random.default_rng(0))
     b = augment(images, np.random.default_rng(0))
     assert (a == b).all() and not (a == images).all()
+
+
+def test_abstains_on_a_silhouette_that_is_no_shape(judge):
+    """An ellipse is none of the 7 shapes: the classifier alone says "star" with high
+    probability, the template fit rejects it; colour, size and position are still read."""
+    from PIL import ImageDraw
+
+    im = Image.new("RGB", (64, 64), (40, 80, 220))
+    ImageDraw.Draw(im).ellipse([20, 26, 44, 38], fill=(245, 130, 30))
+    (r,) = judge.judge(im)
+    assert r["shape"] is None and r["abstained"] == "shape unrecognised"
+    assert (r["color"], r["size"], r["position"]) == ("orange", "large", "center")
+    (old,) = Judge.load(threshold=0.0, fit_threshold=0.0).judge(im)  # no abstention: a guess
+    assert old["shape"] is not None and old["abstained"] is None
+
+
+def test_object_in_background_colour_misses_every_object_attribute(judge):
+    img = np.full((64, 64, 3), (240, 210, 40), np.uint8)
+    img[26:38, 26:38] = (200, 172, 25)  # a darker yellow square: far from the background, still "yellow"
+    (r,) = judge.judge(img)
+    assert r["background"] == "yellow" and r["abstained"] == "object in background colour"
+    assert all(r[a] is None for a in ("shape", "color", "size", "position", "hollow"))
+
+
+def test_abstention_thresholds_keep_renders(judge):
+    from stablekit.shapes.judge import FIT_THRESHOLD, SHAPE_THRESHOLD
+
+    assert 0.3 < SHAPE_THRESHOLD < 0.9 and 0.5 < FIT_THRESHOLD < 0.9  # calibrated, not disabled
+    found = judge.judge(sample_judge_set(300, CHECK_SEED + 19)[0])
+    assert sum(f["abstained"] is not None for f in found) <= 3

@@ -1,6 +1,8 @@
 """`stablekit shapes pretrain` end to end at toy size: every stage runs, resumes, and exports a loadable model."""
 from __future__ import annotations
 
+import json
+
 import torch
 from fixtures import one_thread
 
@@ -8,7 +10,7 @@ from stablekit.cli import main
 from stablekit.formats import load_model
 
 TOY = ["--n-images", "200", "--vae-steps", "3", "--vae-batch", "4", "--text-steps", "3", "--text-batch", "16",
-       "--unet-steps", "4", "--unet-batch", "4"]
+       "--unet-steps", "4", "--unet-batch", "4", "--vae-edge-weight", "8", "--default-cfg", "5.5"]
 
 
 def test_pretrain_recipe_runs_resumes_and_exports(tmp_path):
@@ -29,3 +31,18 @@ def test_pretrain_recipe_runs_resumes_and_exports(tmp_path):
     assert abs(single.vae.config.scaling_factor - float(cache["scaling_factor"])) < 1e-6
     a, b = single.unet.state_dict(), folder.unet.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((out / "model" / "training.json").read_text())
+    assert record["default_cfg"] == 5.5 and record["config"]["vae_edge_weight"] == 8.0
+    assert json.loads((out / "vae" / "config.json").read_text())["strategy"] == "vae-edge"
+
+
+def test_edge_weight_is_on_outlines_only():
+    """local_contrast: 0 inside the object and on the background, high on its outline."""
+    from stablekit.shapes import ShapeSpec, render
+    from stablekit.shapes.vae_loss import local_contrast
+
+    img = render(ShapeSpec(shape="square", color="white", background="black", diameter=30.0))
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
+    c = local_contrast(x)[0, 0]
+    assert c[32, 32] == 0 and c[2, 2] == 0  # interior, background
+    assert c[32, 21:24].max() > 0.8 and float(c.max()) <= 1.0  # the left edge (half-width about 10.6 px)

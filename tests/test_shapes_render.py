@@ -148,3 +148,23 @@ def test_render_dataset_layout(tmp_path):
     img = np.asarray(Image.open(tmp_path / "000003.png"))
     assert (img == make_batch(1, seed=1, start=3, shapes=("hexagon",))[0][0]).all()
     assert (tmp_path / "000003.txt").read_text().strip() == meta["items"][3]["caption"]
+
+
+def test_extended_caption_templates_parse_back_and_leave_default_streams_alone():
+    from stablekit.shapes.captions import TEMPLATE_SETS, make_batch, parse_caption, sample_item
+    from stablekit.shapes.prompts import load_prompt_set
+
+    assert make_batch(20, seed=3)[1] == make_batch(20, seed=3, templates=TEMPLATE_SETS["v1"])[1]
+    texts = set()
+    for i in range(400):
+        spec, text, named = sample_item(11, i, templates=TEMPLATE_SETS["extended"])
+        assert parse_caption(text) == named, text
+        texts.add(text)
+    from stablekit.shapes.captions import compose_caption
+
+    extended = TEMPLATE_SETS["extended"]
+    for item in load_prompt_set("eval-v2"):  # eval-v2's wordings are not the training ones
+        if "background" in item.named and "position" in item.named:
+            attrs = [a for a in item.named if a != "shape"]
+            assert all(compose_caption(item.spec, attrs, t, v, templates=extended)[0] != item.prompt
+                       for t in range(len(extended)) for v in (0, 1)), item.prompt

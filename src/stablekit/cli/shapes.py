@@ -2,7 +2,8 @@
 
     stablekit shapes render --n 5000 --out DIR [--seed S] [--shapes ...] [--hollow]
     stablekit shapes judge DIR [--json]
-    stablekit shapes eval [--model M] [--steps 20] [--sampler NAME] [--out DIR]
+    stablekit shapes eval [--model M] [--steps 20] [--sampler NAME] [--prompt-set eval-v2] [--out DIR]
+    stablekit shapes eval --rescore DIR    (judge an earlier evaluation's images again)
     stablekit shapes pretrain ...          (the recipe lives in stablekit.shapes.pretrain)
 """
 from __future__ import annotations
@@ -21,32 +22,47 @@ def register(subparsers) -> None:
 
     from stablekit.shapes.render import ALL_COLORS, ALL_SHAPES, BASE_SHAPES, COLORS
 
-    p = sub.add_parser("render", help="write NNNNNN.png + NNNNNN.txt caption pairs and metadata.json")
+    p = sub.add_parser("render", help="write NNNNNN.png + NNNNNN.txt caption pairs and metadata.json",
+                       description="Render captioned shapes-world images (exact ground truth in metadata.json).")
     p.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="stream seed: item i is the same whatever --n and --start")
     p.add_argument("--start", type=int, default=0, help="first item index of the seeded stream")
-    p.add_argument("--shapes", nargs="+", default=list(BASE_SHAPES), choices=ALL_SHAPES)
-    p.add_argument("--colors", nargs="+", default=list(COLORS), choices=list(ALL_COLORS))
-    p.add_argument("--backgrounds", nargs="+", default=list(COLORS), choices=list(ALL_COLORS))
+    p.add_argument("--shapes", nargs="+", default=list(BASE_SHAPES), choices=ALL_SHAPES,
+                   help="shapes to draw (default: the base shapes)")
+    p.add_argument("--colors", nargs="+", default=list(COLORS), choices=list(ALL_COLORS),
+                   help="object colours (default: the base palette)")
+    p.add_argument("--backgrounds", nargs="+", default=list(COLORS), choices=list(ALL_COLORS),
+                   help="background colours (default: the base palette)")
     p.add_argument("--hollow", action="store_true", help="outline style (large objects only)")
     p.add_argument("--drop-p", type=float, default=0.3, help="chance to leave each optional attribute out")
     p.add_argument("--shape-word", default=None, help="word used for the shape in captions, e.g. '<hexagon>'")
     p.set_defaults(func=run_render)
 
-    p = sub.add_parser("judge", help="judge a folder of 64x64 PNGs; with captions, score them")
-    p.add_argument("folder", metavar="DIR")
+    p = sub.add_parser("judge", help="judge a folder of 64x64 PNGs; with captions, score them",
+                       description="Read shape, colour, background, size, position and hollowness from "
+                                   "64x64 PNGs; the judge abstains (None) rather than guesses.")
+    p.add_argument("folder", metavar="DIR", help="folder of .png files (captions from metadata.json or .txt files)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=run_judge)
 
-    p = sub.add_parser("eval", help="prompt adherence and diversity of a model on the fixed prompt set")
+    from stablekit.shapes.prompts import PROMPT_SETS
+
+    p = sub.add_parser("eval", help="prompt adherence and diversity of a model on a fixed prompt set",
+                       description="Generate one image per prompt of a fixed prompt set and judge it: "
+                                   "adherence, diversity, abstentions, grids.")
     p.add_argument("--model", default=None, help="model path understood by stablekit.load (default: the embedded model)")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--sampler", default=None, help="sampler name (default: the model's default)")
     p.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the pipeline's)")
-    p.add_argument("--prompt-set", default="eval-v1")
+    p.add_argument("--prompt-set", default="eval-v1", choices=list(PROMPT_SETS),
+                   help="fixed prompt set with seeds (default eval-v1)")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts (smoke test)")
-    p.add_argument("--out", default=None, help="folder for report.json, report.md, grid.png")
+    p.add_argument("--out", default=None,
+                   help="folder for report.json, report.md, grid.png, abstentions.png and images.npz")
+    p.add_argument("--rescore", default=None, metavar="DIR",
+                   help="judge the images.npz of an earlier --out folder again (no generation); "
+                        "writes to --out, or back into DIR")
     p.set_defaults(func=run_eval)
 
     try:
@@ -55,7 +71,9 @@ def register(subparsers) -> None:
         p = sub.add_parser("pretrain", help="(unavailable) pretrain the embedded shapes model")
         p.set_defaults(func=_unavailable(f"stablekit.shapes.pretrain cannot be imported ({exc})"))
     else:
-        p = sub.add_parser("pretrain", help="pretrain the embedded shapes model (resumable)")
+        p = sub.add_parser("pretrain", help="pretrain the embedded shapes model (resumable)",
+                           description="Train the embedded shapes model from nothing, stage by stage; "
+                                       "rerun the same command to resume.")
         pretrain.add_arguments(p)
         p.set_defaults(func=pretrain.run)
 
@@ -138,11 +156,16 @@ def run_judge(args) -> int:
 
 
 def run_eval(args) -> int:
-    from stablekit.shapes.evaluate import evaluate_model, markdown_table, model_generate_fn
+    from stablekit.shapes.evaluate import evaluate_model, markdown_table, model_generate_fn, rescore
 
+    if args.rescore:
+        report = rescore(args.rescore, args.out)
+        print(markdown_table(report))
+        print(f"report written to {args.out or args.rescore}")
+        return 0
     generate = model_generate_fn(args.model, cfg=args.cfg)
     report = evaluate_model(generate, steps=args.steps, sampler=args.sampler, prompt_set=args.prompt_set,
-                            out_dir=args.out, limit=args.limit,
+                            out_dir=args.out, limit=args.limit, meta={"cfg": args.cfg},
                             label=Path(args.model).name if args.model else "embedded model")
     print(markdown_table(report))
     if args.out:

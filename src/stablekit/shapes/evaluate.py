@@ -7,6 +7,9 @@
   = mean over attributes. One image per prompt, so this measures variety across the set (a model
   that always draws a left-out attribute the same way scores 0). Images where the judge finds no
   object do not count towards diversity.
+- abstentions: the judge's `abstained` reasons counted (no object, object in the background's
+  colour, shape unrecognised); each is a miss for the attributes it leaves None, and
+  `abstention_grid` shows them all so a reader can check them by eye.
 """
 from __future__ import annotations
 
@@ -63,14 +66,17 @@ def evaluate_images(items: Sequence[PromptItem], images, judge=None) -> dict:
         per_item.append({"id": item.id, "prompt": item.prompt, "seed": item.seed,
                          "named": dict(item.named), "score": scores[-1],
                          "judged": {a: f.get(a) for a in ATTRIBUTES + ("hollow",)},
-                         "shape_confidence": round(float(f.get("shape_confidence", 0.0)), 4)})
+                         "shape_confidence": round(float(f.get("shape_confidence", 0.0)), 4),
+                         "abstained": f.get("abstained")})
     diversity = {}
     for a in OPTIONAL_ATTRIBUTES:
         shown = [f.get(a) for item, f in zip(items, found) if a not in item.named]
         if shown:
             # a value outside the base world (e.g. the judge reading teal) widens the support, so
             # the fraction stays <= 1 instead of crediting an off-domain answer as extra diversity
-            diversity[a] = normalized_entropy(shown, len(set(POSSIBLE_VALUES[a]) | set(shown)))
+            # (an abstention, None, is no value: it neither counts nor widens the support)
+            seen = {v for v in shown if v is not None}
+            diversity[a] = normalized_entropy(shown, len(set(POSSIBLE_VALUES[a]) | seen))
     return {
         "n": len(items),
         "adherence": float(np.mean(scores)) if scores else 0.0,
@@ -79,9 +85,23 @@ def evaluate_images(items: Sequence[PromptItem], images, judge=None) -> dict:
         "diversity": diversity,
         "diversity_overall": float(np.mean(list(diversity.values()))) if diversity else 0.0,
         "left_out_count": {a: sum(a not in it.named for it in items) for a in OPTIONAL_ATTRIBUTES},
-        "no_object": sum(f.get("shape") is None for f in found),
+        "no_object": sum(f.get("abstained") == "no object" for f in found),
+        "background_colour_object": sum(f.get("abstained") == "object in background colour" for f in found),
+        "abstained": dict(Counter(f["abstained"] for f in found if f.get("abstained"))),
+        "abstained_total": sum(bool(f.get("abstained")) for f in found),
+        "shape_by_named_size": _shape_by_named_size(items, found),
         "items": per_item,
     }
+
+
+def _shape_by_named_size(items: Sequence[PromptItem], found: list[dict]) -> dict:
+    """Shape accuracy over the prompts that name each size ("small-object shape" in the spec)."""
+    out = {}
+    for size in SIZES:
+        hits = [f.get("shape") == it.named["shape"] for it, f in zip(items, found) if it.named.get("size") == size]
+        if hits:
+            out[size] = float(np.mean(hits))
+    return out
 
 
 def _call_generate(generate_fn: Callable, prompts, seeds, steps, sampler) -> list:
@@ -96,13 +116,13 @@ def _call_generate(generate_fn: Callable, prompts, seeds, steps, sampler) -> lis
 def evaluate_model(generate_fn: Callable, steps: int = 20, sampler: str | None = None,
                    prompt_set: str = "eval-v1", out_dir: str | Path | None = None,
                    batch_size: int = 8, limit: int | None = None, judge=None,
-                   label: str = "", log=print) -> dict:
+                   label: str = "", log=print, meta: dict | None = None) -> dict:
     """Generate one image per prompt of `prompt_set` and score them (see evaluate_images).
 
     `generate_fn(prompts, seeds)` returns one 64x64 image (PIL or uint8 array) per prompt; it
     also receives steps= and sampler= if its signature takes them. `limit` uses only the first
-    prompts (for smoke tests; the figure is then not the benchmark's). With `out_dir`, writes
-    report.json, report.md and grid.png there.
+    prompts (for smoke tests; the figure is then not the benchmark's). `meta` (e.g. the CFG
+    scale) is stored in the report as given. With `out_dir`, writes the report files there.
     """
     items = load_prompt_set(prompt_set)[:limit]
     images, t0 = [], time.time()
@@ -117,7 +137,7 @@ def evaluate_model(generate_fn: Callable, steps: int = 20, sampler: str | None =
             log(f"generated {len(images)}/{len(items)} ({time.time() - t0:.0f} s)")
     report = evaluate_images(items, np.stack(images), judge=judge)
     report.update(prompt_set=prompt_set, steps=steps, sampler=sampler, label=label,
-                  limit=limit, generation_seconds=round(time.time() - t0, 1))
+                  limit=limit, generation_seconds=round(time.time() - t0, 1), **(meta or {}))
     if out_dir is not None:
         write_report(report, images, items, out_dir)
     return report
@@ -135,9 +155,14 @@ def markdown_table(report: dict) -> str:
         div = report["diversity"].get(a)
         lines.append(f"| {a} | {'' if acc is None else f'{acc:.3f}'} | {report['named_count'].get(a, 0)} | "
                      f"{'' if div is None else f'{div:.3f}'} | {report['left_out_count'].get(a, 0)} |")
+    by_size = report.get("shape_by_named_size", {})
     lines += ["", f"**prompt adherence {report['adherence']:.3f}**, "
                   f"**diversity {report['diversity_overall']:.3f}**, "
-                  f"images without an object: {report['no_object']}", ""]
+                  + ", ".join(f"shape when {k} is named {v:.3f}" for k, v in by_size.items()), "",
+              f"abstained on {report.get('abstained_total', 0)} of {report['n']} images: "
+              + (", ".join(f"{k} {v}" for k, v in sorted(report.get("abstained", {}).items())) or "none")
+              + f" (no object {report['no_object']}, object in background colour "
+                f"{report.get('background_colour_object', 0)})", ""]
     return "\n".join(lines)
 
 
@@ -170,14 +195,63 @@ def sample_grid(images: Sequence[np.ndarray], items: Sequence[PromptItem], repor
     return grid
 
 
+def abstention_grid(images: Sequence[np.ndarray], report: dict, scale: int = 2, cols: int = 8,
+                    limit: int = 96) -> Image.Image:
+    """Every image the judge abstained on (up to `limit`), with the reason, the shape confidence
+    and the prompt, so the abstentions can be checked by eye."""
+    recs = [(k, r) for k, r in enumerate(report["items"]) if r.get("abstained")][:limit]
+    cell_w, text_h = 64 * scale + 8, 40
+    rows = max(1, (len(recs) + cols - 1) // cols)
+    grid = Image.new("RGB", (cell_w * cols, (64 * scale + text_h) * rows + 18), "white")
+    draw = ImageDraw.Draw(grid)
+    draw.text((4, 2), f"{report.get('abstained_total', 0)} abstentions of {report['n']} images "
+              f"({', '.join(f'{k} {v}' for k, v in sorted(report.get('abstained', {}).items())) or 'none'})",
+              fill="black")
+    short = {"shape unrecognised": "unrecognised", "object in background colour": "bg colour",
+             "no object": "no object"}
+    for n, (k, r) in enumerate(recs):
+        x, y = (n % cols) * cell_w + 4, 18 + (n // cols) * (64 * scale + text_h)
+        tile = Image.fromarray(np.asarray(images[k], dtype=np.uint8)).resize((64 * scale,) * 2, Image.NEAREST)
+        grid.paste(tile, (x, y))
+        words = r["prompt"].split()
+        draw.text((x, y + 64 * scale + 1), f"{short.get(r['abstained'], r['abstained'])} "
+                  f"p={r.get('shape_confidence', 0):.2f}", fill=(200, 0, 0))
+        draw.text((x, y + 64 * scale + 13), " ".join(words[:4])[:22], fill="black")
+        draw.text((x, y + 64 * scale + 25), " ".join(words[4:])[:22], fill="black")
+    return grid
+
+
 def write_report(report: dict, images, items, out_dir: str | Path) -> Path:
-    """Write report.json, report.md and grid.png into out_dir; returns the folder."""
+    """Write report.json, report.md, grid.png, abstentions.png and images.npz into out_dir;
+    returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(markdown_table(report))
+    # the images themselves, so a changed judge can re-score them without generating again
+    np.savez_compressed(out / "images.npz", images=np.stack([np.asarray(im, dtype=np.uint8) for im in images]))
     sample_grid(images, items, report).save(out / "grid.png")
+    abstention_grid(images, report).save(out / "abstentions.png")
     return out
+
+
+def rescore(folder: str | Path, out_dir: str | Path | None = None, judge=None) -> dict:
+    """Judge again the images an earlier evaluation saved (images.npz + report.json in `folder`)
+    with the current judge, e.g. after the judge changed; writes the report to `out_dir`
+    (default: `folder`, overwritten) and returns it."""
+    folder = Path(folder)
+    if not (folder / "images.npz").exists() or not (folder / "report.json").exists():
+        raise StablekitError(f"{folder} has no images.npz and report.json; "
+                             f"point to the --out folder of an earlier `stablekit shapes eval`")
+    old = json.loads((folder / "report.json").read_text())
+    with np.load(folder / "images.npz") as z:
+        images = z["images"]
+    items = load_prompt_set(old.get("prompt_set", "eval-v1"))[:len(images)]
+    report = evaluate_images(items, images, judge=judge)
+    report.update({k: old.get(k) for k in ("prompt_set", "steps", "sampler", "label", "limit",
+                                             "generation_seconds", "cfg")})
+    write_report(report, list(images), items, out_dir or folder)
+    return report
 
 
 def model_generate_fn(model_path: str | None = None, cfg: float | None = None, **load_kwargs) -> Callable:

@@ -12,6 +12,15 @@ The shape comes from a small softmax classifier over the filled alpha resampled 
 centered at the centroid and scaled by sqrt(area) (so it sees the silhouette, whatever its size
 and place). It is trained only on rendered images with blur, noise and color-shift augmentation
 (`train_shape_classifier`), and its weights ship as judge_weights.safetensors.
+
+The judge abstains rather than guesses. A silhouette gets shape None ("unrecognised") when the
+classifier's top probability is below SHAPE_THRESHOLD, or when it does not fit the template of
+the class it was given (soft IoU with the ideal silhouette of that shape, best of 5 rotations,
+below FIT_THRESHOLD): a softmax is confident about anything far from its training data (an
+ellipse reads "star" at 0.94), the fit is not. Both thresholds are calibrated on held-out
+renders passed through the embedded autoencoder, the best a latent model's image can be
+(`python -m stablekit.shapes.judge_train --calibrate`). An object whose colour reads as the background's, or no
+object at all, gets None for every object attribute. `abstained` says why, or is None.
 """
 from __future__ import annotations
 
@@ -29,6 +38,13 @@ WINDOW = 1.15  # half-width of the resampling window, in units of sqrt(area)
 OBJECT_DISTANCE = 40.0  # RGB distance from the background that marks object pixels
 SIZE_THRESHOLD = 23.0  # px of Feret diameter: small objects reach <= 18, large ones >= 26
 HOLLOW_THRESHOLD = 0.05  # enclosed share: filled shapes 0, thinnest outline (star) about 0.13
+# Shape confidence below which the judge says "unrecognised" (see judge_train.calibrate_threshold).
+# Each is the 1% quantile of the correct reads of 2,000 renders through the embedded autoencoder
+# (judge_train.calibrate_thresholds), so together they keep >= 98% of those reads.
+SHAPE_THRESHOLD = 0.542  # classifier probability of the top class
+FIT_THRESHOLD = 0.67  # soft IoU of the silhouette with its class's template
+TEMPLATE_ROTATIONS = (-10.0, -5.0, 0.0, 5.0, 10.0)  # the renderer's rotation jitter
+OBJECT_ATTRIBUTES = ("shape", "color", "size", "position", "hollow")
 
 _COLOR_NAMES = list(ALL_COLORS)
 _COLOR_RGB = np.asarray([ALL_COLORS[c] for c in _COLOR_NAMES], dtype=np.float32)
@@ -228,15 +244,44 @@ class ShapeClassifier(torch.nn.Module):
         return self.net(features.reshape(-1, 1, GRID, GRID))
 
 
+_TEMPLATES: np.ndarray | None = None
+
+
+def shape_templates() -> np.ndarray:
+    """Ideal silhouette features [shapes, rotations, GRID*GRID] of every shape (large, centred)."""
+    global _TEMPLATES
+    if _TEMPLATES is None:
+        from stablekit.shapes.render import ShapeSpec, render
+
+        _TEMPLATES = np.stack([measure(np.stack([
+            render(ShapeSpec(shape=s, color="white", background="black", diameter=34.0, rotation=r))
+            for r in TEMPLATE_ROTATIONS]))["features"] for s in ALL_SHAPES])
+    return _TEMPLATES
+
+
+def silhouette_fit(features: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Soft IoU of each silhouette with the best-rotated template of its class, in [0, 1]."""
+    if len(features) == 0:
+        return np.zeros(0, dtype=np.float32)
+    t = shape_templates()[classes]  # [B, R, F]
+    f = features[:, None]
+    return (np.minimum(f, t).sum(-1) / np.maximum(np.maximum(f, t).sum(-1), 1e-6)).max(1)
+
+
 class Judge:
     """Reads shapes-world images: shape, color, background, size, position, hollow."""
 
-    def __init__(self, classifier: ShapeClassifier):
+    def __init__(self, classifier: ShapeClassifier, threshold: float = SHAPE_THRESHOLD,
+                 fit_threshold: float = FIT_THRESHOLD):
         self.classifier = classifier.eval()
+        self.threshold, self.fit_threshold = threshold, fit_threshold
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Judge":
-        """Load the shipped shape classifier (or the one at `path`)."""
+    def load(cls, path: str | Path | None = None, threshold: float = SHAPE_THRESHOLD,
+             fit_threshold: float = FIT_THRESHOLD) -> "Judge":
+        """Load the shipped shape classifier (or the one at `path`). Shape is None below
+        `threshold` (classifier probability) or `fit_threshold` (template fit); 0 and 0 never
+        abstain on a silhouette (the judge before abstention)."""
         from safetensors.torch import load_file
 
         path = Path(path or WEIGHTS_PATH)
@@ -245,7 +290,7 @@ class Judge:
                                  f"run `python -m stablekit.shapes.judge_train` to build them")
         model = ShapeClassifier()
         model.load_state_dict(load_file(str(path)))
-        return cls(model)
+        return cls(model, threshold, fit_threshold)
 
     @torch.no_grad()
     def shape_probabilities(self, features: np.ndarray) -> np.ndarray:
@@ -264,8 +309,9 @@ class Judge:
 
     def judge(self, images, batch_size: int = 512) -> list[dict]:
         """One dict per image: shape, color, background, size, position, hollow, plus
-        shape_confidence and a few raw measurements (feret px, centroid, hollow share).
-        An image with no object gets None for every object attribute."""
+        shape_confidence, shape_fit, `abstained` and a few raw measurements (feret px, centroid, hollow
+        share). No object, or an object in the background's colour: None for every object
+        attribute. A silhouette recognised with confidence below the threshold: shape None."""
         arr = as_array(images)
         out = []
         for s in range(0, len(arr), batch_size):
@@ -275,27 +321,32 @@ class Judge:
     def _judge_batch(self, arr: np.ndarray) -> list[dict]:
         m = measure(arr)
         probs = self.shape_probabilities(m["features"])
+        fit = silhouette_fit(m["features"], probs.argmax(1))
         bg_idx = _nearest_color(m["bg"])
         fg_idx = _nearest_color(m["fg"])
         centers = np.stack([m["cx"], m["cy"]], 1)
         pos_idx = ((centers[:, None] - _POS_XY[None]) ** 2).sum(-1).argmin(1)
         results = []
         for i in range(len(arr)):
-            r = {"background": _COLOR_NAMES[bg_idx[i]]}
-            if m["found"][i]:
+            r = {"background": _COLOR_NAMES[bg_idx[i]], "abstained": None}
+            if m["found"][i] and fg_idx[i] != bg_idx[i]:
+                confident = probs[i].max() >= self.threshold and fit[i] >= self.fit_threshold
                 r.update(
-                    shape=ALL_SHAPES[int(probs[i].argmax())],
+                    shape=ALL_SHAPES[int(probs[i].argmax())] if confident else None,
                     color=_COLOR_NAMES[fg_idx[i]],
                     size="large" if m["feret"][i] > SIZE_THRESHOLD else "small",
                     position=_POS_NAMES[pos_idx[i]],
                     hollow=bool(m["hollow_share"][i] > HOLLOW_THRESHOLD),
                     shape_confidence=float(probs[i].max()),
+                    shape_fit=float(fit[i]),
                     feret=float(m["feret"][i]),
                     center=(float(m["cx"][i]), float(m["cy"][i])),
                     hollow_share=float(m["hollow_share"][i]),
+                    abstained=None if confident else "shape unrecognised",
                 )
             else:
-                r.update(shape=None, color=None, size=None, position=None, hollow=None,
-                         shape_confidence=0.0, feret=0.0, center=None, hollow_share=0.0)
+                r.update({a: None for a in OBJECT_ATTRIBUTES})
+                r.update(shape_confidence=0.0, shape_fit=0.0, feret=0.0, center=None, hollow_share=0.0,
+                         abstained="object in background colour" if m["found"][i] else "no object")
             results.append(r)
         return results

@@ -2,6 +2,7 @@
 
     python -m stablekit.shapes.judge_train            # retrain -> judge_weights.safetensors
     python -m stablekit.shapes.judge_train --check    # accuracy of the shipped judge
+    python -m stablekit.shapes.judge_train --calibrate  # the abstention threshold, from VAE round trips
 
 Training is deterministic (fixed seeds, one thread). Images are augmented the way generated
 images are imperfect (blur, pixel noise, global color shift) before the silhouette is measured,
@@ -23,6 +24,7 @@ from stablekit.shapes.render import ALL_COLORS, ALL_SHAPES, ShapeSpec, render, s
 
 TRAIN_SEED = 1000
 CHECK_SEED = 2000
+CALIBRATION_SEED = 3000
 JUDGED = ("shape", "color", "background", "size", "position", "hollow")
 
 
@@ -116,6 +118,51 @@ def judge_accuracy(judge: Judge, n: int = 2000, seed: int = CHECK_SEED, augmente
     return acc
 
 
+def roundtrip(images: np.ndarray, model=None) -> np.ndarray:
+    """uint8 images encoded and decoded by `model`'s autoencoder (default: the embedded model)."""
+    import stablekit
+    from stablekit.generate.pipeline import decode, encode
+
+    pipe = stablekit.load(model, progress=False) if model else stablekit.load(progress=False)
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(images), 250):
+            x = images[s:s + 250].astype(np.float32) / 255
+            out.append(decode(pipe.components, encode(pipe.components, x)))
+    return (np.concatenate(out) * 255).round().astype(np.uint8)
+
+
+def calibrate_thresholds(judge: Judge, n: int = 2000, seed: int = CALIBRATION_SEED, quantile: float = 0.01,
+                         model=None) -> dict:
+    """The abstention thresholds, from renders (all shapes, 25% outlines) passed through the
+    autoencoder, the cleanest images a latent model can make. Over the silhouettes the classifier
+    reads correctly there, each threshold (classifier probability, template fit) is the
+    `quantile` of its score, so together they keep at least 1 - 2 x quantile of what the
+    autoencoder carries faithfully. Returns both and what they do on those images."""
+    from stablekit.shapes.judge import silhouette_fit
+
+    images, specs = sample_judge_set(n, seed)
+    images = roundtrip(images, model)
+    m = measure(images)
+    probs = judge.shape_probabilities(m["features"])
+    conf, fit = probs.max(1), silhouette_fit(m["features"], probs.argmax(1))
+    right = np.array([ALL_SHAPES[int(p.argmax())] == s.shape for p, s in zip(probs, specs)]) & m["found"]
+    threshold = float(np.quantile(conf[right], quantile))
+    fit_threshold = float(np.quantile(fit[right], quantile))
+    small = np.array([s.size == "small" for s in specs])
+    kept = (conf >= threshold) & (fit >= fit_threshold)
+
+    def share(mask, of):
+        return round(float(mask[of].mean()), 4) if of.any() else None
+
+    return {"threshold": round(threshold, 3), "fit_threshold": round(fit_threshold, 3), "n": n, "seed": seed,
+            "roundtrip shape accuracy without abstention": share(right, np.ones_like(right)),
+            "correct reads kept": share(kept, right), "wrong reads abstained": share(~kept, ~right),
+            "wrong reads": int((~right).sum()), "accuracy of kept reads": share(right, kept),
+            "small: correct reads kept": share(kept, right & small),
+            "small: wrong reads abstained": share(~kept, ~right & small)}
+
+
 def save_weights(model: ShapeClassifier, path: str | Path = WEIGHTS_PATH) -> Path:
     from safetensors.torch import save_file
 
@@ -127,8 +174,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only measure the shipped judge")
     ap.add_argument("--n", type=int, default=2000, help="fresh images for the check")
-    ap.add_argument("--out", default=str(WEIGHTS_PATH))
+    ap.add_argument("--calibrate", action="store_true",
+                    help="measure the abstention threshold on renders passed through the embedded autoencoder")
+    ap.add_argument("--out", default=str(WEIGHTS_PATH), help="where the weights are written (and read)")
     args = ap.parse_args(argv)
+    if args.calibrate:
+        t = time.time()
+        stats = calibrate_thresholds(Judge.load(args.out, threshold=0.0, fit_threshold=0.0))
+        for k, v in stats.items():
+            print(f"  {k:50s} {v}")
+        print(f"calibrated in {time.time() - t:.0f} s; set judge.SHAPE_THRESHOLD and FIT_THRESHOLD to them")
+        return 0
     if not args.check:
         t = time.time()
         path = save_weights(train_shape_classifier(), args.out)

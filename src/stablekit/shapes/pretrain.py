@@ -35,9 +35,11 @@ class PretrainConfig:
     out: str = "runs/shapes-pretrain"
     seed: int = 0
     n_images: int = 100_000
+    caption_templates: str = "extended"  # shapes.captions.TEMPLATE_SETS: "v1" (5 word orders) or "extended" (10)
     vae_steps: int = 3000
     vae_batch: int = 32
     vae_lr: float = 1e-3
+    vae_edge_weight: float = 8.0  # reconstruction weight 1 + w x local contrast (shapes.vae_loss); 0 = plain
     text_steps: int = 1500
     text_batch: int = 256
     text_lr: float = 1e-3
@@ -47,7 +49,32 @@ class PretrainConfig:
     unet_lr: float = 5e-4
     caption_dropout: float = 0.1
     snr_gamma: float = 5.0
+    default_cfg: float = 7.0  # CFG scale written to the model's record (training.json) for generate
     threads: int = 0
+
+
+HELP = {
+    "out": "run folder: stages, checkpoints and the exported model (rerun with the same folder to resume)",
+    "seed": "seed of the data stream, initial weights and batch order",
+    "n_images": "rendered training images (base shapes, captioned)",
+    "caption_templates": "caption word orders: v1 (the first model's 5) or extended (10)",
+    "vae_steps": "autoencoder optimizer steps",
+    "vae_batch": "autoencoder batch size (images)",
+    "vae_lr": "autoencoder learning rate",
+    "vae_edge_weight": "weight the autoencoder's loss by 1 + this x the target's local contrast, so outlines "
+                       "of small objects count (0 = plain mean)",
+    "text_steps": "text-encoder contrastive steps",
+    "text_batch": "text-encoder batch size (image-caption pairs)",
+    "text_lr": "text-encoder learning rate",
+    "text_negatives": "hard-negative captions per caption (one attribute changed); 0 = plain CLIP",
+    "unet_steps": "UNet optimizer steps",
+    "unet_batch": "UNet batch size (latents)",
+    "unet_lr": "UNet learning rate (cosine schedule, EMA 0.999)",
+    "caption_dropout": "share of UNet training captions replaced by the empty caption (for CFG)",
+    "snr_gamma": "Min-SNR loss weighting gamma (0 = off)",
+    "default_cfg": "CFG scale stored in the exported model's record as its default",
+    "threads": "torch threads (0 = torch's default)",
+}
 
 
 STAGES = ("data", "vae", "text", "cache", "unet", "export")
@@ -55,13 +82,16 @@ STAGES = ("data", "vae", "text", "cache", "unet", "export")
 
 # ---------------------------------------------------------------------------------------------
 def stage_data(cfg: PretrainConfig, out: Path) -> None:
-    from stablekit.shapes.captions import make_batch
+    from stablekit.errors import StablekitError
+    from stablekit.shapes.captions import TEMPLATE_SETS, make_batch
 
     path = out / "data.npz"
     if path.exists():
         return
+    if cfg.caption_templates not in TEMPLATE_SETS:
+        raise StablekitError(f"unknown --caption-templates {cfg.caption_templates!r}; use one of {', '.join(TEMPLATE_SETS)}")
     t = time.time()
-    images, captions, _ = make_batch(cfg.n_images, seed=cfg.seed)
+    images, captions, _ = make_batch(cfg.n_images, seed=cfg.seed, templates=TEMPLATE_SETS[cfg.caption_templates])
     unique, index = np.unique(np.array(captions), return_inverse=True)
     tmp = out / "data.tmp.npz"
     np.savez(tmp, images=images, captions=unique, caption_index=index.astype(np.int64))
@@ -87,12 +117,15 @@ def stage_vae(cfg: PretrainConfig, out: Path):
         rec = vae.decode(vae.encode(held_out).latent_dist.mode()).sample
         return image_grid(to_u8(held_out) + to_u8(rec), cols=16)
 
+    from stablekit.shapes.vae_loss import EdgeWeightedAutoencoderStrategy
     from stablekit.train.strategies import AutoencoderStrategy
 
+    strategy = (EdgeWeightedAutoencoderStrategy(vae, sample_fn=recon_grid, edge_weight=cfg.vae_edge_weight)
+                if cfg.vae_edge_weight > 0 else AutoencoderStrategy(vae, sample_fn=recon_grid))
     tc = TrainConfig(out_dir=str(out / "vae"), steps=cfg.vae_steps, batch_size=cfg.vae_batch, lr=cfg.vae_lr,
                      warmup_steps=100, ema_decay=0.0, mixed_precision="bf16", seed=cfg.seed,
                      checkpoint_every=250, sample_every=250, threads=cfg.threads, weight_decay=0.0)
-    train(tc, AutoencoderStrategy(vae, sample_fn=recon_grid), PixelData(images[:-16], caption_index))
+    train(tc, strategy, PixelData(images[:-16], caption_index))
     save_atomic(vae.state_dict(), final)
     return vae
 
@@ -208,7 +241,8 @@ def stage_export(cfg: PretrainConfig, out: Path, vae, te, cache, dest: Path):
     dest.mkdir(parents=True, exist_ok=True)
     save_model(comps, dest / "diffusers", to="diffusers", dtype=torch.float16)
     save_model(comps, dest / "shapes.safetensors", to="single-file", dtype=torch.float16)
-    (dest / "training.json").write_text(json.dumps({"unet_step": step, "config": asdict(cfg)}, indent=2))
+    (dest / "training.json").write_text(json.dumps({"unet_step": step, "default_cfg": cfg.default_cfg,
+                                                    "config": asdict(cfg)}, indent=2))
     print(f"export: UNet step {step} -> {dest}")
 
 
@@ -219,7 +253,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-to", default=None,
                         help="folder for the exported model (default: <out>/model)")
     for f in fields(PretrainConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                            help=f"{HELP.get(f.name, f.name)} (default {f.default})")
 
 
 def run(args) -> int:
