@@ -66,12 +66,7 @@ def test_a_command_module_that_fails_to_import_is_reported_not_skipped(monkeypat
     assert {"generate", "inspect", "convert", "png-info", "shapes"} <= set(COMMANDS)
 
 
-# cli/shapes.py is not this change's; its sub-commands miss descriptions and flag help (issue 14 item 8).
-_SHAPES_GAP = pytest.mark.xfail(strict=True, reason="shapes sub-commands lack descriptions/help (cli/shapes.py)")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=_SHAPES_GAP) if n.split()[0] == "shapes" else n
-                                  for n in COMMANDS])
+@pytest.mark.parametrize("name", list(COMMANDS))
 def test_every_command_and_flag_is_described(name):
     parser = COMMANDS[name]
     assert parser.description, f"stablekit {name} has no description"

@@ -17,7 +17,8 @@ from stablekit.errors import StablekitError
 def register(subparsers) -> None:
     shapes = subparsers.add_parser("shapes", help="the shapes world: render, judge, evaluate, pretrain",
                                    description=__doc__.splitlines()[0])
-    sub = shapes.add_subparsers(dest="shapes_command", metavar="SUBCOMMAND")
+    sub = shapes.add_subparsers(dest="shapes_command", metavar="SUBCOMMAND",
+                                help="render, judge, eval or pretrain (each has its own --help)")
     shapes.set_defaults(func=lambda args: shapes.print_help() or 1)
 
     from stablekit.shapes.render import ALL_COLORS, ALL_SHAPES, BASE_SHAPES, COLORS
