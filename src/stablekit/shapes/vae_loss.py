@@ -28,11 +28,11 @@ class EdgeWeightedAutoencoderStrategy(AutoencoderStrategy):
     edge_weight: float = 8.0
     name: str = "vae-edge"
 
-    def loss(self, batch: dict, generator: torch.Generator):
+    def loss(self, batch: dict, rng):
         x = batch["pixels"]
         self.vae.train()
         posterior = self.vae.encode(x).latent_dist
-        z = posterior.sample(generator=generator)
+        z = self.sample_latent(posterior, rng)
         rec = self.vae.decode(z).sample.float()
         w = 1.0 + self.edge_weight * local_contrast(x)
         norm = w.sum() * x.shape[1]

@@ -30,13 +30,18 @@ class AutoencoderStrategy:
         x = batch["pixels"]  # [B, 3, H, W] in [-1, 1]
         self.vae.train()
         posterior = self.vae.encode(x).latent_dist
-        # The reparameterised sample with noise from the loop's CPU generator (device-independent).
-        z = posterior.mean + posterior.std * rng.randn(x.shape[0], *posterior.mean.shape[1:]).to(posterior.mean.dtype)
+        z = self.sample_latent(posterior, rng)
         rec = self.vae.decode(z).sample.float()
         l1 = F.l1_loss(rec, x)
         mse = F.mse_loss(rec, x)
         kl = posterior.kl().mean() / z[0].numel()
         return l1 + mse + self.kl_weight * kl, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
+
+    @staticmethod
+    def sample_latent(posterior, rng):
+        """The reparameterised sample with noise from the loop's CPU draws (device-independent)."""
+        mean = posterior.mean
+        return mean + posterior.std * rng.randn(mean.shape[0], *mean.shape[1:]).to(mean.dtype)
 
     def state_dict(self) -> dict:
         return {"vae": self.vae.state_dict()}
