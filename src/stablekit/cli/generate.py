@@ -124,8 +124,6 @@ def run(args) -> int:
     # The output path first: a mistake there must cost no model loading and no compute.
     outputs = plan_outputs(args.out, args.format, overwrite=args.overwrite, grid=args.grid)
 
-    import torch
-
     import stablekit
     from stablekit.generate.params import GenerationParams
     from stablekit.generate.replay import Replay
@@ -146,8 +144,7 @@ def run(args) -> int:
     model = args.model
     if model is None and replay.model.get("source") and Path(replay.model["source"]).exists():
         model = replay.model["source"]
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    pipe = stablekit.load(model, device=args.device, dtype=dtype, arch=args.arch, allow_pickle=args.allow_pickle,
+    pipe = stablekit.load(model, device=args.device, dtype=args.dtype, arch=args.arch, allow_pickle=args.allow_pickle,
                           progress=not args.no_progress)
     if replay.model.get("hash") and pipe.components.hash and replay.model["hash"] != pipe.components.hash:
         print(f"note: the PNG was made with model hash {replay.model['hash']}, this model is {pipe.components.hash}")
