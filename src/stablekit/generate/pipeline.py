@@ -87,8 +87,10 @@ class Pipeline:
                  **settings) -> list[Image.Image]:
         """txt2img. Settings are GenerationParams fields: negative_prompt, steps, cfg, sampler,
         schedule, seed, width, height, batch_size, batch_count, clip_skip, subseed,
-        subseed_strength, seed_resize_from_w/_h. output="np" returns float arrays [H, W, 3] in
-        [0, 1] (no metadata) instead of PIL images."""
+        subseed_strength, seed_resize_from_w/_h; and loras=[(path, scale)], lora_dir= (where
+        `<lora:NAME:SCALE>` tags find NAME.safetensors), embeddings_dir= (embeddings used by file
+        name), applied for this call only (generate/networks.py). output="np" returns float arrays
+        [H, W, 3] in [0, 1] (no metadata) instead of PIL images."""
         params, sampling, networks = self._resolve(prompt, settings, None)
         run = _Run(params, sampling, empty_latents(self.components, params.width, params.height), networks=networks)
         return self._render(run, callback, output)
