@@ -115,10 +115,10 @@ def test_extra_network_tags_parsed_once_per_prompt(pipe, monkeypatch, capsys):
     calls = []
     real = parse.extract_extra_networks
     monkeypatch.setattr(parse, "extract_extra_networks", lambda p: calls.append(p) or real(p))
-    pipe.generate("a [cat:dog:0.5] <lora:watercolor:0.8>", negative_prompt="ugly", steps=2, seed=1, output="np")
-    assert sorted(calls) == ["a [cat:dog:0.5] <lora:watercolor:0.8>", "ugly"]
+    pipe.generate("a [cat:dog:0.5] <hypernet:watercolor:0.8>", negative_prompt="ugly", steps=2, seed=1, output="np")
+    assert sorted(calls) == ["a [cat:dog:0.5] <hypernet:watercolor:0.8>", "ugly"]
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "<lora:watercolor:0.8>" in err and "not applied" in err
+    assert err.count("\n") == 0 and "<hypernet:watercolor:0.8>" in err and "not applied" in err
     assert ParsedPrompt.parse("x <lora:a:1> <hypernet:b>").networks[1].kind == "hypernet"
 
 

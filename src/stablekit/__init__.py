@@ -29,20 +29,26 @@ def load(path: str | Path | None = None, *, device="auto", dtype=None, arch: str
 
     device: "auto" (CUDA, else Apple MPS, else CPU), "cpu", "cuda", "cuda:N", "mps" or a
     torch.device (stablekit.devices.resolve_device). dtype: torch dtype of the weights (default
-    float32). Bad values are one-line StablekitErrors naming the argument.
+    float32) or its name "fp32", "fp16", "bf16". Bad values are one-line StablekitErrors naming
+    the argument.
     """
     import torch
 
     from stablekit.devices import resolve_device
     from stablekit.errors import StablekitError
     from stablekit.formats import load_model
+    from stablekit.formats.weights import parse_dtype
     from stablekit.generate.pipeline import Pipeline
 
     target = resolve_device(device)  # before the (slow) load: a bad device fails at once
-    if dtype is not None and not isinstance(dtype, torch.dtype):
-        raise StablekitError(f"dtype must be a torch dtype such as torch.float32 or torch.bfloat16 (got {dtype!r})")
+    if dtype is not None and not isinstance(dtype, (torch.dtype, str)):
+        raise StablekitError(f"dtype must be a torch dtype such as torch.float32 or a name fp32, fp16, bf16 (got {dtype!r})")
+    dtype = parse_dtype(dtype)
     if path is not None and not isinstance(path, (str, Path)):
         raise StablekitError(f"path must be a file or folder path (got {path!r}); leave it out for the embedded model")
+    if path is not None and not Path(path).exists():
+        raise StablekitError(f"model {path} does not exist; give a .safetensors file or diffusers folder, "
+                             "or leave out --model (path=None) to use the embedded shapes model")
     components = load_model(path or default_model_path(), arch=arch, dtype=dtype or torch.float32,
                             allow_pickle=allow_pickle, prediction_type=prediction_type)
     return Pipeline(components, progress=progress, device=target)

@@ -48,6 +48,14 @@ def register(subparsers) -> None:
                    help="img2img denoising strength 0..1 (default 0.75; inpainting 1.0)")
     p.add_argument("--mask", default=None, metavar="FILE",
                    help="inpainting: white = repaint, black = keep (needs --init-image)")
+    # LoRA and embeddings (generate/networks.py)
+    p.add_argument("--lora", action="append", default=None, metavar="PATH[:SCALE]",
+                   help="apply a LoRA/LyCORIS .safetensors file at strength SCALE (default 1); repeatable")
+    p.add_argument("--lora-dir", default=None, metavar="DIR",
+                   help="folder where a prompt's <lora:NAME:SCALE> tags find NAME.safetensors, as A1111's models/Lora")
+    p.add_argument("--embeddings-dir", default=None, metavar="DIR",
+                   help="textual-inversion embeddings (.pt/.safetensors), used by file name in the prompt or "
+                        "negative prompt (default: none)")
     p.add_argument("--out", default=None, metavar="PATH",
                    help="a .png/.jpg/.webp file for one image, else a folder of NNNNN-SEED files; "
                         "a trailing / makes any name a folder (default: outputs/)")
@@ -71,17 +79,33 @@ def register(subparsers) -> None:
 
 
 def _replay_png(path: str):
-    """The Replay of a PNG (generate/replay.py); names ignored fields in one warning line."""
+    """The Replay of a PNG (generate/replay.py) and its read_png_info; names ignored fields in one warning line."""
     from stablekit.generate.notes import warn
     from stablekit.generate.replay import replay
     from stablekit.metadata import read_png_info
 
-    found = replay(read_png_info(path))
+    info = read_png_info(path)
+    found = replay(info)
     if found is None:
         raise StablekitError(f"{path} holds no generation parameters to regenerate from")
     if found.ignored:
         warn(f"--from-png {path}: not applied (stablekit does not implement them): {', '.join(found.ignored)}")
-    return found
+    return found, info
+
+
+def _networks(args, params, info) -> dict:
+    """generate() keyword arguments for the LoRAs and embeddings, checked (files found, tags resolved)
+    before the model loads; with --from-png, the PNG's own found again (generate/networks_replay.py)."""
+    from stablekit.generate.networks import ExtraNetworks, resolve_loras
+    from stablekit.generate.networks_replay import replay_networks
+    from stablekit.prompts.parse import ParsedPrompt
+
+    if info is not None:
+        kwargs = replay_networks(args.from_png, info, params.prompt, args.lora_dir, args.embeddings_dir, args.lora)
+    else:
+        kwargs = {"loras": args.lora, "lora_dir": args.lora_dir, "embeddings_dir": args.embeddings_dir}
+    resolve_loras(ExtraNetworks.take(dict(kwargs)), ParsedPrompt.parse(params.prompt))
+    return kwargs
 
 
 def _check_inputs(args, params, replay) -> None:
@@ -96,12 +120,13 @@ def _check_inputs(args, params, replay) -> None:
         raise StablekitError("--mask needs --init-image FILE: the image to inpaint")
 
 
-def _generate(pipe, params, args, replay) -> list:
+def _generate(pipe, params, args, replay, networks: dict) -> list:
     """txt2img, img2img or inpainting, by the inputs given; warns when an input differs from the PNG's."""
     from stablekit.generate.notes import warn
     from stablekit.generate.steps import InitImage, InpaintMask
 
     settings = {k: v for k, v in params.to_dict().items() if k not in ("prompt", "denoising_strength")}
+    settings.update(networks)
     if args.init_image is None:
         return pipe.generate(params.prompt, **settings)
     init = InitImage.load(args.init_image, params.width, params.height)
@@ -124,13 +149,11 @@ def run(args) -> int:
     # The output path first: a mistake there must cost no model loading and no compute.
     outputs = plan_outputs(args.out, args.format, overwrite=args.overwrite, grid=args.grid)
 
-    import torch
-
     import stablekit
     from stablekit.generate.params import GenerationParams
     from stablekit.generate.replay import Replay
 
-    replay = _replay_png(args.from_png) if args.from_png else Replay(GenerationParams())
+    replay, info = _replay_png(args.from_png) if args.from_png else (Replay(GenerationParams()), None)
     overrides = {"prompt": args.prompt, "negative_prompt": args.negative, "steps": args.steps, "cfg": args.cfg,
                  "sampler": args.sampler, "schedule": args.schedule, "seed": args.seed, "width": args.width,
                  "height": args.height, "batch_size": args.batch_size, "batch_count": args.batch_count,
@@ -143,15 +166,15 @@ def run(args) -> int:
         raise StablekitError("no prompt: give one, e.g. stablekit generate \"a red circle\", or use --from-png FILE")
     check_count(outputs, 1 if keep is not None else params.batch_size * params.batch_count)
     _check_inputs(args, params, replay)
+    networks = _networks(args, params, info)
     model = args.model
     if model is None and replay.model.get("source") and Path(replay.model["source"]).exists():
         model = replay.model["source"]
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    pipe = stablekit.load(model, device=args.device, dtype=dtype, arch=args.arch, allow_pickle=args.allow_pickle,
+    pipe = stablekit.load(model, device=args.device, dtype=args.dtype, arch=args.arch, allow_pickle=args.allow_pickle,
                           progress=not args.no_progress)
     if replay.model.get("hash") and pipe.components.hash and replay.model["hash"] != pipe.components.hash:
         print(f"note: the PNG was made with model hash {replay.model['hash']}, this model is {pipe.components.hash}")
-    images = _generate(pipe, params, args, replay)
+    images = _generate(pipe, params, args, replay, networks)
     if keep is not None and keep < len(images):
         images = [images[keep]]
     for path in write_outputs(outputs, images):

@@ -1,8 +1,8 @@
 """One-line notes and warnings on stderr: things a user should know that are not errors.
 
 Kept to one line each (the CLI's style for errors too), printed as `stablekit: note: ...` or
-`stablekit: warning: ...`. Extra-network tags (`<lora:name:0.8>`) are handled here in one place:
-until LoRA loading is wired in, each prompt's tags produce one warning that they were not applied.
+`stablekit: warning: ...`. Extra-network tags (`<lora:name:0.8>`) are loaded by generate/networks.py,
+which warns here about the tags it cannot apply.
 """
 from __future__ import annotations
 
@@ -17,14 +17,6 @@ def note(message: str) -> None:
 def warn(message: str) -> None:
     """Print `stablekit: warning: <message>` to stderr (one line)."""
     print(f"stablekit: warning: {message}", file=sys.stderr)
-
-
-def apply_extra_networks(components, networks) -> None:
-    """Apply a prompt's extra networks (ExtraNetwork tags) to the model. LoRA loading is not in
-    stablekit yet: the tags were removed from the prompt, and one warning line names them."""
-    if networks:
-        tags = ", ".join(f"<{n.kind}:{':'.join(n.items)}>" for n in networks)
-        warn(f"not applied: {tags} (stablekit cannot load LoRA/extra networks yet; the tags were removed from the prompt)")
 
 
 def size_note(width: int, height: int, native: int) -> str | None:

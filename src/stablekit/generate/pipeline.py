@@ -16,7 +16,8 @@ from stablekit.components import Components
 from stablekit.errors import StablekitError
 from stablekit.generate.denoiser import Denoiser
 from stablekit.generate.noise import ImageNoise, batch_seeds, resolve_seed
-from stablekit.generate.notes import apply_extra_networks, note, size_note
+from stablekit.generate.networks import ExtraNetworks, UsedNetworks, use_networks
+from stablekit.generate.notes import note, size_note
 from stablekit.generate.params import GenerationParams
 from stablekit.generate.record import make_record, parameters_text
 from stablekit.generate.steps import (
@@ -52,6 +53,7 @@ class _Run:
     latents: torch.Tensor
     init: InitImage | None = None
     mask: InpaintMask | None = None
+    networks: ExtraNetworks = ExtraNetworks()
 
 
 class Pipeline:
@@ -85,10 +87,12 @@ class Pipeline:
                  **settings) -> list[Image.Image]:
         """txt2img. Settings are GenerationParams fields: negative_prompt, steps, cfg, sampler,
         schedule, seed, width, height, batch_size, batch_count, clip_skip, subseed,
-        subseed_strength, seed_resize_from_w/_h. output="np" returns float arrays [H, W, 3] in
-        [0, 1] (no metadata) instead of PIL images."""
-        params, sampling = self._resolve(prompt, settings, None)
-        run = _Run(params, sampling, empty_latents(self.components, params.width, params.height))
+        subseed_strength, seed_resize_from_w/_h; and loras=[(path, scale)], lora_dir= (where
+        `<lora:NAME:SCALE>` tags find NAME.safetensors), embeddings_dir= (embeddings used by file
+        name), applied for this call only (generate/networks.py). output="np" returns float arrays
+        [H, W, 3] in [0, 1] (no metadata) instead of PIL images."""
+        params, sampling, networks = self._resolve(prompt, settings, None)
+        run = _Run(params, sampling, empty_latents(self.components, params.width, params.height), networks=networks)
         return self._render(run, callback, output)
 
     def img2img(self, image, prompt: str = "", strength: float = 0.75, callback: StepCallback | None = None,
@@ -97,9 +101,10 @@ class Pipeline:
         `strength` of the schedule remains, and denoised from there (A1111's semantics:
         int(strength * steps) + 1 sampler steps). Other settings as generate(); size defaults
         to the image's."""
-        params, sampling = self._resolve(prompt, settings, strength)
+        params, sampling, networks = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
-        return self._render(_Run(params, sampling, encode_image(self.components, init), init), callback, output)
+        return self._render(_Run(params, sampling, encode_image(self.components, init), init, networks=networks),
+                            callback, output)
 
     def inpaint(self, image, mask, prompt: str = "", strength: float = 1.0, callback: StepCallback | None = None,
                 output: str = "pil", **settings) -> list[Image.Image]:
@@ -109,18 +114,22 @@ class Pipeline:
         path, PIL image, [H, W] array or InpaintMask, white = repaint."""
         if image is None:
             raise StablekitError("a mask needs an image to inpaint: pass init_image (CLI: --init-image)")
-        params, sampling = self._resolve(prompt, settings, strength)
+        params, sampling, networks = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
         repaint = InpaintMask.load(mask, init.width, init.height)
-        return self._render(_Run(params, sampling, encode_image(self.components, init), init, repaint), callback, output)
+        return self._render(_Run(params, sampling, encode_image(self.components, init), init, repaint, networks),
+                            callback, output)
 
     # ------------------------------------------------------------------ the shared parts
-    def _resolve(self, prompt: str, settings: dict, strength: float | None) -> tuple[GenerationParams, Sampling]:
-        """Settings -> validated GenerationParams with canonical names and fixed seeds, and the
-        Sampling resolved once. Unknown settings are one-line errors naming the valid ones."""
+    def _resolve(self, prompt: str, settings: dict, strength: float | None) -> tuple[GenerationParams, Sampling,
+                                                                                  ExtraNetworks]:
+        """Settings -> validated GenerationParams with canonical names and fixed seeds, the Sampling
+        resolved once, and the LoRAs / embeddings asked for (loras=, lora_dir=, embeddings_dir=).
+        Unknown settings are one-line errors naming the valid ones."""
+        networks = ExtraNetworks.take(settings)
         unknown = sorted(set(settings) - set(SETTINGS))
         if unknown:
-            raise StablekitError(f"unknown setting {unknown[0]!r}; use one of: {', '.join(SETTINGS)}")
+            raise StablekitError(f"unknown setting {unknown[0]!r}; use one of: {', '.join(SETTINGS + ExtraNetworks.SETTINGS)}")
         params = GenerationParams(prompt=prompt, denoising_strength=strength, **settings).validate()
         sampling = resolve_sampling(params.sampler, params.schedule)
         params.sampler, params.schedule = sampling.sampler.name, sampling.schedule
@@ -131,7 +140,7 @@ class Pipeline:
             params.width = params.width or self.native_size
             params.height = params.height or self.native_size
             self._size_note(params)
-        return params, sampling
+        return params, sampling, networks
 
     def _init_image(self, image, params: GenerationParams) -> InitImage:
         init = InitImage.load(image, params.width, params.height)
@@ -145,13 +154,18 @@ class Pipeline:
             note(text)
 
     def _render(self, run: _Run, callback: StepCallback | None, output: str) -> list:
+        """With the LoRAs and embeddings in use (LoRAs removed afterwards, whatever happens): render."""
+        prompt, negative = ParsedPrompt.parse(run.params.prompt), ParsedPrompt.parse(run.params.negative_prompt)
+        with use_networks(self.prompts, run.networks, prompt, negative) as used:
+            return self._render_with(run, prompt, negative, used, callback, output)
+
+    def _render_with(self, run: _Run, prompt: ParsedPrompt, negative: ParsedPrompt, used: UsedNetworks,
+                     callback: StepCallback | None, output: str) -> list:
         """Conditioning once, then per batch: seeded noise, sample, decode, paste back, metadata."""
         c, p = self.components, run.params
         sigmas = run.sampling.sigmas(p.steps, self.denoiser)
         if run.init is not None:
             sigmas = img2img_sigmas(sigmas, p.steps, p.denoising_strength)
-        prompt, negative = ParsedPrompt.parse(p.prompt), ParsedPrompt.parse(p.negative_prompt)
-        apply_extra_networks(c, prompt.networks + negative.networks)
         conditioning = condition(self.prompts, prompt, negative, p.steps, p.clip_skip, p.cfg, size=(p.width, p.height))
         latent_mask = run.mask.latent(c.vae_scale_factor, c.device, c.dtype) if run.mask is not None else None
         bar = tqdm(total=(len(sigmas) - 1) * p.batch_count, desc="generate", disable=not self.progress, dynamic_ncols=True)
@@ -173,7 +187,9 @@ class Pipeline:
                 images.extend(pixels)
                 continue
             for i, image in enumerate(to_pil(pixels)):
-                record = make_record(p, seeds[i], subseeds[i], i, run.sampling.schedule_used, c, run.init, run.mask)
-                images.append(attach_metadata(image, parameters_text(p, seeds[i], subseeds[i], c), record))
+                record = make_record(p, seeds[i], subseeds[i], i, run.sampling.schedule_used, c, run.init, run.mask,
+                                     extra=used.record)
+                text = parameters_text(p, seeds[i], subseeds[i], c, extra=used.infotext)
+                images.append(attach_metadata(image, text, record))
         bar.close()
         return images

@@ -16,12 +16,12 @@ from stablekit.generate.record import params_from_record
 A1111_APPLIED = frozenset({
     "Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size-1", "Size-2",
     "Denoising strength", "Clip skip", "Variation seed", "Variation seed strength", "Seed resize from-1",
-    "Seed resize from-2", "Model hash", "Model", "Version",
+    "Seed resize from-2", "Model hash", "Model", "Version", "Lora hashes", "TI hashes",
 })
 # Fields only A1111's inpainting writes: such a PNG needs its mask again.
 A1111_INPAINT_FIELDS = ("Mask blur", "Inpaint area", "Masked area padding", "Mask mode", "Masked content")
 RECORD_KEYS = frozenset(GenerationParams.__dataclass_fields__) | {
-    "batch_index", "schedule_resolved", "init_image", "mask", "model", "stablekit"}
+    "batch_index", "schedule_resolved", "init_image", "mask", "model", "stablekit", "loras", "embeddings"}
 
 
 @dataclass

@@ -83,6 +83,24 @@ def apply_weights(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (z32 * (original_mean / new_mean)).to(z.dtype)
 
 
+def expand_embedding_ids(token_lists: list[list[int]], tokenizer) -> list[list[int]]:
+    """Each multi-vector embedding NAME written in a prompt stands for its tokens NAME, NAME_1, ...,
+    NAME_{n-1} (the naming adapters.load_embeddings gives them, as diffusers' maybe_convert_prompt
+    expands it), so an embedding is used by its name alone, as in A1111."""
+    added = tokenizer.get_added_vocab()
+    follow = {}
+    for token, token_id in added.items():
+        i, extra = 1, []
+        while f"{token}_{i}" in added:
+            extra.append(added[f"{token}_{i}"])
+            i += 1
+        if extra:
+            follow[token_id] = extra
+    if not follow:
+        return token_lists
+    return [[t for token in ids for t in (token, *follow.get(token, ()))] for ids in token_lists]
+
+
 class PromptEncoder:
     """Encodes A1111-syntax prompts with a model's text encoder(s), caching each distinct prompt.
 
@@ -132,7 +150,8 @@ class PromptEncoder:
         tok = self.encoders[0].tokenizer
 
         def tokenize(texts: list[str]) -> list[list[int]]:
-            return tok(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+            ids = tok(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+            return expand_embedding_ids(ids, tok)
 
         return split_chunks(parse_prompt_attention(text), tokenize, self._comma_id, self.chunk_length)
 
