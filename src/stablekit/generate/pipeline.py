@@ -52,6 +52,7 @@ class _Run:
     latents: torch.Tensor
     init: InitImage | None = None
     mask: InpaintMask | None = None
+    controls: list | None = None  # ControlUnits (generate/control.py)
 
 
 class Pipeline:
@@ -71,6 +72,7 @@ class Pipeline:
         self.progress = progress
         self.prompts = PromptEncoder(components)
         self.denoiser = Denoiser.from_components(components)
+        self._controlnets: dict = {}  # loaded ControlNets by path
 
     @property
     def device(self) -> torch.device:
@@ -86,9 +88,10 @@ class Pipeline:
         """txt2img. Settings are GenerationParams fields: negative_prompt, steps, cfg, sampler,
         schedule, seed, width, height, batch_size, batch_count, clip_skip, subseed,
         subseed_strength, seed_resize_from_w/_h. output="np" returns float arrays [H, W, 3] in
-        [0, 1] (no metadata) instead of PIL images."""
+        [0, 1] (no metadata) instead of PIL images. controlnets: [ControlUnit, ...] (every mode)."""
+        controls = settings.pop("controlnets", None)
         params, sampling = self._resolve(prompt, settings, None)
-        run = _Run(params, sampling, empty_latents(self.components, params.width, params.height))
+        run = _Run(params, sampling, empty_latents(self.components, params.width, params.height), controls=controls)
         return self._render(run, callback, output)
 
     def img2img(self, image, prompt: str = "", strength: float = 0.75, callback: StepCallback | None = None,
@@ -97,9 +100,11 @@ class Pipeline:
         `strength` of the schedule remains, and denoised from there (A1111's semantics:
         int(strength * steps) + 1 sampler steps). Other settings as generate(); size defaults
         to the image's."""
+        controls = settings.pop("controlnets", None)
         params, sampling = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
-        return self._render(_Run(params, sampling, encode_image(self.components, init), init), callback, output)
+        return self._render(_Run(params, sampling, encode_image(self.components, init), init, controls=controls),
+                            callback, output)
 
     def inpaint(self, image, mask, prompt: str = "", strength: float = 1.0, callback: StepCallback | None = None,
                 output: str = "pil", **settings) -> list[Image.Image]:
@@ -109,10 +114,12 @@ class Pipeline:
         path, PIL image, [H, W] array or InpaintMask, white = repaint."""
         if image is None:
             raise StablekitError("a mask needs an image to inpaint: pass init_image (CLI: --init-image)")
+        controls = settings.pop("controlnets", None)
         params, sampling = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
         repaint = InpaintMask.load(mask, init.width, init.height)
-        return self._render(_Run(params, sampling, encode_image(self.components, init), init, repaint), callback, output)
+        return self._render(_Run(params, sampling, encode_image(self.components, init), init, repaint, controls),
+                            callback, output)
 
     # ------------------------------------------------------------------ the shared parts
     def _resolve(self, prompt: str, settings: dict, strength: float | None) -> tuple[GenerationParams, Sampling]:
@@ -144,6 +151,17 @@ class Pipeline:
         if text:
             note(text)
 
+    def _controls(self, run: _Run, conditioning, sigmas) -> dict:
+        """ControlNet units -> the conditioning's Control, and what the image text and record add."""
+        if not run.controls:
+            return {"text": {}, "record": {}}
+        from stablekit.generate.control import ControlNetControl, prepare_units
+
+        units = prepare_units(run.controls, self.components, run.params.width, run.params.height, self._controlnets)
+        conditioning.control = ControlNetControl(units, sigmas, run.params.batch_size)
+        return {"text": {f"ControlNet {i}": u.infotext() for i, u in enumerate(units)},
+                "record": {"controlnet": [u.record() for u in units]}}
+
     def _render(self, run: _Run, callback: StepCallback | None, output: str) -> list:
         """Conditioning once, then per batch: seeded noise, sample, decode, paste back, metadata."""
         c, p = self.components, run.params
@@ -153,6 +171,7 @@ class Pipeline:
         prompt, negative = ParsedPrompt.parse(p.prompt), ParsedPrompt.parse(p.negative_prompt)
         apply_extra_networks(c, prompt.networks + negative.networks)
         conditioning = condition(self.prompts, prompt, negative, p.steps, p.clip_skip, p.cfg, size=(p.width, p.height))
+        extra = self._controls(run, conditioning, sigmas)
         latent_mask = run.mask.latent(c.vae_scale_factor, c.device, c.dtype) if run.mask is not None else None
         bar = tqdm(total=(len(sigmas) - 1) * p.batch_count, desc="generate", disable=not self.progress, dynamic_ncols=True)
         images: list = []
@@ -173,7 +192,9 @@ class Pipeline:
                 images.extend(pixels)
                 continue
             for i, image in enumerate(to_pil(pixels)):
-                record = make_record(p, seeds[i], subseeds[i], i, run.sampling.schedule_used, c, run.init, run.mask)
-                images.append(attach_metadata(image, parameters_text(p, seeds[i], subseeds[i], c), record))
+                record = make_record(p, seeds[i], subseeds[i], i, run.sampling.schedule_used, c, run.init, run.mask,
+                                     extra=extra["record"])
+                images.append(attach_metadata(image, parameters_text(p, seeds[i], subseeds[i], c, extra["text"]),
+                                              record))
         bar.close()
         return images

@@ -19,8 +19,9 @@ def image_seeds(params: GenerationParams, index: int) -> tuple[int, int]:
     return seeds[0], subseeds[0]
 
 
-def parameters_text(params: GenerationParams, seed: int, subseed: int, components) -> str:
-    """A1111's `parameters` text for one image, keys in A1111's order and spelling."""
+def parameters_text(params: GenerationParams, seed: int, subseed: int, components, extra: dict | None = None) -> str:
+    """A1111's `parameters` text for one image, keys in A1111's order and spelling; `extra`: more
+    fields (ControlNet units, hires fix), written after A1111's own as its extensions do."""
     from stablekit import __version__
     from stablekit.metadata import format_parameters
 
@@ -40,14 +41,16 @@ def parameters_text(params: GenerationParams, seed: int, subseed: int, component
         "Seed resize from": f"{params.seed_resize_from_w}x{params.seed_resize_from_h}" if resized else None,
         "Denoising strength": params.denoising_strength,
         "Clip skip": params.clip_skip if params.clip_skip > 1 else None,
+        **(extra or {}),
         "Version": f"stablekit {__version__}",
     }
     return format_parameters(params.prompt, params.negative_prompt, {k: v for k, v in settings.items() if v is not None})
 
 
 def make_record(params: GenerationParams, seed: int, subseed: int, batch_index: int, schedule_used: str,
-                components, init=None, mask=None) -> dict:
-    """The stablekit JSON record of one image (see the module docstring)."""
+                components, init=None, mask=None, extra: dict | None = None) -> dict:
+    """The stablekit JSON record of one image (see the module docstring); `extra`: more entries
+    (e.g. "controlnet": the units)."""
     from stablekit import __version__
 
     return {**params.to_dict(), "seed": seed, "subseed": subseed, "batch_count": 1, "batch_index": batch_index,
@@ -56,7 +59,7 @@ def make_record(params: GenerationParams, seed: int, subseed: int, batch_index: 
             "mask": None if mask is None else mask.identity(),
             "model": {"name": components.name, "hash": components.hash, "arch": components.arch,
                       "source": components.source},
-            "stablekit": __version__}
+            "stablekit": __version__, **(extra or {})}
 
 
 def params_from_record(record: dict) -> tuple[GenerationParams, int]:
