@@ -5,6 +5,7 @@ path is validated before anything is loaded or computed (stablekit.metadata.outp
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from stablekit.cli.formats import DTYPE_CHOICES
@@ -67,7 +68,62 @@ def register(subparsers) -> None:
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow .ckpt/.pt pickles (loaded with torch.load(weights_only=True))")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _control_flags(p)
     p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- ControlNet / hires flags
+class _UnitFlag(argparse.Action):
+    """--controlnet starts a ControlNet unit; the --control-* flags after it set that unit's fields."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        units = getattr(namespace, "control_units", None) or []
+        if self.dest == "net":
+            units.append({"net": values})
+        elif not units:
+            parser.error(f"{option_string} belongs to a ControlNet unit: give --controlnet PATH before it")
+        elif self.dest in units[-1]:
+            parser.error(f"{option_string} given twice for ControlNet unit {len(units) - 1}; repeat --controlnet "
+                         "PATH to start another unit")
+        else:
+            units[-1][self.dest] = values
+        namespace.control_units = units
+
+
+def _control_flags(p) -> None:
+    from stablekit.generate.control import CONTROL_MODES
+    from stablekit.generate.preprocess import PREPROCESSORS
+
+    p.set_defaults(control_units=[])
+    unit = dict(action=_UnitFlag, default=argparse.SUPPRESS)
+    p.add_argument("--controlnet", dest="net", metavar="PATH", **unit,
+                   help="a ControlNet (diffusers folder or single .safetensors); starts a unit, repeat for several")
+    p.add_argument("--control-image", dest="image", metavar="FILE", **unit,
+                   help="the unit's conditioning image (needed for every --controlnet)")
+    p.add_argument("--control-scale", dest="scale", type=float, metavar="X", **unit,
+                   help="the unit's weight 0..2 (default 1)")
+    p.add_argument("--control-start", dest="start", type=float, metavar="F", **unit,
+                   help="fraction of the steps where the unit starts (default 0)")
+    p.add_argument("--control-end", dest="end", type=float, metavar="F", **unit,
+                   help="fraction of the steps where the unit ends (default 1)")
+    p.add_argument("--control-mode", dest="mode", metavar="MODE", **unit,
+                   help=f"balanced, prompt or controlnet (A1111: {', '.join(CONTROL_MODES)}; default balanced)")
+    p.add_argument("--control-preprocessor", "--preprocessor", dest="preprocessor", metavar="NAME", **unit,
+                   help=f"preprocess the image: {', '.join(PREPROCESSORS)} (default none: use it as given)")
+    p.add_argument("--save-preprocessed", action="store_true",
+                   help="write each unit's preprocessed control image beside the first output (NAME-controlN.png)")
+
+
+def _control_units(args) -> list:
+    """The ControlUnits of --controlnet groups; a unit without --control-image is one line."""
+    from stablekit.generate.control import ControlUnit
+
+    units = []
+    for i, fields in enumerate(args.control_units):
+        if "image" not in fields:
+            raise StablekitError(f"ControlNet unit {i} ({fields['net']}) has no --control-image FILE")
+        units.append(ControlUnit(**fields))
+    return units
 
 
 def _replay_png(path: str):
@@ -94,6 +150,9 @@ def _check_inputs(args, params, replay) -> None:
                              "(or leave out --strength for txt2img)")
     if args.mask and args.init_image is None:
         raise StablekitError("--mask needs --init-image FILE: the image to inpaint")
+    if replay.controlnet and not args.control_units:
+        raise StablekitError(f"{args.from_png} was made with {len(replay.controlnet)} ControlNet unit(s): give them "
+                             "again with --controlnet PATH --control-image FILE ...")
 
 
 def _generate(pipe, params, args, replay) -> list:
@@ -102,6 +161,7 @@ def _generate(pipe, params, args, replay) -> list:
     from stablekit.generate.steps import InitImage, InpaintMask
 
     settings = {k: v for k, v in params.to_dict().items() if k not in ("prompt", "denoising_strength")}
+    settings["controlnets"] = _control_units(args) or None
     if args.init_image is None:
         return pipe.generate(params.prompt, **settings)
     init = InitImage.load(args.init_image, params.width, params.height)
@@ -154,6 +214,13 @@ def run(args) -> int:
     images = _generate(pipe, params, args, replay)
     if keep is not None and keep < len(images):
         images = [images[keep]]
-    for path in write_outputs(outputs, images):
+    paths = write_outputs(outputs, images)
+    for path in paths:
         print(path)
+    if args.save_preprocessed and args.control_units and paths:
+        from stablekit.generate.control import control_map_of, save_control_maps
+
+        maps = [control_map_of(u, images[0].width, images[0].height, i)[1] for i, u in enumerate(_control_units(args))]
+        for path in save_control_maps(maps, paths[0]):
+            print(path)
     return 0

@@ -256,14 +256,15 @@ class ControlNetControl:
         return [*down, mid]
 
 
-def save_control_maps(prepared: list[PreparedUnit], beside) -> list[Path]:
-    """Each unit's control map as `<stem>-control<i>.png` beside the file `beside`."""
+def save_control_maps(maps: list[np.ndarray], beside) -> list[Path]:
+    """Control maps (8-bit RGB, as `control_map_of` gives them) as `<stem>-control<i>.png` beside the
+    file `beside`."""
     from PIL import Image
 
     beside = Path(beside)
     paths = []
-    for i, unit in enumerate(prepared):
+    for i, control_map in enumerate(maps):
         path = beside.with_name(f"{beside.stem}-control{i}.png")
-        Image.fromarray(unit.control_map).save(path)
+        Image.fromarray(control_map).save(path)
         paths.append(path)
     return paths

@@ -21,7 +21,7 @@ A1111_APPLIED = frozenset({
 # Fields only A1111's inpainting writes: such a PNG needs its mask again.
 A1111_INPAINT_FIELDS = ("Mask blur", "Inpaint area", "Masked area padding", "Mask mode", "Masked content")
 RECORD_KEYS = frozenset(GenerationParams.__dataclass_fields__) | {
-    "batch_index", "schedule_resolved", "init_image", "mask", "model", "stablekit"}
+    "batch_index", "schedule_resolved", "init_image", "mask", "model", "stablekit", "controlnet"}
 
 
 @dataclass
@@ -40,12 +40,14 @@ class Replay:
     init_image: dict | bool | None = None
     mask: dict | bool | None = None
     ignored: list[str] = field(default_factory=list)
+    controlnet: list = field(default_factory=list)  # the units it was made with (records; A1111 text)
 
 
 def replay(info: dict) -> Replay | None:
     """A Replay from `stablekit.metadata.read_png_info` output; None when it holds no parameters."""
     fields = info.get("fields") or {}
-    ignored = [k for k in fields if k not in A1111_APPLIED]
+    ignored = [k for k in fields if k not in A1111_APPLIED and not k.startswith("ControlNet ")]
+    units = [fields[k] for k in fields if k.startswith("ControlNet ")]
     if fields.get("RNG", "CPU") == "CPU" and "RNG" in ignored:
         ignored.remove("RNG")  # A1111's CPU noise source is what stablekit always uses
     record = info.get("stablekit")
@@ -53,7 +55,7 @@ def replay(info: dict) -> Replay | None:
         params, index = params_from_record(record)
         ignored += [k for k in record if k not in RECORD_KEYS]
         return Replay(params, index, record.get("model") or {}, record.get("init_image"), record.get("mask"),
-                      sorted(set(ignored)))
+                      sorted(set(ignored)), record.get("controlnet") or units)
     if info.get("parameters"):
         params = GenerationParams.from_a1111(fields)
         if any(k.startswith("Hires") for k in fields) and params.denoising_strength is not None:
@@ -61,5 +63,5 @@ def replay(info: dict) -> Replay | None:
             ignored.append("Denoising strength")
         needs_mask = any(k in fields for k in A1111_INPAINT_FIELDS) or None
         needs_init = (params.denoising_strength is not None) or None
-        return Replay(params, 0, {}, needs_init, needs_mask, ignored)
+        return Replay(params, 0, {}, needs_init, needs_mask, ignored, units)
     return None
