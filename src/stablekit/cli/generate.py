@@ -92,6 +92,7 @@ class _UnitFlag(argparse.Action):
 
 def _control_flags(p) -> None:
     from stablekit.generate.control import CONTROL_MODES
+    from stablekit.generate.hires import UPSCALERS
     from stablekit.generate.preprocess import PREPROCESSORS
 
     p.set_defaults(control_units=[])
@@ -112,6 +113,32 @@ def _control_flags(p) -> None:
                    help=f"preprocess the image: {', '.join(PREPROCESSORS)} (default none: use it as given)")
     p.add_argument("--save-preprocessed", action="store_true",
                    help="write each unit's preprocessed control image beside the first output (NAME-controlN.png)")
+    p.add_argument("--hires-scale", type=float, default=None, metavar="X",
+                   help="hires fix (txt2img): generate, upscale by X, then a second img2img pass (A1111's Hires upscale)")
+    p.add_argument("--hires-steps", type=int, default=None, metavar="N",
+                   help="steps of the hires pass (default 0: as many as --steps)")
+    p.add_argument("--hires-denoise", "--hires-strength", type=float, default=None, metavar="X",
+                   help="denoising strength of the hires pass, 0..1 (default 0.7)")
+    p.add_argument("--hires-upscaler", default=None, metavar="NAME",
+                   help=f"{', '.join(UPSCALERS)} (any case; default Latent)")
+
+
+def _hires(args, replay):
+    """The HiresFix of the flags over the PNG's (None: no hires fix); flags without a scale are one line."""
+    from stablekit.generate.hires import HiresFix
+
+    given = {k: v for k, v in (("scale", args.hires_scale), ("steps", args.hires_steps), ("denoise", args.hires_denoise),
+                               ("upscaler", args.hires_upscaler)) if v is not None}
+    if replay.hires is None and given and "scale" not in given:
+        raise StablekitError(f"--hires-{next(iter(given))} needs --hires-scale X "
+                             "(the hires fix's upscale factor)")
+    if replay.hires is None and not given:
+        return None
+    base = replay.hires or HiresFix()
+    hires = HiresFix(**{**base.record(), **given}).validate()
+    if args.init_image is not None:
+        raise StablekitError("the hires fix is for txt2img; leave out --hires-* flags with --init-image")
+    return hires
 
 
 def _control_units(args) -> list:
@@ -150,6 +177,7 @@ def _check_inputs(args, params, replay) -> None:
                              "(or leave out --strength for txt2img)")
     if args.mask and args.init_image is None:
         raise StablekitError("--mask needs --init-image FILE: the image to inpaint")
+    _hires(args, replay)  # hires flags checked before the model loads
     if replay.controlnet and not args.control_units:
         raise StablekitError(f"{args.from_png} was made with {len(replay.controlnet)} ControlNet unit(s): give them "
                              "again with --controlnet PATH --control-image FILE ...")
@@ -163,7 +191,7 @@ def _generate(pipe, params, args, replay) -> list:
     settings = {k: v for k, v in params.to_dict().items() if k not in ("prompt", "denoising_strength")}
     settings["controlnets"] = _control_units(args) or None
     if args.init_image is None:
-        return pipe.generate(params.prompt, **settings)
+        return pipe.generate(params.prompt, hires=_hires(args, replay), **settings)
     init = InitImage.load(args.init_image, params.width, params.height)
     mask = InpaintMask.load(args.mask, init.width, init.height) if args.mask else None
     for name, given, recorded in (("--init-image", init, replay.init_image), ("--mask", mask, replay.mask)):

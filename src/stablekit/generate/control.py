@@ -188,9 +188,10 @@ def control_map_of(unit: ControlUnit, width: int, height: int, index: int = 0) -
     return rgb, control_map
 
 
-def block_scales(unit: ControlUnit, count: int) -> list[float]:
-    """The factor of each of `count` residuals (skips first, middle block last) for the unit's mode."""
-    if unit.mode == CONTROL_MODES[0]:
+def block_scales(unit: ControlUnit, count: int, hires: bool = False) -> list[float]:
+    """The factor of each of `count` residuals (skips first, middle block last) for the unit's mode.
+    In a hires fix's second pass canny (and mlsd) units are always soft, as the extension forces."""
+    if unit.mode == CONTROL_MODES[0] and not (hires and unit.preprocessor in ("canny", "mlsd")):
         return [unit.scale] * count
     return [unit.scale * SOFT_BASE ** float(12 - i) for i in range(max(count, 13))][:count]
 
@@ -206,10 +207,12 @@ class ControlNetControl:
     """The Denoiser's `control`: the summed, scaled residuals of the units active at this call.
 
     sigmas: the schedule of the pass being sampled (the step is found from the call's sigma);
-    images: images per UNet call without CFG (a call of twice that is a CFG batch [uncond, cond]).
+    images: images per UNet call without CFG (a call of twice that is a CFG batch [uncond, cond]);
+    hires: this is a hires fix's second pass.
     """
 
-    def __init__(self, units: list[PreparedUnit], sigmas: Tensor, images: int):
+    def __init__(self, units: list[PreparedUnit], sigmas: Tensor, images: int, hires: bool = False):
+        self.hires = hires
         self.units = units
         self.sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
         self.steps = max(1, len(self.sigmas) - 1)
@@ -231,7 +234,7 @@ class ControlNetControl:
                 continue
             cond_only = unit.mode == CONTROL_MODES[2] and rows == 2 * self.images
             residuals = self._run(prepared, inputs, self.images if cond_only else 0)
-            residuals = [r * s for r, s in zip(residuals, block_scales(unit, len(residuals)))]
+            residuals = [r * s for r, s in zip(residuals, block_scales(unit, len(residuals), self.hires))]
             if cond_only:  # the negative prompt's half gets nothing
                 residuals = [torch.cat([torch.zeros_like(r), r]) for r in residuals]
             total = residuals if total is None else [a + b for a, b in zip(total, residuals)]

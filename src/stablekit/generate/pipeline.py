@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from stablekit.components import Components
 from stablekit.errors import StablekitError
 from stablekit.generate.denoiser import Denoiser
+from stablekit.generate.hires import plan, second_pass
 from stablekit.generate.noise import ImageNoise, batch_seeds, resolve_seed
 from stablekit.generate.notes import apply_extra_networks, note, size_note
 from stablekit.generate.params import GenerationParams
@@ -53,6 +54,7 @@ class _Run:
     init: InitImage | None = None
     mask: InpaintMask | None = None
     controls: list | None = None  # ControlUnits (generate/control.py)
+    hires: object = None  # HiresFix (generate/hires.py), txt2img only
 
 
 class Pipeline:
@@ -88,10 +90,12 @@ class Pipeline:
         """txt2img. Settings are GenerationParams fields: negative_prompt, steps, cfg, sampler,
         schedule, seed, width, height, batch_size, batch_count, clip_skip, subseed,
         subseed_strength, seed_resize_from_w/_h. output="np" returns float arrays [H, W, 3] in
-        [0, 1] (no metadata) instead of PIL images. controlnets: [ControlUnit, ...] (every mode)."""
-        controls = settings.pop("controlnets", None)
+        [0, 1] (no metadata) instead of PIL images. controlnets: [ControlUnit, ...] (every mode);
+        hires: HiresFix(scale, steps, denoise, upscaler) for A1111's two-pass hires fix."""
+        controls, hires = settings.pop("controlnets", None), settings.pop("hires", None)
         params, sampling = self._resolve(prompt, settings, None)
-        run = _Run(params, sampling, empty_latents(self.components, params.width, params.height), controls=controls)
+        run = _Run(params, sampling, empty_latents(self.components, params.width, params.height), controls=controls,
+                   hires=hires)
         return self._render(run, callback, output)
 
     def img2img(self, image, prompt: str = "", strength: float = 0.75, callback: StepCallback | None = None,
@@ -162,6 +166,20 @@ class Pipeline:
         return {"text": {f"ControlNet {i}": u.infotext() for i, u in enumerate(units)},
                 "record": {"controlnet": [u.record() for u in units]}}
 
+    def _hires(self, run: _Run, prompt, negative, extra: dict):
+        """The hires fix's second pass (generate/hires.py), its text and record; None without one."""
+        if run.hires is None:
+            return None
+        from stablekit.generate.control import ControlNetControl, prepare_units
+
+        second = plan(self, run.params, run.sampling, run.hires, prompt, negative)
+        if run.controls:  # the units act in the second pass too, fitted to its size (A1111's default)
+            units = prepare_units(run.controls, self.components, second.width, second.height, self._controlnets)
+            second.conditioning.control = ControlNetControl(units, second.sigmas, run.params.batch_size, hires=True)
+        extra["text"].update(second.hires.fields())
+        extra["record"]["hires"] = second.hires.record()
+        return second
+
     def _render(self, run: _Run, callback: StepCallback | None, output: str) -> list:
         """Conditioning once, then per batch: seeded noise, sample, decode, paste back, metadata."""
         c, p = self.components, run.params
@@ -172,8 +190,10 @@ class Pipeline:
         apply_extra_networks(c, prompt.networks + negative.networks)
         conditioning = condition(self.prompts, prompt, negative, p.steps, p.clip_skip, p.cfg, size=(p.width, p.height))
         extra = self._controls(run, conditioning, sigmas)
+        second = self._hires(run, prompt, negative, extra)
         latent_mask = run.mask.latent(c.vae_scale_factor, c.device, c.dtype) if run.mask is not None else None
-        bar = tqdm(total=(len(sigmas) - 1) * p.batch_count, desc="generate", disable=not self.progress, dynamic_ncols=True)
+        steps = len(sigmas) - 1 + (second.steps if second else 0)
+        bar = tqdm(total=steps * p.batch_count, desc="generate", disable=not self.progress, dynamic_ncols=True)
         images: list = []
         for b in range(p.batch_count):
             seeds, subseeds = batch_seeds(p.seed, p.subseed, p.subseed_strength, b * p.batch_size, p.batch_size)
@@ -187,6 +207,10 @@ class Pipeline:
 
             latents = sample(self.denoiser, run.latents, sigmas, run.sampling, conditioning, noise, on_step,
                              mask=latent_mask)
+            if second is not None:  # hires fix: fresh noise from the same seeds, as A1111
+                noise = ImageNoise(seeds, subseeds, p.subseed_strength, (p.seed_resize_from_w, p.seed_resize_from_h),
+                                   c.vae_scale_factor)
+                latents = second_pass(c, self.denoiser, second, latents, run.sampling, noise, on_step)
             pixels = paste_back(decode(c, latents), run.init, run.mask)
             if output == "np":
                 images.extend(pixels)
