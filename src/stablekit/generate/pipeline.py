@@ -16,6 +16,7 @@ from stablekit.components import Components
 from stablekit.errors import StablekitError
 from stablekit.generate.denoiser import Denoiser
 from stablekit.generate.hires import plan, second_pass
+from stablekit.generate.inpaint_unet import inpaint_denoiser, is_inpainting_unet
 from stablekit.generate.noise import ImageNoise, batch_seeds, resolve_seed
 from stablekit.generate.notes import apply_extra_networks, note, size_note
 from stablekit.generate.params import GenerationParams
@@ -55,6 +56,7 @@ class _Run:
     mask: InpaintMask | None = None
     controls: list | None = None  # ControlUnits (generate/control.py)
     hires: object = None  # HiresFix (generate/hires.py), txt2img only
+    denoiser: Denoiser | None = None  # a 9-channel inpainting model's (generate/inpaint_unet.py)
 
 
 class Pipeline:
@@ -122,8 +124,10 @@ class Pipeline:
         params, sampling = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
         repaint = InpaintMask.load(mask, init.width, init.height)
-        return self._render(_Run(params, sampling, encode_image(self.components, init), init, repaint, controls),
-                            callback, output)
+        run = _Run(params, sampling, encode_image(self.components, init), init, repaint, controls)
+        if is_inpainting_unet(self.components.unet):
+            run.denoiser = inpaint_denoiser(self.denoiser, self.components, init, repaint)
+        return self._render(run, callback, output)
 
     # ------------------------------------------------------------------ the shared parts
     def _resolve(self, prompt: str, settings: dict, strength: float | None) -> tuple[GenerationParams, Sampling]:
@@ -192,6 +196,11 @@ class Pipeline:
         extra = self._controls(run, conditioning, sigmas)
         second = self._hires(run, prompt, negative, extra)
         latent_mask = run.mask.latent(c.vae_scale_factor, c.device, c.dtype) if run.mask is not None else None
+        if run.denoiser is not None:  # an inpainting model sees the image; nothing is reset per step
+            latent_mask = None
+        elif is_inpainting_unet(c.unet):
+            raise StablekitError("this is an inpainting model (9-channel UNet): it needs an image and a mask "
+                                 "(CLI: --init-image FILE --mask FILE)")
         steps = len(sigmas) - 1 + (second.steps if second else 0)
         bar = tqdm(total=steps * p.batch_count, desc="generate", disable=not self.progress, dynamic_ncols=True)
         images: list = []
@@ -205,8 +214,8 @@ class Pipeline:
                 if callback is not None:
                     callback({"batch": b, "batches": p.batch_count, "step": info.i + 1, "steps": info.steps})
 
-            latents = sample(self.denoiser, run.latents, sigmas, run.sampling, conditioning, noise, on_step,
-                             mask=latent_mask)
+            latents = sample(run.denoiser or self.denoiser, run.latents, sigmas, run.sampling, conditioning, noise,
+                             on_step, mask=latent_mask)
             if second is not None:  # hires fix: fresh noise from the same seeds, as A1111
                 noise = ImageNoise(seeds, subseeds, p.subseed_strength, (p.seed_resize_from_w, p.seed_resize_from_h),
                                    c.vae_scale_factor)
