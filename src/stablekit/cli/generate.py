@@ -113,6 +113,8 @@ def _control_flags(p) -> None:
                    help=f"preprocess the image: {', '.join(PREPROCESSORS)} (default none: use it as given)")
     p.add_argument("--save-preprocessed", action="store_true",
                    help="write each unit's preprocessed control image beside the first output (NAME-controlN.png)")
+    p.add_argument("--outpaint", default=None, metavar="L,T,R,B",
+                   help="outpainting: pad --init-image by LEFT,TOP,RIGHT,BOTTOM pixels and inpaint the border")
     p.add_argument("--hires-scale", type=float, default=None, metavar="X",
                    help="hires fix (txt2img): generate, upscale by X, then a second img2img pass (A1111's Hires upscale)")
     p.add_argument("--hires-steps", type=int, default=None, metavar="N",
@@ -169,9 +171,16 @@ def _replay_png(path: str):
 
 def _check_inputs(args, params, replay) -> None:
     """One-line refusals for inputs the settings or the PNG need and were not given."""
-    if replay.mask and not args.mask:
-        raise StablekitError(f"{args.from_png} was made by inpainting: give its mask with --mask FILE and its image "
-                             "with --init-image FILE")
+    if replay.mask and not (args.mask or args.outpaint):
+        raise StablekitError(f"{args.from_png} was made by inpainting: give its mask with --mask FILE (or the "
+                             "--outpaint pads) and its image with --init-image FILE")
+    if args.outpaint:
+        from stablekit.generate.outpaint import parse_pads
+
+        parse_pads(args.outpaint)
+        if args.init_image is None or args.mask:
+            raise StablekitError("--outpaint needs --init-image FILE (the image to extend) and no --mask (the border "
+                                 "is the mask)")
     if params.denoising_strength is not None and args.init_image is None:
         raise StablekitError(f"denoising strength {params.denoising_strength} means img2img: give --init-image FILE "
                              "(or leave out --strength for txt2img)")
@@ -192,8 +201,13 @@ def _generate(pipe, params, args, replay) -> list:
     settings["controlnets"] = _control_units(args) or None
     if args.init_image is None:
         return pipe.generate(params.prompt, hires=_hires(args, replay), **settings)
-    init = InitImage.load(args.init_image, params.width, params.height)
-    mask = InpaintMask.load(args.mask, init.width, init.height) if args.mask else None
+    if args.outpaint:  # the padded image at its own size, the border as the mask (generate/outpaint.py)
+        from stablekit.generate.outpaint import outpaint_inputs
+
+        init, mask = outpaint_inputs(args.init_image, args.outpaint, pipe.components.vae_scale_factor)
+    else:
+        init = InitImage.load(args.init_image, params.width, params.height)
+        mask = InpaintMask.load(args.mask, init.width, init.height) if args.mask else None
     for name, given, recorded in (("--init-image", init, replay.init_image), ("--mask", mask, replay.mask)):
         if isinstance(recorded, dict) and given is not None and recorded.get("sha256") != given.identity()["sha256"]:
             warn(f"{name} differs from the image the PNG was made with (sha256 of its pixels at "

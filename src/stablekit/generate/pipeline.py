@@ -129,6 +129,17 @@ class Pipeline:
             run.denoiser = inpaint_denoiser(self.denoiser, self.components, init, repaint)
         return self._render(run, callback, output)
 
+    def outpaint(self, image, pads, prompt: str = "", strength: float = 1.0, callback: StepCallback | None = None,
+                 output: str = "pil", **settings) -> list[Image.Image]:
+        """Outpainting: `image` padded by pads = (left, top, right, bottom) pixels (or "L,T,R,B"; rounded
+        up to multiples of 8, filled with its edge pixels) and inpainted there (generate/outpaint.py);
+        the original pixels stay unchanged exactly. Size: the padded image's."""
+        from stablekit.generate.outpaint import outpaint_inputs
+
+        init, mask = outpaint_inputs(image, pads, self.components.vae_scale_factor)
+        settings.update(width=init.width, height=init.height)
+        return self.inpaint(init, mask, prompt, strength, callback, output, **settings)
+
     # ------------------------------------------------------------------ the shared parts
     def _resolve(self, prompt: str, settings: dict, strength: float | None) -> tuple[GenerationParams, Sampling]:
         """Settings -> validated GenerationParams with canonical names and fixed seeds, and the
