@@ -107,3 +107,26 @@ def test_cli_hires_and_from_png_of_an_a1111_hires_png(tmp_path, capsys):
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(third)))
     assert main([*base, "--hires-steps", "3", "--out", str(tmp_path / "x.png")]) == 2
     assert "--hires-steps needs --hires-scale X" in capsys.readouterr().err
+
+
+def test_controlnet_units_act_in_the_hires_pass_too(monkeypatch):
+    from fixtures import tiny_controlnet
+
+    from stablekit.generate.control import ControlNetControl, ControlUnit
+
+    sizes = []
+    original = ControlNetControl._run
+
+    def spy(prepared, inputs, first):
+        sizes.append((inputs.sample.shape[-1], prepared.hint.shape[-1]))
+        return original(prepared, inputs, first)
+
+    monkeypatch.setattr(ControlNetControl, "_run", staticmethod(spy))
+    pipe = Pipeline(tiny_components("sd1"), progress=False)
+    hint = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    image = pipe.generate("a red circle", controlnets=[ControlUnit(tiny_controlnet("sd1"), hint)],
+                          hires=HiresFix(1.5, 2, 0.6), **SETTINGS)[0]
+    # 4 first-pass steps at 8x8 latents, then int(0.6 * 2) + 1 = 2 second-pass steps at 12x12 with the hint fitted
+    assert sizes == [(8, 64)] * 4 + [(12, 96)] * 2
+    text = image.info["parameters"]
+    assert image.size == (96, 96) and "ControlNet 0: " in text and "Hires upscale: 1.5" in text
