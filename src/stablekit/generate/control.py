@@ -162,9 +162,8 @@ def prepare_units(units, components, width: int, height: int, cache: dict | None
         _check_arch(net, components, name)
         rgb, control_map = control_map_of(unit, width, height, index=i)
         param = next(net.parameters())
-        hint = torch.from_numpy(control_map.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-        prepared.append(PreparedUnit(unit, net, control_map, hint.to(param.device, param.dtype), name, source,
-                                     _identity(rgb)))
+        hint = torch.from_numpy(control_map.astype(np.float32) / 255.0).to(param.device, param.dtype)
+        prepared.append(PreparedUnit(unit, net, control_map, hint.permute(2, 0, 1)[None], name, source, _identity(rgb)))
     return prepared
 
 

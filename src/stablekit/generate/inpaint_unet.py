@@ -51,8 +51,8 @@ def inpaint_conditioning(components, init, mask) -> tuple[Tensor, Tensor]:
     from stablekit.generate.steps import encode
 
     f = components.vae_scale_factor
-    full = torch.from_numpy(mask.repaint.astype(np.float32))[None, None]
-    small = torch.nn.functional.interpolate(full, size=(init.height // f, init.width // f))
+    full = torch.from_numpy(mask.repaint.astype(np.float32)).to(components.device)
+    small = torch.nn.functional.interpolate(full[None, None], size=(init.height // f, init.width // f))
     keep = (mask.repaint < 0.5).astype(np.float32)[:, :, None]
     # masked pixels become 0 in [-1, 1] (grey): 0.5 in [0, 1]
     masked = init.pixels * keep + 0.5 * (1 - keep)
