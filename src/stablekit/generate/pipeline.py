@@ -15,6 +15,8 @@ from tqdm.auto import tqdm
 from stablekit.components import Components
 from stablekit.errors import StablekitError
 from stablekit.generate.denoiser import Denoiser
+from stablekit.generate.hires import plan, second_pass
+from stablekit.generate.inpaint_unet import inpaint_denoiser, is_inpainting_unet
 from stablekit.generate.noise import ImageNoise, batch_seeds, resolve_seed
 from stablekit.generate.networks import ExtraNetworks, UsedNetworks, use_networks
 from stablekit.generate.notes import note, size_note
@@ -54,6 +56,9 @@ class _Run:
     init: InitImage | None = None
     mask: InpaintMask | None = None
     networks: ExtraNetworks = ExtraNetworks()
+    controls: list | None = None  # ControlUnits (generate/control.py)
+    hires: object = None  # HiresFix (generate/hires.py), txt2img only
+    denoiser: Denoiser | None = None  # a 9-channel inpainting model's (generate/inpaint_unet.py)
 
 
 class Pipeline:
@@ -73,6 +78,7 @@ class Pipeline:
         self.progress = progress
         self.prompts = PromptEncoder(components)
         self.denoiser = Denoiser.from_components(components)
+        self._controlnets: dict = {}  # loaded ControlNets by path
 
     @property
     def device(self) -> torch.device:
@@ -89,10 +95,13 @@ class Pipeline:
         schedule, seed, width, height, batch_size, batch_count, clip_skip, subseed,
         subseed_strength, seed_resize_from_w/_h; and loras=[(path, scale)], lora_dir= (where
         `<lora:NAME:SCALE>` tags find NAME.safetensors), embeddings_dir= (embeddings used by file
-        name), applied for this call only (generate/networks.py). output="np" returns float arrays
-        [H, W, 3] in [0, 1] (no metadata) instead of PIL images."""
+        name), applied for this call only (generate/networks.py). controlnets: [ControlUnit, ...]
+        (every mode); hires: HiresFix(scale, steps, denoise, upscaler) for A1111's two-pass hires
+        fix. output="np" returns float arrays [H, W, 3] in [0, 1] (no metadata) instead of PIL images."""
+        controls, hires = settings.pop("controlnets", None), settings.pop("hires", None)
         params, sampling, networks = self._resolve(prompt, settings, None)
-        run = _Run(params, sampling, empty_latents(self.components, params.width, params.height), networks=networks)
+        run = _Run(params, sampling, empty_latents(self.components, params.width, params.height), networks=networks,
+                   controls=controls, hires=hires)
         return self._render(run, callback, output)
 
     def img2img(self, image, prompt: str = "", strength: float = 0.75, callback: StepCallback | None = None,
@@ -101,9 +110,11 @@ class Pipeline:
         `strength` of the schedule remains, and denoised from there (A1111's semantics:
         int(strength * steps) + 1 sampler steps). Other settings as generate(); size defaults
         to the image's."""
+        controls = settings.pop("controlnets", None)
         params, sampling, networks = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
-        return self._render(_Run(params, sampling, encode_image(self.components, init), init, networks=networks),
+        return self._render(_Run(params, sampling, encode_image(self.components, init), init, networks=networks,
+                                 controls=controls),
                             callback, output)
 
     def inpaint(self, image, mask, prompt: str = "", strength: float = 1.0, callback: StepCallback | None = None,
@@ -114,11 +125,25 @@ class Pipeline:
         path, PIL image, [H, W] array or InpaintMask, white = repaint."""
         if image is None:
             raise StablekitError("a mask needs an image to inpaint: pass init_image (CLI: --init-image)")
+        controls = settings.pop("controlnets", None)
         params, sampling, networks = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
         repaint = InpaintMask.load(mask, init.width, init.height)
-        return self._render(_Run(params, sampling, encode_image(self.components, init), init, repaint, networks),
-                            callback, output)
+        run = _Run(params, sampling, encode_image(self.components, init), init, repaint, networks, controls)
+        if is_inpainting_unet(self.components.unet):
+            run.denoiser = inpaint_denoiser(self.denoiser, self.components, init, repaint)
+        return self._render(run, callback, output)
+
+    def outpaint(self, image, pads, prompt: str = "", strength: float = 1.0, callback: StepCallback | None = None,
+                 output: str = "pil", **settings) -> list[Image.Image]:
+        """Outpainting: `image` padded by pads = (left, top, right, bottom) pixels (or "L,T,R,B"; rounded
+        up to multiples of 8, filled with its edge pixels) and inpainted there (generate/outpaint.py);
+        the original pixels stay unchanged exactly. Size: the padded image's."""
+        from stablekit.generate.outpaint import outpaint_inputs
+
+        init, mask = outpaint_inputs(image, pads, self.components.vae_scale_factor)
+        settings.update(width=init.width, height=init.height)
+        return self.inpaint(init, mask, prompt, strength, callback, output, **settings)
 
     # ------------------------------------------------------------------ the shared parts
     def _resolve(self, prompt: str, settings: dict, strength: float | None) -> tuple[GenerationParams, Sampling,
@@ -153,6 +178,31 @@ class Pipeline:
         if text:
             note(text)
 
+    def _controls(self, run: _Run, conditioning, sigmas) -> dict:
+        """ControlNet units -> the conditioning's Control, and what the image text and record add."""
+        if not run.controls:
+            return {"text": {}, "record": {}}
+        from stablekit.generate.control import ControlNetControl, prepare_units
+
+        units = prepare_units(run.controls, self.components, run.params.width, run.params.height, self._controlnets)
+        conditioning.control = ControlNetControl(units, sigmas, run.params.batch_size)
+        return {"text": {f"ControlNet {i}": u.infotext() for i, u in enumerate(units)},
+                "record": {"controlnet": [u.record() for u in units]}}
+
+    def _hires(self, run: _Run, prompt, negative, extra: dict):
+        """The hires fix's second pass (generate/hires.py), its text and record; None without one."""
+        if run.hires is None:
+            return None
+        from stablekit.generate.control import ControlNetControl, prepare_units
+
+        second = plan(self, run.params, run.sampling, run.hires, prompt, negative)
+        if run.controls:  # the units act in the second pass too, fitted to its size (A1111's default)
+            units = prepare_units(run.controls, self.components, second.width, second.height, self._controlnets)
+            second.conditioning.control = ControlNetControl(units, second.sigmas, run.params.batch_size, hires=True)
+        extra["text"].update(second.hires.fields())
+        extra["record"]["hires"] = second.hires.record()
+        return second
+
     def _render(self, run: _Run, callback: StepCallback | None, output: str) -> list:
         """With the LoRAs and embeddings in use (LoRAs removed afterwards, whatever happens): render."""
         prompt, negative = ParsedPrompt.parse(run.params.prompt), ParsedPrompt.parse(run.params.negative_prompt)
@@ -167,8 +217,16 @@ class Pipeline:
         if run.init is not None:
             sigmas = img2img_sigmas(sigmas, p.steps, p.denoising_strength)
         conditioning = condition(self.prompts, prompt, negative, p.steps, p.clip_skip, p.cfg, size=(p.width, p.height))
+        extra = self._controls(run, conditioning, sigmas)
+        second = self._hires(run, prompt, negative, extra)
         latent_mask = run.mask.latent(c.vae_scale_factor, c.device, c.dtype) if run.mask is not None else None
-        bar = tqdm(total=(len(sigmas) - 1) * p.batch_count, desc="generate", disable=not self.progress, dynamic_ncols=True)
+        if run.denoiser is not None:  # an inpainting model sees the image; nothing is reset per step
+            latent_mask = None
+        elif is_inpainting_unet(c.unet):
+            raise StablekitError("this is an inpainting model (9-channel UNet): it needs an image and a mask "
+                                 "(CLI: --init-image FILE --mask FILE)")
+        steps = len(sigmas) - 1 + (second.steps if second else 0)
+        bar = tqdm(total=steps * p.batch_count, desc="generate", disable=not self.progress, dynamic_ncols=True)
         images: list = []
         for b in range(p.batch_count):
             seeds, subseeds = batch_seeds(p.seed, p.subseed, p.subseed_strength, b * p.batch_size, p.batch_size)
@@ -180,16 +238,20 @@ class Pipeline:
                 if callback is not None:
                     callback({"batch": b, "batches": p.batch_count, "step": info.i + 1, "steps": info.steps})
 
-            latents = sample(self.denoiser, run.latents, sigmas, run.sampling, conditioning, noise, on_step,
-                             mask=latent_mask)
+            latents = sample(run.denoiser or self.denoiser, run.latents, sigmas, run.sampling, conditioning, noise,
+                             on_step, mask=latent_mask)
+            if second is not None:  # hires fix: fresh noise from the same seeds, as A1111
+                noise = ImageNoise(seeds, subseeds, p.subseed_strength, (p.seed_resize_from_w, p.seed_resize_from_h),
+                                   c.vae_scale_factor)
+                latents = second_pass(c, self.denoiser, second, latents, run.sampling, noise, on_step)
             pixels = paste_back(decode(c, latents), run.init, run.mask)
             if output == "np":
                 images.extend(pixels)
                 continue
             for i, image in enumerate(to_pil(pixels)):
                 record = make_record(p, seeds[i], subseeds[i], i, run.sampling.schedule_used, c, run.init, run.mask,
-                                     extra=used.record)
-                text = parameters_text(p, seeds[i], subseeds[i], c, extra=used.infotext)
+                                     extra={**used.record, **extra["record"]})
+                text = parameters_text(p, seeds[i], subseeds[i], c, extra={**used.infotext, **extra["text"]})
                 images.append(attach_metadata(image, text, record))
         bar.close()
         return images

@@ -20,8 +20,9 @@ def image_seeds(params: GenerationParams, index: int) -> tuple[int, int]:
 
 
 def parameters_text(params: GenerationParams, seed: int, subseed: int, components, extra: dict | None = None) -> str:
-    """A1111's `parameters` text for one image, keys in A1111's order and spelling. extra: A1111's
-    extra_generation_params ("Lora hashes", "TI hashes"), written before Version as A1111 does."""
+    """A1111's `parameters` text for one image, keys in A1111's order and spelling. extra: more
+    fields (A1111's "Lora hashes", "TI hashes"; ControlNet units, hires fix), written before Version
+    as A1111 and its extensions do."""
     from stablekit import __version__
     from stablekit.metadata import format_parameters
 
@@ -50,7 +51,7 @@ def parameters_text(params: GenerationParams, seed: int, subseed: int, component
 def make_record(params: GenerationParams, seed: int, subseed: int, batch_index: int, schedule_used: str,
                 components, init=None, mask=None, extra: dict | None = None) -> dict:
     """The stablekit JSON record of one image (see the module docstring); extra: more entries
-    ("loras", "embeddings": generate/networks.py)."""
+    ("loras", "embeddings": generate/networks.py; "controlnet", "hires")."""
     from stablekit import __version__
 
     return {**params.to_dict(), "seed": seed, "subseed": subseed, "batch_count": 1, "batch_index": batch_index,

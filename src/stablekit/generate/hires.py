@@ -1,0 +1,154 @@
+"""Hires fix: A1111's two-pass txt2img, composed of the public steps (generate/steps.py).
+
+Follows A1111 `modules/processing.py` (StableDiffusionProcessingTxt2Img.sample_hr_pass, v1.10):
+  1. the first pass at width x height, as plain txt2img;
+  2. upscale to int(width * scale) x int(height * scale): in latent space (the "Latent ..." modes,
+     torch interpolate on the latents) or in pixel space (decode, 8-bit image, Lanczos / nearest
+     resize, encode again);
+  3. a second pass: img2img of the upscaled latents with its own steps (default: the first pass's)
+     and denoising strength (int(strength * steps) + 1 steps of the schedule run), the prompt
+     conditioned at the new size, fresh noise from the same seeds (A1111 re-seeds for the pass).
+The PNG text carries what A1111 writes: `Denoising strength`, `Hires upscale`, `Hires steps` (when
+set), `Hires upscaler`, and `Size` stays the first pass's size, so A1111 reads it back the same.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from stablekit.errors import StablekitError
+
+# A1111 shared.latent_upscale_modes: name -> (torch interpolate mode, antialias)
+LATENT_MODES = {"Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True),
+                "Latent (bicubic)": ("bicubic", False), "Latent (bicubic antialiased)": ("bicubic", True),
+                "Latent (nearest)": ("nearest", False), "Latent (nearest-exact)": ("nearest-exact", False)}
+IMAGE_UPSCALERS = {"Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}
+UPSCALERS = (*LATENT_MODES, *IMAGE_UPSCALERS)
+
+
+def upscaler_name(name: str) -> str:
+    """A1111's upscaler name for a name in any case (latent, lanczos, "latent (bicubic)", ...)."""
+    for known in UPSCALERS:
+        if str(name).strip().lower() == known.lower():
+            return known
+    raise StablekitError(f"unknown hires upscaler {name!r}; use one of: {', '.join(UPSCALERS)} (ESRGAN-family "
+                         "model files are not supported yet)")
+
+
+@dataclass
+class HiresFix:
+    """A1111's hires fix settings: scale (Hires upscale), steps (Hires steps; 0: the first pass's),
+    denoise (Denoising strength of the second pass), upscaler (Hires upscaler)."""
+
+    scale: float = 2.0
+    steps: int = 0
+    denoise: float = 0.7
+    upscaler: str = "Latent"
+
+    def validate(self) -> "HiresFix":
+        """A copy with the canonical upscaler name; bad numbers are one-line errors."""
+        if not isinstance(self.scale, (int, float)) or isinstance(self.scale, bool) or not 1 <= self.scale <= 8:
+            raise StablekitError(f"hires scale must be between 1 and 8 (got {self.scale!r})")
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
+            raise StablekitError(f"hires steps must be a whole number >= 0 (0: the first pass's; got {self.steps!r})")
+        if not isinstance(self.denoise, (int, float)) or isinstance(self.denoise, bool) or not 0 <= self.denoise <= 1:
+            raise StablekitError(f"hires denoising strength must be between 0 and 1 (got {self.denoise!r})")
+        return replace(self, scale=float(self.scale), denoise=float(self.denoise), upscaler=upscaler_name(self.upscaler))
+
+    def target(self, width: int, height: int, multiple: int = 8) -> tuple[int, int]:
+        """The second pass's size: int(size * scale), rounded down to whole latents."""
+        return (max(multiple, int(width * self.scale) // multiple * multiple),
+                max(multiple, int(height * self.scale) // multiple * multiple))
+
+    def fields(self) -> dict:
+        """The A1111 infotext fields."""
+        return {"Denoising strength": self.denoise, "Hires upscale": self.scale,
+                "Hires steps": self.steps or None, "Hires upscaler": self.upscaler}
+
+    def record(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> "HiresFix | None":
+        """From parsed A1111 text (None without `Hires upscale`). Only a scale is read: a PNG made with
+        `Hires resize` (a fixed target size) is refused in one line."""
+        if "Hires resize-1" in fields and "Hires upscale" not in fields:
+            raise StablekitError("the PNG's hires fix resized to a fixed size (Hires resize); stablekit takes a "
+                                 "scale: give --hires-scale X")
+        if "Hires upscale" not in fields:
+            return None
+        try:
+            return cls(scale=float(fields["Hires upscale"]), steps=int(float(fields.get("Hires steps", 0))),
+                       denoise=float(fields.get("Denoising strength", 0.7)),
+                       upscaler=str(fields.get("Hires upscaler", "Latent"))).validate()
+        except ValueError as exc:
+            raise StablekitError(f"the PNG's hires fix fields are not numbers: {exc}") from None
+
+    @classmethod
+    def from_record(cls, record: dict | None) -> "HiresFix | None":
+        if not record:
+            return None
+        return cls(**{k: record[k] for k in ("scale", "steps", "denoise", "upscaler") if k in record}).validate()
+
+
+def upscale_latents(latents: Tensor, width: int, height: int, upscaler: str, factor: int = 8) -> Tensor:
+    """Latents resized to width x height pixels by an A1111 "Latent ..." mode."""
+    mode, antialias = LATENT_MODES[upscaler]
+    size = (height // factor, width // factor)
+    return torch.nn.functional.interpolate(latents.float(), size=size, mode=mode, antialias=antialias).to(latents.dtype)
+
+
+def upscale_images(pixels: np.ndarray, width: int, height: int, upscaler: str) -> np.ndarray:
+    """Float images [B, H, W, 3] in [0, 1] -> 8-bit, resized with PIL, back to float [B, h, w, 3]."""
+    resample = IMAGE_UPSCALERS[upscaler]
+    out = [np.asarray(Image.fromarray(a).resize((width, height), resample), dtype=np.float32) / 255.0
+           for a in (pixels * 255).round().astype(np.uint8)]
+    return np.stack(out)
+
+
+@dataclass
+class SecondPass:
+    """What the second pass needs, made once per run: its size, sigmas and conditioning."""
+
+    hires: HiresFix
+    width: int
+    height: int
+    sigmas: Tensor
+    conditioning: object  # StepConditioning at the target size
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+
+def plan(pipe, params, sampling, hires: HiresFix, prompt, negative) -> SecondPass:
+    """The second pass of a run with these settings (params: the first pass's GenerationParams)."""
+    from stablekit.generate.steps import StepConditioning, img2img_sigmas, sdxl_time_ids
+
+    hires = hires.validate()
+    c = pipe.components
+    width, height = hires.target(params.width, params.height, c.vae_scale_factor)
+    steps = hires.steps or params.steps
+    sigmas = img2img_sigmas(sampling.sigmas(steps, pipe.denoiser), steps, hires.denoise)
+    # prompt editing in the second pass: A1111's hires timeline (whole-number steps shift by the first
+    # pass's steps, fractions by 1.0; prompts/schedule.py), over the second pass's steps
+    cond, uncond = pipe.prompts.encode_pair_schedule(prompt, negative, params.steps, params.clip_skip, hires_steps=steps)
+    time_ids = sdxl_time_ids(width, height, cond[0][1].hidden_states.device, c.dtype) if c.is_sdxl else None
+    return SecondPass(hires, width, height, sigmas, StepConditioning(cond, uncond, float(params.cfg), time_ids))
+
+
+def second_pass(components, denoiser, second: SecondPass, latents: Tensor, sampling, noise, callback=None) -> Tensor:
+    """Upscale the first pass's latents and denoise them along the second pass's sigmas."""
+    from stablekit.generate.steps import decode, encode_image, sample
+
+    upscaler = second.hires.upscaler
+    if upscaler in LATENT_MODES:
+        start = upscale_latents(latents, second.width, second.height, upscaler, components.vae_scale_factor)
+    else:
+        pixels = upscale_images(decode(components, latents), second.width, second.height, upscaler)
+        start = encode_image(components, pixels)
+    return sample(denoiser, start, second.sigmas, sampling, second.conditioning, noise, callback)
