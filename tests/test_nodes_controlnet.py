@@ -110,21 +110,31 @@ def test_strength_above_a1111s_range_multiplies_the_residuals(engine, pipe, dirs
     assert not np.array_equal(run(engine, with_advanced(strength=3.0)), run(engine, with_advanced(strength=2.0)))
 
 
-def test_apply_on_the_positive_only_leaves_the_negative_half_without_residuals(engine, pipe, dirs):
-    positive_only = graph(**{"12": apply("6", 0.7)})
-    positive_only["3"]["inputs"]["positive"] = ["12", 0]
-    # at cfg 1 only the positive is evaluated (ComfyUI and stablekit alike): equal to generate's unit
-    one = graph(cfg=1.0, **{"12": apply("6", 0.7)})
+def test_apply_on_the_positive_reaches_the_negative_too(engine, pipe, dirs):
+    # ComfyUI's ControlNetApply sets control_apply_to_uncond: a negative without controls takes the positive's
+    g = graph(**{"12": apply("6", 0.7)})
+    g["3"]["inputs"]["positive"] = ["12", 0]
+    assert np.array_equal(run(engine, g), generate(pipe, dirs, scale=0.7))
+    one = graph(cfg=1.0, **{"12": apply("6", 0.7)})  # at cfg 1 only the positive is evaluated, in both
     one["3"]["inputs"]["positive"] = ["12", 0]
     assert np.array_equal(run(engine, one), generate(pipe, dirs, cfg=1.0, scale=0.7))
-    # with CFG it differs from the control on both prompts (ComfyUI's semantics; A1111 has no such mode) ...
+
+
+def test_each_conditioning_gets_only_its_own_controls(engine):
     both = run(engine, with_advanced(strength=0.7))
+    # Advanced's positive alone: the negative prompt's half of the CFG batch gets no residuals
+    positive_only = with_advanced(strength=0.7)
+    positive_only["3"]["inputs"]["negative"] = ["7", 0]
     mine = run(engine, positive_only)
     assert not np.array_equal(mine, both) and not np.array_equal(mine, run(engine, graph()))
-    # ... and ControlNetApply on each prompt equals Advanced, up to running the halves as separate batches
+    # ControlNetApply on each prompt: two controls, each on its half; equal to Advanced up to running the
+    # halves as separate batches
     each = graph(**{"12": apply("6", 0.7), "13": apply("7", 0.7)})
     each["3"]["inputs"].update(positive=["12", 0], negative=["13", 0])
     assert np.abs(run(engine, each).astype(int) - both.astype(int)).max() <= 1
+    weaker = graph(**{"12": apply("6", 0.7), "13": apply("7", 0.3)})
+    weaker["3"]["inputs"].update(positive=["12", 0], negative=["13", 0])
+    assert not np.array_equal(run(engine, weaker), both)
 
 
 def test_strength_zero_and_an_empty_window_equal_no_controlnet_exactly(engine):

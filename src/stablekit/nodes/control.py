@@ -10,9 +10,12 @@ Control from it (`node_control`), when the size and schedule are known:
   - start_percent / end_percent are ComfyUI's: a control runs at a model call whose sigma s has
     percent_to_sigma(end) <= s <= percent_to_sigma(start), percent_to_sigma(p) = sigma(t=(1-p)*999)
     (0 -> infinity, 1 -> 0); not A1111's step fractions (ControlUnit.start/end);
-  - residuals reach only the conditioning that carries the control: ControlNetApply on the positive
-    leaves the negative prompt's half of the CFG batch without residuals (ComfyUI's calc_cond_batch);
-    ControlNetApplyAdvanced attaches the same control to both, which then run as one batch.
+  - residuals reach the conditioning that carries the control. ControlNetApply marks it
+    control_apply_to_uncond: a negative without any control then takes the positive's (ComfyUI's
+    apply_empty_x_to_equal_area), so both halves of the CFG batch get it, as one batch;
+    ControlNetApplyAdvanced attaches the same control to both itself. A negative with controls of
+    its own keeps them, and a positive-only control from ControlNetApplyAdvanced leaves the
+    negative prompt's half without residuals.
 The optional vae is accepted and unused: SD 1.x/2.x/SDXL ControlNets take the image itself.
 """
 from __future__ import annotations
@@ -65,7 +68,7 @@ class ControlNetApply:
         if strength == 0:
             return (conditioning,)
         spec = _spec(control_net, image, strength)
-        return (replace(conditioning, controls=conditioning.controls + (spec,)),)
+        return (replace(conditioning, controls=conditioning.controls + (spec,), controls_to_uncond=True),)
 
 
 @register
@@ -87,8 +90,8 @@ class ControlNetApplyAdvanced:
         if strength == 0:
             return (positive, negative)
         spec = _spec(control_net, image, strength, start_percent, end_percent)
-        return (replace(positive, controls=positive.controls + (spec,)),
-                replace(negative, controls=negative.controls + (spec,)))
+        return (replace(positive, controls=positive.controls + (spec,), controls_to_uncond=False),
+                replace(negative, controls=negative.controls + (spec,), controls_to_uncond=False))
 
 
 def percent_to_sigma(denoiser, percent: float) -> float:
@@ -180,6 +183,9 @@ def node_control(positive, negative, components, denoiser, size: tuple[int, int]
                 made[id(spec)] = _prepare(spec, components, denoiser, width, height, sigmas, images)
         return [made[id(s)] for s in specs]
 
-    pos, neg = applied(positive.controls), applied(negative.controls)
+    negatives = negative.controls
+    if not negatives and positive.controls_to_uncond:  # ComfyUI's apply_empty_x_to_equal_area
+        negatives = positive.controls
+    pos, neg = applied(positive.controls), applied(negatives)
     count = next(iter(made.values())).control.count
-    return NodeControl(pos, neg, images, positive.controls == negative.controls, count)
+    return NodeControl(pos, neg, images, positive.controls == negatives, count)
