@@ -117,7 +117,9 @@ def _prepare(spec: ControlSpec, components, denoiser, width: int, height: int, s
     from stablekit.nodes.image import to_uint8
     from stablekit.nodes.latent import upscale
 
-    net = spec.net.to(components.device, components.dtype)
+    net, param = spec.net, next(spec.net.parameters())
+    if (param.device, param.dtype) != (components.device, components.dtype):
+        net = net.to(components.device, components.dtype)
     (prepared,) = prepare_units([ControlUnit(net, to_uint8(spec.image)[0])], components, width, height)
     hint = upscale(spec.image.movedim(-1, 1).float(), width, height, "nearest-exact", "center")
     prepared = replace(prepared, unit=replace(prepared.unit, scale=spec.strength),  # 0..10 as ComfyUI allows
