@@ -21,6 +21,7 @@ import math
 import torch
 
 from stablekit.errors import StablekitError
+from stablekit.nodes.control import node_control
 from stablekit.nodes.registry import register
 
 # ComfyUI's KSampler.SAMPLERS / SCHEDULERS that stablekit implements, in ComfyUI's order. Names
@@ -92,8 +93,6 @@ def step_conditioning(positive, negative, steps: int, cfg: float, size: tuple[in
     if positive.clip.components is not negative.clip.components or positive.clip != negative.clip:
         raise StablekitError("positive and negative must be encoded by the same CLIP (same checkpoint, "
                              "CLIPSetLastLayer and LoRAs); connect both CLIPTextEncode nodes to one CLIP")
-    if positive.controls or negative.controls:
-        raise StablekitError("ControlNet application is not available yet in stablekit")
     return condition(positive.clip.encoder(), positive.text, negative.text, steps, positive.clip.clip_skip, cfg,
                      size=size)
 
@@ -129,6 +128,7 @@ def run_sampler(ctx, model, seed, steps, cfg, sampler_name, scheduler, positive,
         noise = ComfyNoise(seed, batch, math.sqrt(1 + top**2) / top if full else 1.0)
     size = (latents.shape[3] * f, latents.shape[2] * f)
     conditioning = step_conditioning(positive, negative, steps, cfg, size)
+    conditioning.control = node_control(positive, negative, components, denoiser, size, sigmas, batch)
     mask = latent.get("noise_mask")
     if mask is not None:
         mask = torch.nn.functional.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).float(),

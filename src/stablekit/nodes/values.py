@@ -73,7 +73,8 @@ class Cond:
     clip: ClipHandle
     text: str
     encoded: object = field(compare=False, default=None)
-    controls: tuple = ()
+    controls: tuple = ()  # ControlSpecs (nodes/control.py), in the order applied
+    controls_to_uncond: bool = False  # ComfyUI's control_apply_to_uncond (set by ControlNetApply)
 
 
 def _split(path: str, part: str):
