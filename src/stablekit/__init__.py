@@ -55,3 +55,13 @@ def load(path: str | Path | None = None, *, device="auto", dtype=None, arch: str
 
 
 __all__ = ["load", "__version__"]
+
+
+def __getattr__(name: str):
+    """`stablekit.train(...)` without importing stablekit.train first (it pulls accelerate, so it
+    stays out of `import stablekit`); the module itself is callable (train/__init__.py)."""
+    if name == "train":
+        import importlib
+
+        return importlib.import_module("stablekit.train")
+    raise AttributeError(f"module 'stablekit' has no attribute {name!r}")
