@@ -138,8 +138,5 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, model_file
 
 
 def test_stablekit_train_is_reachable_from_a_plain_import():
-    import subprocess
-    import sys
-
     code = "import stablekit; assert callable(stablekit.train) and stablekit.train.__name__ == 'stablekit.train'"
     subprocess.run([sys.executable, "-c", code], check=True)
