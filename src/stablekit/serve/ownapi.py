@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Streamin
 from pydantic import BaseModel, Field
 
 from stablekit.errors import StablekitError
-from stablekit.serve import genjob, trainjob  # noqa: F401  (register the "generate" and "train" kinds)
+from stablekit.serve import genjob, probejob, trainjob  # noqa: F401  (register generate, train, sleep)
 from stablekit.serve.files import existing_file, read_upload, safe_name, save_upload
 from stablekit.serve.jobs import JOB_KINDS, STATUSES, Job, wait_for
 from stablekit.serve.state import ServerState
@@ -29,7 +29,7 @@ from stablekit.serve.state import ServerState
 router = APIRouter()
 PREFIX = "/api/v1"
 KEEPALIVE = 15.0  # seconds between SSE comments on an idle stream (proxies close silent ones)
-CHECKS = {"generate": genjob.check_generate, "train": trainjob.check_train}  # submit-time validation per kind
+CHECKS = {"generate": genjob.check_generate, "train": trainjob.check_train, "sleep": probejob.check_sleep}  # submit-time validation per kind
 
 
 class SubmitRequest(BaseModel):
