@@ -144,6 +144,7 @@ def _save(ctx, kind: str, images: list) -> list[str]:
     from stablekit.metadata import save_image
 
     folder = Path(ctx.output_dir) / "a1111" / f"{kind}-images"
+    folder.mkdir(parents=True, exist_ok=True)
     names = []
     for i, image in enumerate(images):
         path = folder / f"{ctx.job.number:05d}-{ctx.job.id[:8]}-{i}.png"

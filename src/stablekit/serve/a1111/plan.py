@@ -24,6 +24,9 @@ from stablekit.serve.a1111.fields import PayloadError
 from stablekit.serve.a1111.images import crop_region, decode_image, fill_masked, prepare_mask
 
 LIMITS = {"width": 4096, "height": 4096, "steps": 500, "batch_size": 64, "n_iter": 1000}
+INF = float("inf")
+RANGES = (("steps", 1, INF), ("cfg_scale", 0, INF), ("batch_size", 1, INF), ("n_iter", 1, INF),
+          ("width", 8, INF), ("height", 8, INF), ("subseed_strength", 0, 1))
 SAME = (None, "", "None", "Use same checkpoint", "Use same sampler", "Use same scheduler")
 
 
@@ -60,6 +63,10 @@ def build(kind: str, req: dict, state, *, decode: bool = True) -> Plan:
     for name, top in LIMITS.items():
         if req[name] > top:
             raise PayloadError(f"{name}={req[name]} is more than this server accepts ({top})")
+    for name, low, high in RANGES:
+        if not low <= req[name] <= high:
+            raise PayloadError(f"{name} must be between {low} and {high} (got {req[name]})" if high != INF
+                               else f"{name} must be >= {low} (got {req[name]})")
     width, height = max(8, req["width"] // 8 * 8), max(8, req["height"] // 8 * 8)
     models = state.models.folders.models
     settings = {
@@ -72,7 +79,7 @@ def build(kind: str, req: dict, state, *, decode: bool = True) -> Plan:
         settings["lora_dir"] = str(models / "loras")
     if models is not None and (models / "embeddings").is_dir():
         settings["embeddings_dir"] = str(models / "embeddings")
-    _check_settings(prompt, settings, req)
+    _check_settings(prompt, settings)
     plan = Plan("txt2img", prompt, settings, req["n_iter"], checkpoint, styles=list(req["styles"] or []))
     if kind == "txt2img":
         plan.hires = _hires(req, width, height)
@@ -138,17 +145,14 @@ def _sampling(req: dict) -> tuple[str, str]:
     return sampling.sampler.name, sampling.schedule
 
 
-def _check_settings(prompt: str, settings: dict, req: dict) -> None:
+def _check_settings(prompt: str, settings: dict) -> None:
     from stablekit.generate.params import GenerationParams
 
     values = {k: v for k, v in settings.items() if k not in ("lora_dir", "embeddings_dir")}
     try:
         GenerationParams(prompt=prompt, **values).validate()
     except StablekitError as exc:
-        message = str(exc).replace("cfg (CFG scale)", "cfg_scale").replace("batch_count", "n_iter")
-        raise PayloadError(message) from None
-    if req["n_iter"] < 1:
-        raise PayloadError(f"n_iter must be a whole number >= 1 (got {req['n_iter']})")
+        raise PayloadError(str(exc)) from None
 
 
 def _hires(req: dict, width: int, height: int):
