@@ -90,7 +90,32 @@ def run(ctx, kind: str, payload: dict) -> dict:
                                                 interrupted=interrupted), "interrupted": interrupted}
 
 
+class _Recorder:
+    """The pipeline's denoiser, keeping its latest x0 prediction for live previews. Pipeline's step
+    callback does not pass the latents yet; the job holds the pipeline exclusively (models.use), so
+    swapping its denoiser for the call is safe. Every other attribute is the denoiser's own."""
+
+    def __init__(self, inner):
+        self.inner, self.last = inner, None
+
+    def __call__(self, *args, **kwargs):
+        self.last = self.inner(*args, **kwargs)
+        return self.last
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 def _call(pipe, plan: Plan, settings: dict, callback) -> list:
+    recorder = pipe.denoiser = _Recorder(pipe.denoiser)
+    callback.recorder = recorder
+    try:
+        return _call_mode(pipe, plan, settings, callback)
+    finally:
+        pipe.denoiser = recorder.inner
+
+
+def _call_mode(pipe, plan: Plan, settings: dict, callback) -> list:
     if plan.mode == "txt2img":
         return pipe.generate(plan.prompt, callback=callback, hires=plan.hires, **settings)
     if plan.mode == "img2img":
@@ -101,7 +126,8 @@ def _call(pipe, plan: Plan, settings: dict, callback) -> list:
 def _callback(ctx, pipe, batch: int, batches: int, every: int, preview: Path, skipped: bool):
     def on_step(info: dict) -> None:
         image = None
-        latents = info.get("denoised")
+        recorder = getattr(on_step, "recorder", None)
+        latents = info.get("denoised", getattr(recorder, "last", None))
         if latents is not None and every > 0 and info["step"] % every == 0:
             image = _latent_preview(pipe, latents)
             _write_preview(image, preview)
