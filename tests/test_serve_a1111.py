@@ -22,7 +22,12 @@ FAST = {"steps": 3, "width": 64, "height": 64, "sampler_name": "Euler a", "cfg_s
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    app = create_app(ServeSettings(data_dir=tmp_path_factory.mktemp("a1111")))
+    from fixtures import tiny_ldm_file
+
+    models = tmp_path_factory.mktemp("models")
+    (models / "checkpoints").mkdir()
+    tiny_ldm_file("sd1", models / "checkpoints" / "other.safetensors", seed=1)
+    app = create_app(ServeSettings(data_dir=tmp_path_factory.mktemp("a1111"), models_dir=models))
     use_tiny_model(app.state.stablekit)
     with TestClient(app) as c:
         yield c
@@ -120,6 +125,34 @@ def test_options_switch_checkpoint_and_clip_skip(client):
     client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
 
 
+def test_switching_checkpoints_by_options_and_per_request(client):
+    titles = [m["title"] for m in client.get("/sdapi/v1/sd-models").json()]
+    assert titles == ["shapes (embedded)", "other.safetensors"]
+    first = client.post("/sdapi/v1/txt2img", json={**FAST, "seed": 4}).json()
+    assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "other"}).status_code == 200
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "other.safetensors"
+    other = client.post("/sdapi/v1/txt2img", json={**FAST, "seed": 4}).json()
+    assert not np.array_equal(pixels(first["images"][0]), pixels(other["images"][0]))  # other weights
+    back = client.post("/sdapi/v1/txt2img", json={
+        **FAST, "seed": 4, "override_settings": {"sd_model_checkpoint": "shapes (embedded)"}}).json()
+    assert np.array_equal(pixels(first["images"][0]), pixels(back["images"][0]))
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "other.safetensors"  # restored
+    client.post("/sdapi/v1/txt2img", json={**FAST, "override_settings_restore_afterwards": False,
+                                           "override_settings": {"sd_model_checkpoint": "shapes (embedded)"}})
+    assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == "shapes (embedded)"  # kept
+
+
+def test_hires_fix_through_the_api(client):
+    r = client.post("/sdapi/v1/txt2img", json={**FAST, "seed": 2, "enable_hr": True, "hr_scale": 2,
+                                                "hr_second_pass_steps": 2, "denoising_strength": 0.5,
+                                                "hr_upscaler": "Latent (nearest)"})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert pixels(r.json()["images"][0]).shape == (128, 128, 3)
+    assert "Hires upscale: 2" in info["infotexts"][0] and "Hires upscaler: Latent (nearest)" in info["infotexts"][0]
+    assert info["denoising_strength"] == 0.5 and info["extra_generation_params"]["Hires steps"] == "2"
+
+
 def test_list_endpoints_answer_in_a1111_shapes(client):
     for path, kind in [("samplers", list), ("schedulers", list), ("upscalers", list), ("latent-upscale-modes", list),
                        ("sd-models", list), ("sd-vae", list), ("loras", list), ("embeddings", dict),
@@ -156,6 +189,27 @@ def test_async_job_progress_and_interrupt(client):
     r = client.post("/sdapi/v1/img2img/async", json={**FAST, "init_images": [b64png(Image.new("RGB", (64, 64)))]})
     assert wait_done(client, r.json()["job_id"])["result"]["images"]
     assert client.get("/sdapi/v1/jobs/0123").status_code == 404
+
+
+def test_skip_ends_the_current_batch_only(client):
+    job_id = client.post("/sdapi/v1/txt2img/async", json={**FAST, "steps": 300, "n_iter": 2, "seed": 5}).json()["job_id"]
+
+    def wait_for(cond):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = client.get("/sdapi/v1/progress?skip_current_image=true").json()["state"]
+            if state["job_id"] == job_id and cond(state):
+                return state
+            time.sleep(0.05)
+        raise AssertionError("progress never got there")
+
+    wait_for(lambda s: s["job_no"] == 0 and s["sampling_step"] >= 2)
+    assert client.post("/sdapi/v1/skip").status_code == 200
+    wait_for(lambda s: s["job_no"] == 1)  # the job goes on with its next batch
+    assert client.delete(f"/sdapi/v1/jobs/{job_id}").json()["cancelled"] is True  # interrupt that one too
+    done = wait_done(client, job_id)
+    info = json.loads(done["result"]["info"])
+    assert done["status"] == "done" and done["result"]["images"] == [] and info["interrupted"] is True
 
 
 @pytest.mark.parametrize("path, body", [

@@ -53,6 +53,8 @@ async def _submit(request: Request, kind: str):
     state = _state(request)
     req = normalize(kind, await _body(request))
     await asyncio.to_thread(build, kind, req, state)
+    if req["override_settings"] and not req["override_settings_restore_afterwards"]:
+        await asyncio.to_thread(opts.set_options, state, req["override_settings"])  # A1111 keeps them
     job = state.submit(f"a1111.{kind}", req)
     return state, job, req
 
