@@ -13,10 +13,14 @@ webuiapi = pytest.importorskip("webuiapi")
 
 
 def test_webuiapi_client_works_unchanged(tmp_path):
-    app = create_app(ServeSettings(data_dir=tmp_path))
+    import requests
+
+    app = create_app(ServeSettings(data_dir=tmp_path, api_auth=[("ann", "secret")]))  # A1111's --api-auth
     use_tiny_model(app.state.stablekit)
     with UvicornThread(app) as server:
-        api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler a", steps=3)
+        assert requests.get(f"{server.url}/sdapi/v1/sd-models", timeout=30).status_code == 401
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler a", steps=3,
+                                username="ann", password="secret")
 
         result = api.txt2img(prompt="a red star", negative_prompt="blue", seed=11, width=64, height=64,
                              batch_size=2, cfg_scale=6)
