@@ -83,6 +83,8 @@ def test_plan_maps_a1111_fields_onto_pipeline_settings(state):
     ({"enable_hr": True, "hr_upscaler": "ESRGAN_4x"}, 422, "upscaler"),
     ({"steps": 0}, 422, "steps"), ({"cfg_scale": -1}, 422, "cfg_scale"), ({"n_iter": 0}, 422, "n_iter"),
     ({"subseed_strength": 2}, 422, "subseed_strength"), ({"width": 100000}, 422, "width"),
+    ({"seed": 2**70}, 422, "seed"), ({"width": 4096, "height": 4096, "batch_size": 2}, 422, "batch_size"),
+    ({"enable_hr": True, "width": 2048, "height": 2048, "hr_scale": 4}, 422, "hires fix"),
 ])
 def test_plan_refuses_what_stablekit_cannot_do(state, body, status, words):
     with pytest.raises(PayloadError) as info:

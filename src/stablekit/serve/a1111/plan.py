@@ -26,7 +26,9 @@ from stablekit.serve.a1111.images import crop_region, decode_image, fill_masked,
 LIMITS = {"width": 4096, "height": 4096, "steps": 500, "batch_size": 64, "n_iter": 1000}
 INF = float("inf")
 RANGES = (("steps", 1, INF), ("cfg_scale", 0, INF), ("batch_size", 1, INF), ("n_iter", 1, INF),
-          ("width", 8, INF), ("height", 8, INF), ("subseed_strength", 0, 1))
+          ("width", 8, INF), ("height", 8, INF), ("subseed_strength", 0, 1), ("seed", -1, 2**63 - 1),
+          ("subseed", -1, 2**63 - 1))
+MAX_BATCH_PIXELS = 4096 * 4096  # width * height * batch_size: more would exhaust memory, not fail cleanly
 SAME = (None, "", "None", "Use same checkpoint", "Use same sampler", "Use same scheduler")
 
 
@@ -68,6 +70,9 @@ def build(kind: str, req: dict, state, *, decode: bool = True) -> Plan:
             raise PayloadError(f"{name} must be between {low} and {high} (got {req[name]})" if high != INF
                                else f"{name} must be >= {low} (got {req[name]})")
     width, height = max(8, req["width"] // 8 * 8), max(8, req["height"] // 8 * 8)
+    if width * height * req["batch_size"] > MAX_BATCH_PIXELS:
+        raise PayloadError(f"{width}x{height} x batch_size {req['batch_size']} is more pixels per batch than this "
+                           f"server renders ({MAX_BATCH_PIXELS}); lower batch_size and raise n_iter")
     models = state.models.folders.models
     settings = {
         "negative_prompt": negative, "steps": req["steps"], "cfg": req["cfg_scale"], "sampler": sampler,
@@ -174,9 +179,14 @@ def _hires(req: dict, width: int, height: int):
     upscaler = "Lanczos" if upscaler == "None" else upscaler  # A1111's "None" resizes with Lanczos
     denoise = 0.7 if req["denoising_strength"] is None else req["denoising_strength"]
     try:
-        return HiresFix(scale=scale, steps=req["hr_second_pass_steps"], denoise=denoise, upscaler=upscaler).validate()
+        hires = HiresFix(scale=scale, steps=req["hr_second_pass_steps"], denoise=denoise, upscaler=upscaler).validate()
     except StablekitError as exc:
         raise PayloadError(str(exc)) from None
+    target = hires.target(width, height)
+    if max(target) > LIMITS["width"] or hires.steps > LIMITS["steps"]:
+        raise PayloadError(f"the hires fix would render {target[0]}x{target[1]} in {hires.steps} steps; this server "
+                           f"accepts up to {LIMITS['width']} px and {LIMITS['steps']} steps")
+    return hires
 
 
 def _inputs(plan: Plan, req: dict) -> None:
