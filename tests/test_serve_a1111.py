@@ -69,7 +69,7 @@ def test_txt2img_returns_a1111_response_with_stablekit_images(client):
     for i, b64 in enumerate(body["images"]):
         with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
             assert im.format == "PNG" and im.info["parameters"] == info["infotexts"][i]
-    assert f"Seed: 9, Size: 64x64" in info["infotexts"][2] and "Negative prompt: blue" in info["infotexts"][0]
+    assert "Seed: 9, Size: 64x64" in info["infotexts"][2] and "Negative prompt: blue" in info["infotexts"][0]
     pipe = tiny_pipeline()
     second = pipe.generate("a red star", negative_prompt="blue", steps=3, cfg=5, sampler="Euler a", seed=9,
                            width=64, height=64, batch_size=2)
@@ -94,7 +94,8 @@ def test_img2img_and_inpainting_keep_unmasked_pixels(client):
                                                 "seed": 1, "include_init_images": False})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["parameters"]["init_images"] is None and "Denoising strength: 0.5" in json.loads(body["info"])["infotexts"][0]
+    assert body["parameters"]["init_images"] is None
+    assert "Denoising strength: 0.5" in json.loads(body["info"])["infotexts"][0]
     assert pixels(body["images"][0]).shape == (64, 64, 3)
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))

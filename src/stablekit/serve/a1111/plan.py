@@ -78,7 +78,8 @@ def build(kind: str, req: dict, state, *, decode: bool = True) -> Plan:
         "negative_prompt": negative, "steps": req["steps"], "cfg": req["cfg_scale"], "sampler": sampler,
         "schedule": schedule, "seed": req["seed"], "width": width, "height": height, "batch_size": req["batch_size"],
         "clip_skip": opts.clip_skip(options), "subseed": req["subseed"], "subseed_strength": req["subseed_strength"],
-        "seed_resize_from_w": max(0, req["seed_resize_from_w"]), "seed_resize_from_h": max(0, req["seed_resize_from_h"]),
+        "seed_resize_from_w": max(0, req["seed_resize_from_w"]),
+        "seed_resize_from_h": max(0, req["seed_resize_from_h"]),
     }
     if models is not None and (models / "loras").is_dir():
         settings["lora_dir"] = str(models / "loras")
