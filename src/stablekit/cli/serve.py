@@ -79,7 +79,7 @@ def run_serve(args) -> int:
     app = create_app(settings)
     print(f"stablekit serve: http://{settings.host}:{settings.port}/app  (data: {settings.data_dir}, "
           f"queue: {settings.resolved_queue_url}, workers: {settings.workers})", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, ws="websockets-sansio")
     return 0
 
 
