@@ -1,10 +1,14 @@
 """How much the embedded autoencoder alone limits the judge's reading: 600 fresh renders
 (seed 777) encoded and decoded, then judged; accuracy per attribute and size.
 
-    .venv/bin/python benchmarks/vae_roundtrip_judge.py
+    .venv/bin/python benchmarks/vae_roundtrip_judge.py [--vae runs/shapes-v2/vae/final.pt]
+
+--vae swaps in an autoencoder state dict from a pretraining run (shapes architecture), so a new
+autoencoder can be judged before its UNet is trained.
 """
 from __future__ import annotations
 
+import argparse
 import collections
 
 import numpy as np
@@ -17,7 +21,12 @@ from stablekit.shapes.judge import Judge
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vae", default=None, help="autoencoder state dict (.pt, read with weights_only=True) to judge instead")
+    args = ap.parse_args()
     pipe = stablekit.load(progress=False)
+    if args.vae:
+        pipe.components.vae.load_state_dict(torch.load(args.vae, weights_only=True))
     images, _, specs = make_batch(600, seed=777)
     with torch.inference_mode():
         out = decode(pipe.components, encode(pipe.components, images.astype(np.float32) / 255))
