@@ -36,7 +36,8 @@ def find_image(settings, filename: str, subfolder: str, kind: str | None) -> Pat
         filename, kind = match.group(1), match.group(2)
     if "/" in filename or "\\" in filename:
         raise HTTPException(400, f"filename {filename!r} must not contain folders; use subfolder")
-    relative = f"{subfolder.strip('/')}/{filename}" if subfolder.strip("/") else filename
+    sub = subfolder.rstrip("/")  # a leading "/" stays: an absolute subfolder is refused, not reinterpreted
+    relative = f"{sub}/{filename}" if sub else filename
     return existing_file(type_root(settings, kind or "output"), relative)
 
 
@@ -56,7 +57,7 @@ def view_image(request: Request):
     try:
         if "preview" in q:
             info = q["preview"].split(";")
-            fmt = info[0] if info[0] in ("webp", "jpeg") and "a" not in channel else "webp"
+            fmt = info[0] if info[0] in ("webp", "jpeg") and "a" not in q.get("channel", "") else "webp"
             quality = int(info[-1]) if info[-1].isdigit() else 90
             with Image.open(path) as img:
                 buf = io.BytesIO()
