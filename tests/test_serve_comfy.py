@@ -217,3 +217,19 @@ def test_frontend_static_files(client):
     r = client.get(f"/assets/{script.name}")
     assert r.status_code == 200 and "javascript" in r.headers["content-type"]
     assert client.get("/assets/..%2F..%2F__init__.py").status_code in (400, 403, 404)
+
+
+def test_jobs_api_for_the_frontend_queue_panel(client):
+    ids = [client.post("/prompt", json={"prompt": default_prompt()}).json()["prompt_id"] for _ in range(3)]
+    page = client.get("/api/jobs", params={"status": "in_progress,pending", "limit": 2}).json()
+    assert page["pagination"] == {"offset": 0, "limit": 2, "total": 3, "has_more": True}
+    assert [j["status"] for j in page["jobs"]] == ["pending", "pending"] and page["jobs"][0]["id"] == ids[2]
+    detail = client.get(f"/api/jobs/{ids[0]}").json()
+    assert detail["workflow"]["prompt"]["9"]["class_type"] == "SaveImage" and detail["outputs"] == {}
+    assert client.post(f"/api/jobs/{ids[0]}/cancel").status_code == 200
+    assert client.post("/api/jobs/cancel", json={"job_ids": [ids[1]]}).status_code == 200
+    cancelled = client.get("/api/jobs", params={"status": "cancelled"}).json()["jobs"]
+    assert sorted(j["id"] for j in cancelled) == sorted(ids[:2])
+    assert client.get("/api/jobs", params={"status": "bogus"}).status_code == 400
+    assert client.get("/api/jobs/nope").status_code == 404
+    assert client.post("/api/jobs/cancel", content=b"{").status_code == 400

@@ -75,6 +75,8 @@ def run_prompt(ctx: JobContext, payload: dict) -> dict:
                 ctx.emit("comfy.preview", {"prompt_id": job_id}, preview_frame(x0))
             ctx.progress(data["value"], data["max"], node=data.get("node"))  # stored for other processes
             return
+        if name == "executing" and data.get("node") is None:
+            return  # ws.py sends it once the queue has the result, as ComfyUI's prompt worker does
         if name in STATUS_MESSAGES:
             data["timestamp"] = int(time.time() * 1000)
             messages.append([name, data])
@@ -87,9 +89,6 @@ def run_prompt(ctx: JobContext, payload: dict) -> dict:
                                        .get("workflow"), prompt_id=job_id)
         except Exception:
             remember_failure(job_id, messages)
-            # ComfyUI's prompt worker ends every prompt with executing node=None, failed ones too;
-            # API clients wait for it.
-            ctx.emit("executing", {"node": None, "prompt_id": job_id})
             raise
         finally:
             holder.engine.listener = None

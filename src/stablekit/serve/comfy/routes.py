@@ -21,6 +21,7 @@ from stablekit.nodes.validate import validate_prompt
 from stablekit.serve.comfy import frontend, userdata, ws
 from stablekit.serve.comfy.history import comfy_jobs, history, history_entry, history_jobs, queue_item
 from stablekit.serve.comfy.jobs import KIND, folders_for, server_engine
+from stablekit.serve.comfy.jobsapi import jobs_router
 from stablekit.serve.comfy.object_info import object_info
 from stablekit.serve.comfy.uploads import upload_router
 from stablekit.serve.comfy.view import view_router
@@ -259,6 +260,7 @@ def system_stats():
 
 api.include_router(view_router)
 api.include_router(upload_router)
+api.include_router(jobs_router)
 api.include_router(userdata.router)
 api.include_router(ws.router)
 

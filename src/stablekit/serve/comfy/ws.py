@@ -5,6 +5,8 @@ Then the execution messages of the prompts this client queued (and of prompts qu
 client id, which ComfyUI broadcasts) as {"type", "data"} JSON: execution_start, execution_cached,
 executing, progress, executed, execution_success, execution_error, execution_interrupted; live
 previews as binary frames (preview.py); and a new "status" whenever the queue length changes.
+`executing` with node None is sent when the queue reports the prompt finished (done, failed or
+interrupted), so, as with ComfyUI, /history has its entry by the time a client sees it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import contextlib
 import uuid
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from stablekit.serve.comfy.jobs import KIND
 
 router = APIRouter()
 EXECUTION_EVENTS = ("execution_start", "execution_cached", "executing", "progress", "executed",
@@ -39,7 +43,7 @@ async def websocket_handler(websocket: WebSocket):
     sid = websocket.query_params.get("clientId") or uuid.uuid4().hex
     await websocket.accept()
     sub = state.events.subscribe(None)  # filtered here: ComfyUI also sends client-less prompts to all
-    owners: dict[str, str | None] = {}  # job id -> the client that queued it
+    owners: dict[str, tuple] = {}  # job id -> (the client that queued it, job kind)
     reader = asyncio.create_task(_drain(websocket))
     try:
         remaining = await asyncio.to_thread(_remaining, state)
@@ -53,6 +57,10 @@ async def websocket_handler(websocket: WebSocket):
                     await websocket.send_json(status_message(remaining))
                 if event is None:
                     continue
+            if event.event == "job_finished":
+                if await _for_client(state, owners, event.job_id, sid, KIND):
+                    await websocket.send_json({"type": "executing", "data": {"node": None, "prompt_id": event.job_id}})
+                continue
             if event.event not in EXECUTION_EVENTS and event.event != "comfy.preview":
                 continue
             if "prompt_id" not in event.data or not await _for_client(state, owners, event.job_id, sid):
@@ -71,15 +79,17 @@ async def websocket_handler(websocket: WebSocket):
             await reader
 
 
-async def _for_client(state, owners: dict, job_id: str | None, sid: str) -> bool:
+async def _for_client(state, owners: dict, job_id: str | None, sid: str, kind: str | None = None) -> bool:
+    """Whether a job's events go to this client: it queued the job, or nobody named a client."""
     if job_id is None:
-        return True
+        return kind is None
     if job_id not in owners:
         job = await asyncio.to_thread(state.queue.get, job_id)
-        owners[job_id] = job.client_id if job is not None else None
+        owners[job_id] = (job.client_id, job.kind) if job is not None else (None, None)
         if len(owners) > 1000:
             owners.pop(next(iter(owners)))
-    return owners[job_id] in (None, sid)
+    client, job_kind = owners[job_id]
+    return client in (None, sid) and (kind is None or job_kind == kind)
 
 
 async def _drain(websocket: WebSocket) -> None:
