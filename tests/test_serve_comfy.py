@@ -202,6 +202,7 @@ def test_misc_routes(client):
     assert "checkpoints" in client.get("/models").json()
     assert client.get("/models/checkpoints").json()[0] == "shapes.safetensors"
     assert client.get("/models/../etc").status_code == 404
+    assert client.get("/api/experiment/models/checkpoints").json()[0] == {"name": "shapes.safetensors", "pathIndex": 0}
     assert isinstance(client.get("/api/extensions").json(), list)
     assert client.post("/interrupt").status_code == 200
     assert client.post("/api/free", json={"unload_models": True}).status_code == 200

@@ -48,7 +48,8 @@ def server(tmp_path_factory):
 def _post(addr, path, body):
     req = urllib.request.Request(f"http://{addr}{path}", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
-    return json.loads(urllib.request.urlopen(req).read())
+    body = urllib.request.urlopen(req).read()
+    return json.loads(body) if body else None
 
 
 def _get(addr, path):
@@ -141,3 +142,59 @@ def test_websocket_status_and_http_errors_on_real_server(server):
             urllib.request.urlopen(req)
         assert err.value.code == 400 and "node_errors" in json.loads(err.value.read())
     assert json.loads(_get(addr, "/queue")) == {"queue_running": [], "queue_pending": []}
+
+
+def _read_until_done(ws, prompt_ids):
+    """Messages (JSON ones) until `executing` node None arrived for every prompt id."""
+    messages, left = [], set(prompt_ids)
+    while left:
+        out = ws.recv()
+        if isinstance(out, str):
+            msg = json.loads(out)
+            messages.append(msg)
+            if msg["type"] == "executing" and msg["data"]["node"] is None:
+                left.discard(msg["data"]["prompt_id"])
+    return messages
+
+
+@pytest.mark.slow
+def test_interrupt_and_failure_reach_client_and_history(server):
+    addr, data = server
+    ws = websocket.create_connection(f"ws://{addr}/ws?clientId=c2", timeout=600)
+    try:
+        ws.recv()  # status
+        long = _post(addr, "/prompt", {"prompt": default_prompt(**{"3__steps": 200, "3__seed": 3}),
+                                       "client_id": "c2"})["prompt_id"]
+        (data / "input").mkdir(exist_ok=True)
+        (data / "input" / "gone.png").write_bytes(_tiny_png())
+        gone = _post(addr, "/prompt", {"client_id": "c2", "prompt": {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "gone.png"}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "gone"}}}})["prompt_id"]
+        (data / "input" / "gone.png").unlink()  # after validation, before it runs
+        while True:  # wait until the long prompt samples, then interrupt it
+            out = ws.recv()
+            if isinstance(out, str) and json.loads(out)["type"] == "progress":
+                break
+        _post(addr, "/interrupt", {"prompt_id": long})
+        messages = _read_until_done(ws, [long, gone])
+    finally:
+        ws.close()
+    kinds = [(m["type"], m["data"].get("prompt_id")) for m in messages]
+    assert ("execution_interrupted", long) in kinds and ("execution_error", gone) in kinds
+    error = next(m["data"] for m in messages if m["type"] == "execution_error")
+    assert "gone.png" in error["exception_message"]
+    history = json.loads(_get(addr, "/history"))
+    assert history[long]["status"]["status_str"] == "error"
+    assert history[long]["status"]["messages"][-1][0] == "execution_interrupted"
+    assert history[gone]["status"]["messages"][-1][0] == "execution_error"
+    assert json.loads(_get(addr, "/prompt")) == {"exec_info": {"queue_remaining": 0}}
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="PNG")
+    return buf.getvalue()

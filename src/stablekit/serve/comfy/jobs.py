@@ -87,7 +87,13 @@ def run_prompt(ctx: JobContext, payload: dict) -> dict:
         try:
             result = holder.engine.run(payload["prompt"], (payload.get("extra_data") or {}).get("extra_pnginfo", {})
                                        .get("workflow"), prompt_id=job_id)
-        except Exception:
+        except Exception as exc:
+            if not any(name in ("execution_error", "execution_interrupted") for name, _ in messages):
+                # failed before any node ran (e.g. an input file deleted since POST /prompt): say why
+                listener("execution_error", {"node_id": None, "node_type": None, "executed": [],
+                                             "exception_message": str(exc), "traceback": [],
+                                             "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                                             "current_inputs": {}, "current_outputs": {}})
             remember_failure(job_id, messages)
             raise
         finally:

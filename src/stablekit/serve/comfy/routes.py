@@ -214,6 +214,18 @@ def get_models(folder: str, request: Request):
     return folders_for(state.settings).list(folder)
 
 
+@api.get("/experiment/models")
+def get_model_folders(request: Request):
+    """The frontend's model library: each folder kind with the folders it reads."""
+    models = _state(request).settings.models_dir
+    return [{"name": kind, "folders": [str(models / kind)] if models is not None else []} for kind in MODEL_FOLDERS]
+
+
+@api.get("/experiment/models/{folder}")
+def get_model_files(folder: str, request: Request):
+    return [{"name": name, "pathIndex": 0} for name in get_models(folder, request)]
+
+
 @api.get("/extensions")
 def get_extensions():
     return frontend.extension_scripts()
