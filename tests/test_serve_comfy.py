@@ -112,7 +112,8 @@ def test_node_errors_wrong_type_and_cycle(client):
     body = _error_type(client.post("/prompt", json={"prompt": default_prompt(**{"3__steps": "many"})}))
     assert body["error"]["type"] == "prompt_outputs_failed_validation"
     assert body["node_errors"]["3"]["errors"][0]["type"] == "invalid_input_type"
-    assert body["node_errors"]["3"]["class_type"] == "KSampler" and body["node_errors"]["3"]["dependent_outputs"] == ["9"]
+    assert body["node_errors"]["3"]["class_type"] == "KSampler"
+    assert body["node_errors"]["3"]["dependent_outputs"] == ["9"]
     cyclic = default_prompt()
     cyclic["5"] = {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["3", 0], "upscale_method": "nearest-exact",
                                                                  "scale_by": 1.0}}

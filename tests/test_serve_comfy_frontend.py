@@ -1,6 +1,6 @@
 """The ComfyUI web frontend (comfyui-frontend-package) against a real stablekit server, in headless
 Chromium driven over the DevTools protocol: the page loads, the node list comes from /object_info,
-and queueing the default workflow (on the embedded model, 64 px, 4 steps) shows an image.
+and queueing ComfyUI's default workflow (on the embedded model, 64 px, 4 steps) shows an image.
 
 Slow (a browser on a 2-core machine): run with `-m slow`. STABLEKIT_SCREENSHOT=path saves a
 screenshot of the finished page (docs/comfyui-frontend.png was made so)."""
@@ -18,6 +18,7 @@ import pytest
 import websocket
 
 from stablekit.serve.comfy.frontend import web_root
+from test_serve_comfy import default_prompt
 from test_serve_comfy_ws import _free_port, server  # noqa: F401  (the module's server fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -108,15 +109,14 @@ def test_frontend_loads_lists_nodes_and_queues_default_workflow(server, browser)
     count = browser.wait("window.app && window.app.graph && window.LiteGraph && "
                          "Object.keys(LiteGraph.registered_node_types).length", 600, "the node list")
     assert count >= 23
-    assert browser.wait("window.app.graph._nodes.length", 120, "the default graph") >= 7
-    browser.js("""(() => {
-        const nodes = app.graph._nodes, of = t => nodes.find(n => n.type === t);
-        const set = (n, name, v) => { n.widgets.find(w => w.name === name).value = v; };
-        set(of('CheckpointLoaderSimple'), 'ckpt_name', 'shapes.safetensors');
-        set(of('EmptyLatentImage'), 'width', 64); set(of('EmptyLatentImage'), 'height', 64);
-        set(of('KSampler'), 'steps', 4);
-        app.graph.setDirtyCanvas(true, true);
-    })()""")
+    assert browser.wait("window.app.graph._nodes.length", 120, "the frontend's start graph") >= 1
+    # The frontend's own start graph is now a newer model's (UNETLoader, CLIPLoader); load ComfyUI's
+    # classic default graph as a user would, from its "Save (API Format)" file (app.loadApiJson).
+    prompt = default_prompt(**{"3__steps": 4, "3__seed": 5})
+    browser.js(f"app.loadApiJson({json.dumps(prompt)}, 'comfyui-default-api.json')")
+    types = browser.wait("app.graph._nodes.some(n => n.type === 'KSampler') && app.graph._nodes.map(n => n.type)",
+                         120, "the default graph")
+    assert sorted(types) == sorted(n["class_type"] for n in prompt.values())
     before = set((data / "output").glob("*.png"))
     browser.js("app.queuePrompt(0, 1)")
     deadline = time.monotonic() + 900

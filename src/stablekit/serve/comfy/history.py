@@ -28,7 +28,8 @@ def history_jobs(queue) -> list:
     return jobs[-MAX_HISTORY:]
 
 
-def _messages(job) -> list:
+def status_messages(job) -> list:
+    """A finished prompt's status messages: as recorded, or rebuilt from the job's status and error."""
     if job.result and "messages" in job.result:
         return job.result["messages"]
     if job.id in FAILURES:
@@ -47,7 +48,7 @@ def history_entry(job) -> dict:
     outputs = (job.result or {}).get("outputs", {})
     ok = job.status == "done"
     return {"prompt": queue_item(job), "outputs": outputs,
-            "status": {"status_str": "success" if ok else "error", "completed": ok, "messages": _messages(job)},
+            "status": {"status_str": "success" if ok else "error", "completed": ok, "messages": status_messages(job)},
             "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in outputs}}
 
 

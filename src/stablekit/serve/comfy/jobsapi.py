@@ -8,7 +8,7 @@ import json
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
-from stablekit.serve.comfy.history import _messages, comfy_jobs
+from stablekit.serve.comfy.history import comfy_jobs, status_messages
 from stablekit.serve.comfy.jobs import KIND
 
 jobs_router = APIRouter()
@@ -26,7 +26,7 @@ def job_summary(job) -> dict:
     previews = [(node, img) for node, ui in outputs.items() for img in ui.get("images", [])]
     error = None
     if job.status == "failed":
-        error = next((d for name, d in _messages(job) if name == "execution_error"), None)
+        error = next((d for name, d in status_messages(job) if name == "execution_error"), None)
         if error is not None:
             error = {**error, "node_id": error.get("node_id") or "", "node_type": error.get("node_type") or ""}
     return {"id": job.id, "status": STATUS[job.status], "create_time": _ms(job.created),
@@ -58,8 +58,9 @@ def list_jobs(request: Request):
         jobs.sort(key=lambda j: (j.created, j.number), reverse=True)
     offset, limit = _int(request, "offset", 0), _int(request, "limit", 200)
     page = jobs[offset:offset + limit]
+    more = offset + limit < len(jobs)
     return {"jobs": [job_summary(j) for j in page],
-            "pagination": {"offset": offset, "limit": limit, "total": len(jobs), "has_more": offset + limit < len(jobs)}}
+            "pagination": {"offset": offset, "limit": limit, "total": len(jobs), "has_more": more}}
 
 
 def _comfy_job(request: Request, job_id: str):
@@ -74,7 +75,8 @@ def get_job(job_id: str, request: Request):
     job = _comfy_job(request, job_id)
     return {**job_summary(job), "workflow": {"prompt": job.payload.get("prompt", {}),
                                              "extra_data": job.payload.get("extra_data", {})},
-            "outputs": (job.result or {}).get("outputs", {}), "update_time": _ms(job.finished or job.started or job.created)}
+            "outputs": (job.result or {}).get("outputs", {}),
+            "update_time": _ms(job.finished or job.started or job.created)}
 
 
 def _cancel(request: Request, job_id: str) -> None:

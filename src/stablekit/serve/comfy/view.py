@@ -61,7 +61,8 @@ def view_image(request: Request):
             quality = int(info[-1]) if info[-1].isdigit() else 90
             with Image.open(path) as img:
                 buf = io.BytesIO()
-                (img.convert("RGB") if fmt == "jpeg" or channel == "rgb" else img).save(buf, format=fmt, quality=quality)
+                img = img.convert("RGB") if fmt == "jpeg" or channel == "rgb" else img
+                img.save(buf, format=fmt, quality=quality)
             return Response(buf.getvalue(), media_type=f"image/{fmt}")
         if channel == "rgb":
             with Image.open(path) as img:
