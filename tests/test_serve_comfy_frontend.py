@@ -78,7 +78,7 @@ def browser():
     profile = tempfile.mkdtemp(prefix="stablekit-chromium-")
     proc = subprocess.Popen(["nice", "-n", "19", CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
                              "--disable-dev-shm-usage", f"--remote-debugging-port={port}", f"--user-data-dir={profile}",
-                             "--window-size=1400,900", "about:blank"],
+                             "--window-size=1600,900", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -126,8 +126,9 @@ def test_frontend_loads_lists_nodes_and_queues_default_workflow(server, browser)
     browser.wait("""Array.from(document.querySelectorAll('img')).some(i => i.src.includes('/view') &&
         i.complete && i.naturalWidth > 0)""", 120, "the image shown in the page")
     shot = os.environ.get("STABLEKIT_SCREENSHOT")
-    if shot:
-        time.sleep(2)
+    if shot:  # the whole graph in view, the saved image on its SaveImage node
+        browser.js("app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+        time.sleep(3)
         png = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
         with open(shot, "wb") as f:
             f.write(png)
