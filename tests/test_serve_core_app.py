@@ -44,11 +44,13 @@ def test_api_key_on_every_route_including_websockets(tmp_path):
         assert c.get("/api/v1/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/api/v1/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/api/v1/health", headers={"X-API-Key": "s3cret"}).status_code == 200
-        r = c.get("/app", params={"token": "s3cret"})
-        assert r.status_code == 200 and "stablekit_token=" in r.headers["set-cookie"]
         with pytest.raises(WebSocketDisconnect):
             with c.websocket_connect("/api/v1/ws") as ws:
                 ws.receive_text()
+        r = c.get("/app", params={"token": "s3cret"})
+        assert r.status_code == 200 and "stablekit_token=" in r.headers["set-cookie"]
+        assert c.get("/api/v1/health").status_code == 200  # the browser's cookie from ?token= works
+        c.cookies.clear()
         with c.websocket_connect("/api/v1/ws?token=s3cret") as ws:
             c.post("/api/v1/jobs", json={"kind": "sleep", "payload": {"seconds": 0}}, headers={"X-API-Key": "s3cret"})
             assert json.loads(ws.receive_text())["event"] == "job_queued"

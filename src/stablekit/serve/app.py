@@ -13,15 +13,16 @@ import importlib
 import logging
 import os
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from stablekit.errors import StablekitError
 from stablekit.serve.jobs import load_kinds
 from stablekit.serve.queue import open_queue
 from stablekit.serve.runner import WorkerPool, recover_orphans
-from stablekit.serve.security import BodyTooLarge, SecurityMiddleware
+from stablekit.serve.security import SecurityMiddleware
 from stablekit.serve.settings import ServeSettings
 from stablekit.serve.state import ServerState
 
@@ -104,11 +105,6 @@ def _error_handlers(app: FastAPI) -> None:
         message = detail if isinstance(detail, str) else "request failed"
         return JSONResponse({"error": message, "detail": detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(request: Request, exc: BodyTooLarge):
-        mb = request.app.state.stablekit.settings.max_body_mb
-        return _error(413, f"request body larger than {mb} MB (the server's --max-body-mb)")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):  # a bug: logged with its traceback, answered in one line

@@ -27,6 +27,7 @@ OTHER = ("init_image", "strength", "mask", "hires_scale", "hires_steps", "hires_
          "model", "format", "grid")
 ALIASES = {"negative": "negative_prompt", "denoising_strength": "strength", "loras": "lora", "cfg_scale": "cfg"}
 IMAGE_KEYS = ("init_image", "mask")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # an input file name; anything else is base64
 
 
 def normalize(payload: dict) -> dict:
@@ -109,7 +110,7 @@ def _store_image(value, key: str, state) -> str:
 
     if not isinstance(value, str) or not value:
         raise StablekitError(f"{key} must be an input file name or a base64 image")
-    if not value.startswith("data:") and len(value) < 256:
+    if not value.startswith("data:") and len(value) < 256 and value.lower().endswith(IMAGE_SUFFIXES):
         path = safe_path(state.settings.input_dir, value)
         if not path.is_file():
             raise StablekitError(f"{key} {value!r} is not a file in the input folder; upload it first "
@@ -120,7 +121,8 @@ def _store_image(value, key: str, state) -> str:
         raw = base64.b64decode(data, validate=False)
         Image.open(io.BytesIO(raw)).verify()
     except (binascii.Error, ValueError, OSError):
-        raise StablekitError(f"{key} is neither an input file name nor a readable base64 image") from None
+        raise StablekitError(f"{key} is neither an input file name (.png/.jpg/.webp) nor a readable base64 "
+                             "image") from None
     name = f"jobs/{uuid.uuid4().hex}.png"
     path = safe_path(state.settings.input_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)

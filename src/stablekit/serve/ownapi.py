@@ -199,8 +199,8 @@ async def all_events(request: Request, client_id: str | None = None):
 async def events_ws(ws: WebSocket, job_id: str | None = None, client_id: str | None = None):
     """Events as JSON text frames {"event", "job_id", "data"}; previews as binary PNG frames."""
     state = _state(ws)
+    sub = state.events.subscribe(client_id=client_id, job_id=job_id)  # before accept: no event is missed
     await ws.accept()
-    sub = state.events.subscribe(client_id=client_id, job_id=job_id)
     reader = asyncio.create_task(_drain(ws))
     try:
         while not reader.done():

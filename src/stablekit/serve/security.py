@@ -17,6 +17,8 @@ import json
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
 
+from fastapi import HTTPException
+
 from stablekit.serve.settings import ServeSettings
 
 COOKIE = "stablekit_token"
@@ -121,7 +123,7 @@ class SecurityMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge()
+                    raise BodyTooLarge(self.settings.max_body_mb)
             return message
         return wrapped
 
@@ -135,8 +137,11 @@ class SecurityMiddleware:
         return wrapped
 
 
-class BodyTooLarge(Exception):
-    """A chunked body passed --max-body-mb (turned into 413 by the app's error handlers)."""
+class BodyTooLarge(HTTPException):
+    """A chunked body passed --max-body-mb: 413 (an HTTPException, so FastAPI's body parsing passes it on)."""
+
+    def __init__(self, max_mb: int):
+        super().__init__(413, f"request body larger than {max_mb} MB (the server's --max-body-mb)")
 
 
 async def _json(send, status: int, message: str, extra_headers: list | None = None) -> None:
