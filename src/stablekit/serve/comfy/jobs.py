@@ -3,8 +3,9 @@
 One Engine per ServerState (per process), so its output cache lives across prompts: queueing the
 same graph with only the seed changed re-runs the sampler and what follows, and the websocket
 reports the rest in execution_cached (ComfyUI's behaviour). Jobs take turns on it (a lock); the
-engine's events are forwarded as they are (ctx.emit) with ComfyUI's names and fields, plus a
-binary preview frame per sampler step.
+engine's events are forwarded with ComfyUI's fields under the names "comfy.<ComfyUI name>" (so our
+own API's listeners, which also see "progress", never get ComfyUI's shapes), plus a binary preview
+frame per sampler step ("comfy.preview"); ws.py turns them back into ComfyUI's messages.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from stablekit.serve.comfy.preview import preview_frame
 from stablekit.serve.jobs import JobContext, job_kind
 
 KIND = "comfy.prompt"
+PREFIX = "comfy."  # event names: PREFIX + ComfyUI's websocket message type
 # Messages ComfyUI keeps in a history entry's status.messages (execution.py add_message).
 STATUS_MESSAGES = ("execution_start", "execution_cached", "execution_success", "execution_error",
                    "execution_interrupted")
@@ -70,7 +72,7 @@ def run_prompt(ctx: JobContext, payload: dict) -> dict:
             holder.engine.interrupt()  # the engine raises Interrupted at its next check
         if name == "progress":
             x0 = data.pop("x0", None)
-            ctx.emit("progress", data)
+            ctx.emit("comfy.progress", data)
             if x0 is not None:
                 ctx.emit("comfy.preview", {"prompt_id": job_id}, preview_frame(x0))
             ctx.progress(data["value"], data["max"], node=data.get("node"))  # stored for other processes
@@ -80,7 +82,7 @@ def run_prompt(ctx: JobContext, payload: dict) -> dict:
         if name in STATUS_MESSAGES:
             data["timestamp"] = int(time.time() * 1000)
             messages.append([name, data])
-        ctx.emit(name, data)
+        ctx.emit(PREFIX + name, data)
 
     with holder.lock:
         holder.engine.listener = listener

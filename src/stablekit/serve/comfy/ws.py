@@ -16,7 +16,7 @@ import uuid
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from stablekit.serve.comfy.jobs import KIND
+from stablekit.serve.comfy.jobs import KIND, PREFIX
 
 router = APIRouter()
 EXECUTION_EVENTS = ("execution_start", "execution_cached", "executing", "progress", "executed",
@@ -41,8 +41,12 @@ def status_message(remaining: int, sid: str | None = None) -> dict:
 async def websocket_handler(websocket: WebSocket):
     state = websocket.app.state.stablekit
     sid = websocket.query_params.get("clientId") or uuid.uuid4().hex
-    await websocket.accept()
     sub = state.events.subscribe(None)  # filtered here: ComfyUI also sends client-less prompts to all
+    try:
+        await websocket.accept()  # subscribed first, so nothing published once the client is in is missed
+    except Exception:
+        sub.close()
+        raise
     owners: dict[str, tuple] = {}  # job id -> (the client that queued it, job kind)
     reader = asyncio.create_task(_drain(websocket))
     try:
@@ -61,15 +65,16 @@ async def websocket_handler(websocket: WebSocket):
                 if await _for_client(state, owners, event.job_id, sid, KIND):
                     await websocket.send_json({"type": "executing", "data": {"node": None, "prompt_id": event.job_id}})
                 continue
-            if event.event not in EXECUTION_EVENTS and event.event != "comfy.preview":
+            name = event.event[len(PREFIX):] if event.event.startswith(PREFIX) else None
+            if name not in EXECUTION_EVENTS and name != "preview":
                 continue
             if "prompt_id" not in event.data or not await _for_client(state, owners, event.job_id, sid):
-                continue  # e.g. our own API's "progress" events, or another client's prompt
-            if event.event == "comfy.preview":
+                continue  # another client's prompt
+            if name == "preview":
                 if event.binary:
                     await websocket.send_bytes(event.binary)
             else:
-                await websocket.send_json({"type": event.event, "data": event.data})
+                await websocket.send_json({"type": name, "data": event.data})
     except (WebSocketDisconnect, RuntimeError):
         pass  # the client went away mid-send
     finally:
