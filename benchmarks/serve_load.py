@@ -41,6 +41,20 @@ LAUNCH = ("import sys; from stablekit.cli import ArgumentParser; from stablekit.
           "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
 
 
+# ComfyUI's default workflow in API format (../shared/fixtures/comfyui-default-api.json) on the embedded model
+COMFY_DEFAULT = {
+    "3": {"class_type": "KSampler", "inputs": {"cfg": 8, "denoise": 1, "latent_image": ["5", 0], "model": ["4", 0],
+                                               "negative": ["7", 0], "positive": ["6", 0], "sampler_name": "euler",
+                                               "scheduler": "normal", "seed": 8566257, "steps": 20}},
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes.safetensors"}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {"batch_size": 1, "height": 512, "width": 512}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "a red circle"}},
+    "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "text, watermark"}},
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+    "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -82,8 +96,7 @@ def requests_for(kind: str, i: int, steps: int) -> tuple[str, dict]:
     if kind == "a1111_img2img":
         return "/sdapi/v1/img2img/async", {"prompt": prompt, "steps": steps, "seed": i, "init_images": [small_png()],
                                            "denoising_strength": 0.6, "width": 64, "height": 64}
-    graph = json.loads((ROOT.parent / "shared" / "fixtures" / "comfyui-default-api.json").read_text())
-    graph["4"]["inputs"]["ckpt_name"] = "shapes.safetensors"
+    graph = json.loads(json.dumps(COMFY_DEFAULT))
     graph["5"]["inputs"].update(width=64, height=64)
     graph["3"]["inputs"].update(steps=steps, seed=i)
     graph["6"]["inputs"]["text"] = prompt
