@@ -8,8 +8,9 @@ clients, the server SIGKILLed and restarted in the middle, 2 workers (one thread
 Request kinds: our job API (POST /api/v1/generate), A1111 (POST /sdapi/v1/txt2img/async and
 img2img/async) and ComfyUI (POST /prompt with the default workflow on the embedded model); kinds whose
 routes are missing (404) are left out and reported. Every request returns a job id at once ("accepted");
-a client whose request hit the dead server retries it after the restart (a request that got no answer
-was never accepted, or was accepted and is found in the queue: both are checked). Afterwards the queue
+a client whose request hit the dead server retries it after the restart with the same Idempotency-Key
+(a request that got no answer may have been accepted: the retry then returns that job, not a second
+one; A1111 routes that ignore the key may queue a second job, counted as "extra"). Afterwards the queue
 database is read directly: lost = accepted ids not done; duplicated = jobs run more than once to
 completion (a job completes once by construction, so this counts done jobs whose output folder holds
 more images than one run writes). Latency: submit -> done as seen by the client polling
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import requests
@@ -124,10 +126,14 @@ class Client(threading.Thread):
             path, body = requests_for(kind, i, self.steps)
             start = time.monotonic()
             job_id, tries = None, 0
+            key = uuid.uuid4().hex  # a retry of this request must not queue a second job
+            headers = {"Idempotency-Key": key}
+            if path == "/prompt":
+                body = {**body, "prompt_id": key}  # ComfyUI's own client-chosen id
             while job_id is None:  # the server may be dead for a while: retry until accepted
                 tries += 1
                 try:
-                    r = requests.post(self.url + path, json=body, timeout=30)
+                    r = requests.post(self.url + path, json=body, headers=headers, timeout=30)
                     if r.status_code in (200, 202):
                         job_id = job_id_of(r.json())
                     else:
@@ -206,12 +212,13 @@ def main() -> None:
     duplicated = [j.id for j in jobs.values() if j.kind == "generate" and j.status == "done"
                   and len(list((data / "output" / "jobs" / j.id).glob("*.png"))) > 1]
     unfinished = [j.id for j in jobs.values() if j.status in ("queued", "running")]
+    extra = len(jobs) - len(accepted) - len(kinds)  # jobs nobody waits for (the probes are len(kinds))
     lat = sorted(r["latency"] for r in results)
     figures = {
         "requests": a.requests, "clients": a.clients, "kinds": kinds, "steps": a.steps, "workers": 2,
         "accepted": len(accepted), "done": sum(r["status"] == "done" for r in results),
         "lost": len(lost), "duplicated": len(duplicated), "unfinished_in_queue": len(unfinished),
-        "rerun_after_kill": sum(j.attempts > 1 for j in jobs.values()),
+        "rerun_after_kill": sum(j.attempts > 1 for j in jobs.values()), "extra_jobs": extra,
         "retried_requests": sum(r["tries"] > 1 for r in results),
         "wall_s": round(wall, 1), "throughput_jobs_per_s": round(len(results) / wall, 3),
         "latency_p50_s": round(statistics.median(lat), 2), "latency_p95_s": round(lat[int(0.95 * (len(lat) - 1))], 2),
