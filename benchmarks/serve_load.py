@@ -8,8 +8,9 @@ clients, the server SIGKILLed and restarted in the middle, 2 workers (one thread
 Request kinds: our job API (POST /api/v1/generate), A1111 (POST /sdapi/v1/txt2img/async and
 img2img/async) and ComfyUI (POST /prompt with the default workflow on the embedded model); kinds whose
 routes are missing (404) are left out and reported. Every request returns a job id at once ("accepted");
-a client whose request hit the dead server retries it after the restart (a request that got no answer
-was never accepted, or was accepted and is found in the queue: both are checked). Afterwards the queue
+a client whose request hit the dead server retries it after the restart with the same Idempotency-Key
+(a request that got no answer may have been accepted: the retry then returns that job, not a second
+one; A1111 routes that ignore the key may queue a second job, counted as "extra"). Afterwards the queue
 database is read directly: lost = accepted ids not done; duplicated = jobs run more than once to
 completion (a job completes once by construction, so this counts done jobs whose output folder holds
 more images than one run writes). Latency: submit -> done as seen by the client polling
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import requests
@@ -39,6 +41,20 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ("import sys; from stablekit.cli import ArgumentParser; from stablekit.cli import serve; "
           "p = ArgumentParser(prog='stablekit'); serve.register(p.add_subparsers(dest='command')); "
           "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
+
+
+# ComfyUI's default workflow in API format (../shared/fixtures/comfyui-default-api.json) on the embedded model
+COMFY_DEFAULT = {
+    "3": {"class_type": "KSampler", "inputs": {"cfg": 8, "denoise": 1, "latent_image": ["5", 0], "model": ["4", 0],
+                                               "negative": ["7", 0], "positive": ["6", 0], "sampler_name": "euler",
+                                               "scheduler": "normal", "seed": 8566257, "steps": 20}},
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "shapes.safetensors"}},
+    "5": {"class_type": "EmptyLatentImage", "inputs": {"batch_size": 1, "height": 512, "width": 512}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "a red circle"}},
+    "7": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["4", 1], "text": "text, watermark"}},
+    "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+    "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+}
 
 
 def free_port() -> int:
@@ -82,8 +98,7 @@ def requests_for(kind: str, i: int, steps: int) -> tuple[str, dict]:
     if kind == "a1111_img2img":
         return "/sdapi/v1/img2img/async", {"prompt": prompt, "steps": steps, "seed": i, "init_images": [small_png()],
                                            "denoising_strength": 0.6, "width": 64, "height": 64}
-    graph = json.loads((ROOT.parent / "shared" / "fixtures" / "comfyui-default-api.json").read_text())
-    graph["4"]["inputs"]["ckpt_name"] = "shapes.safetensors"
+    graph = json.loads(json.dumps(COMFY_DEFAULT))
     graph["5"]["inputs"].update(width=64, height=64)
     graph["3"]["inputs"].update(steps=steps, seed=i)
     graph["6"]["inputs"]["text"] = prompt
@@ -111,10 +126,14 @@ class Client(threading.Thread):
             path, body = requests_for(kind, i, self.steps)
             start = time.monotonic()
             job_id, tries = None, 0
+            key = uuid.uuid4().hex  # a retry of this request must not queue a second job
+            headers = {"Idempotency-Key": key}
+            if path == "/prompt":
+                body = {**body, "prompt_id": key}  # ComfyUI's own client-chosen id
             while job_id is None:  # the server may be dead for a while: retry until accepted
                 tries += 1
                 try:
-                    r = requests.post(self.url + path, json=body, timeout=30)
+                    r = requests.post(self.url + path, json=body, headers=headers, timeout=30)
                     if r.status_code in (200, 202):
                         job_id = job_id_of(r.json())
                     else:
@@ -193,12 +212,13 @@ def main() -> None:
     duplicated = [j.id for j in jobs.values() if j.kind == "generate" and j.status == "done"
                   and len(list((data / "output" / "jobs" / j.id).glob("*.png"))) > 1]
     unfinished = [j.id for j in jobs.values() if j.status in ("queued", "running")]
+    extra = len(jobs) - len(accepted) - len(kinds)  # jobs nobody waits for (the probes are len(kinds))
     lat = sorted(r["latency"] for r in results)
     figures = {
         "requests": a.requests, "clients": a.clients, "kinds": kinds, "steps": a.steps, "workers": 2,
         "accepted": len(accepted), "done": sum(r["status"] == "done" for r in results),
         "lost": len(lost), "duplicated": len(duplicated), "unfinished_in_queue": len(unfinished),
-        "rerun_after_kill": sum(j.attempts > 1 for j in jobs.values()),
+        "rerun_after_kill": sum(j.attempts > 1 for j in jobs.values()), "extra_jobs": extra,
         "retried_requests": sum(r["tries"] > 1 for r in results),
         "wall_s": round(wall, 1), "throughput_jobs_per_s": round(len(results) / wall, 3),
         "latency_p50_s": round(statistics.median(lat), 2), "latency_p95_s": round(lat[int(0.95 * (len(lat) - 1))], 2),

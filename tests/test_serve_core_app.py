@@ -247,3 +247,13 @@ def test_cli_register_serve_and_worker_every_flag_has_help():
                 for a in sub._actions:
                     if a.option_strings and a.option_strings != ["-h", "--help"]:
                         assert a.help and a.help.strip(), (name, a.option_strings)
+
+
+def test_idempotency_key_makes_retries_return_the_same_job(tmp_path):
+    with _client(tmp_path, workers=0) as c:
+        first = c.post("/api/v1/generate", json={"prompt": "x"}, headers={"Idempotency-Key": "req-1"}).json()
+        again = c.post("/api/v1/generate", json={"prompt": "x"}, headers={"Idempotency-Key": "req-1"}).json()
+        assert first["id"] == again["id"] == "req-1" and len(c.get("/api/v1/jobs").json()["jobs"]) == 1
+        other = c.post("/api/v1/jobs", json={"kind": "sleep", "payload": {}, "id": "req-1"})
+        assert other.status_code == 409
+        assert c.post("/api/v1/jobs", json={"kind": "sleep", "payload": {}, "id": "bad id!"}).status_code == 400

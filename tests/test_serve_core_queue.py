@@ -141,3 +141,25 @@ def test_bad_input_is_one_line(queue, tmp_path):
         queue.submit("generate", {"x": object()})
     with pytest.raises(StablekitError, match="unknown job status"):
         queue.list(["nope"])
+
+
+def test_server_and_worker_processes_share_a_postgres_queue(postgres, tmp_path):
+    """The server queues into PostgreSQL; a worker (its own ServerState and connections, as on another
+    machine) drains it with two threads; every job runs once."""
+    from fastapi.testclient import TestClient
+
+    from stablekit.serve.app import create_app
+    from stablekit.serve.settings import ServeSettings
+    from stablekit.serve.worker import run_worker
+
+    url = postgres.fresh_url()
+    with TestClient(create_app(ServeSettings(data_dir=tmp_path / "server", queue_url=url, workers=0))) as c:
+        ids = [c.post("/api/v1/jobs", json={"kind": "sleep", "payload": {"seconds": 0.1, "tag": i}}).json()["id"]
+               for i in range(6)]
+        t = threading.Thread(target=run_worker, args=(ServeSettings(data_dir=tmp_path / "worker", queue_url=url,
+                                                                     workers=2),), kwargs={"once": True})
+        t.start()
+        t.join(120)
+        jobs = [c.get(f"/api/v1/jobs/{j}").json() for j in ids]
+    assert [j["status"] for j in jobs] == ["done"] * 6 and [j["result"]["tag"] for j in jobs] == list(range(6))
+    assert all(j["attempts"] == 1 for j in jobs) and len({j["worker"] for j in jobs}) >= 1

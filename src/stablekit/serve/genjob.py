@@ -110,7 +110,8 @@ def _store_image(value, key: str, state) -> str:
 
     if not isinstance(value, str) or not value:
         raise StablekitError(f"{key} must be an input file name or a base64 image")
-    if not value.startswith("data:") and len(value) < 256 and value.lower().endswith(IMAGE_SUFFIXES):
+    # "." is not in the base64 alphabet: an image name or anything with ".." is a path (checked as one)
+    if not value.startswith("data:") and len(value) < 256 and (value.lower().endswith(IMAGE_SUFFIXES) or ".." in value):
         path = safe_path(state.settings.input_dir, value)
         if not path.is_file():
             raise StablekitError(f"{key} {value!r} is not a file in the input folder; upload it first "

@@ -2,6 +2,7 @@
 
     POST /api/v1/jobs              {"kind": "generate", "payload": {...}, "client_id"?, "front"?} -> 202 job
     POST /api/v1/generate          the generate payload itself -> 202 job
+                                   (both take an `Idempotency-Key` header, or "id" in /jobs: retries return one job)
     GET  /api/v1/jobs[?status=queued,running&limit=N]      GET /api/v1/jobs/{id}
     GET  /api/v1/jobs/{id}/wait[?timeout=S]                 POST /api/v1/jobs/{id}/cancel
     DELETE /api/v1/jobs/{id}       (a finished job's record)  GET /api/v1/jobs/{id}/outputs
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from importlib import resources
 
 from fastapi import APIRouter, File, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
@@ -28,6 +30,7 @@ from stablekit.serve.state import ServerState
 
 router = APIRouter()
 PREFIX = "/api/v1"
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 KEEPALIVE = 15.0  # seconds between SSE comments on an idle stream (proxies close silent ones)
 CHECKS = {"generate": genjob.check_generate, "train": trainjob.check_train, "sleep": probejob.check_sleep}  # submit-time validation per kind
 
@@ -37,6 +40,8 @@ class SubmitRequest(BaseModel):
     payload: dict = Field(default_factory=dict, description="the kind's options")
     client_id: str | None = None
     front: bool = False
+    id: str | None = Field(default=None, description="the job id to use (idempotency: a retry with the same id "
+                                                      "returns the job already accepted instead of a second one)")
 
 
 class ModelRequest(BaseModel):
@@ -56,27 +61,51 @@ def job_view(job: Job, state: ServerState | None = None) -> dict:
     return view
 
 
-def submit_job(state: ServerState, kind: str, payload: dict, client_id: str | None = None, front: bool = False) -> Job:
-    """Check a payload (kinds with a checker) and queue it; StablekitError -> 400."""
+def submit_job(state: ServerState, kind: str, payload: dict, client_id: str | None = None, front: bool = False,
+               job_id: str | None = None) -> Job:
+    """Check a payload (kinds with a checker) and queue it; StablekitError -> 400. With job_id (the
+    client's idempotency key), a job already queued under that id is returned instead of a new one, so
+    a client whose request died with the server can retry without running the job twice."""
     if kind not in JOB_KINDS:
         raise StablekitError(f"unknown job kind {kind!r}; use one of: {', '.join(sorted(JOB_KINDS))}")
+    if job_id is not None:
+        if not ID_PATTERN.fullmatch(job_id):
+            raise StablekitError(f"job id {job_id!r} must be 1-64 letters, digits, '-' or '_'")
+        existing = state.queue.get(job_id)
+        if existing is not None:
+            if existing.kind != kind:
+                raise HTTPException(409, f"job {job_id} exists with kind {existing.kind}")
+            return existing
     check = CHECKS.get(kind)
     if check is not None:
         payload = check(payload, state)
-    return state.submit(kind, payload, client_id=client_id, front=front)
+    try:
+        return state.submit(kind, payload, client_id=client_id, front=front, job_id=job_id)
+    except StablekitError:
+        raise
+    except Exception:  # two retries racing: the unique id lets one in; the other gets that job
+        existing = state.queue.get(job_id) if job_id is not None else None
+        if existing is None:
+            raise
+        return existing
+
+
+def _key(request: Request, given: str | None) -> str | None:
+    return given or request.headers.get("idempotency-key") or None
 
 
 @router.post(PREFIX + "/jobs", status_code=202)
 async def post_job(body: SubmitRequest, request: Request):
     state = _state(request)
-    job = await asyncio.to_thread(submit_job, state, body.kind, body.payload, body.client_id, body.front)
+    job = await asyncio.to_thread(submit_job, state, body.kind, body.payload, body.client_id, body.front,
+                                  _key(request, body.id))
     return job_view(job)
 
 
 @router.post(PREFIX + "/generate", status_code=202)
 async def post_generate(payload: dict, request: Request):
     state = _state(request)
-    return job_view(await asyncio.to_thread(submit_job, state, "generate", payload))
+    return job_view(await asyncio.to_thread(submit_job, state, "generate", payload, None, False, _key(request, None)))
 
 
 @router.get(PREFIX + "/jobs")

@@ -104,12 +104,17 @@ class WorkerPool:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop claiming; wait up to `timeout` s for the running jobs (left running ones are requeued
-        by the next start, as their process is gone by then)."""
+        """Stop claiming; wait up to `timeout` s for the running jobs, then put the ones still running
+        back in the queue (a job cut short by a shutdown runs again elsewhere or after the restart)."""
         self.stop_event.set()
         self.state.wake.set()
+        deadline = time.monotonic() + timeout
         for t in self.threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            left = sorted(self.current)
+        if left:  # still running at shutdown: back to the queue now (their late finish is refused)
+            self.state.queue.requeue_stale(float("inf"), workers=left)
 
     def _work(self, wid: str) -> None:
         kinds = self.kinds if self.kinds is not None else None

@@ -170,13 +170,14 @@ class ServerState:
             f.skip.set()
         return len(flags)
 
-    def submit(self, kind: str, payload: dict, client_id: str | None = None, front: bool = False):
+    def submit(self, kind: str, payload: dict, client_id: str | None = None, front: bool = False,
+               job_id: str | None = None):
         """Queue a job of a registered kind and announce it ("job_queued"); returns the Job."""
         from stablekit.serve.jobs import JOB_KINDS
 
         if kind not in JOB_KINDS:
             raise StablekitError(f"unknown job kind {kind!r}; use one of: {', '.join(sorted(JOB_KINDS))}")
-        job = self.queue.submit(kind, payload, client_id=client_id, front=front)
+        job = self.queue.submit(kind, payload, client_id=client_id, front=front, job_id=job_id)
         self.events.bind(job.id, client_id)
         self.events.publish(job.id, "job_queued", {"job_id": job.id, "number": job.number, "kind": kind})
         self.wake.set()
