@@ -141,3 +141,60 @@ def grid(images: np.ndarray, masks: np.ndarray, cols: int = 8):
         out.paste(Image.fromarray(masks[i]), (x, y))
         out.paste(Image.fromarray(images[i]), (x + IMAGE_SIZE, y))
     return out
+
+
+def checkpoint_net(components, path):
+    """The ControlNet inside a `stablekit train controlnet` checkpoint (read with weights_only)."""
+    from stablekit.train.checkpoint import load_checkpoint
+    from stablekit.train.strategies.controlnet import new_controlnet
+
+    net = new_controlnet(components.unet, components.vae_scale_factor)
+    net.load_state_dict(load_checkpoint(Path(path))["strategy"]["controlnet"])
+    return net.eval()
+
+
+def main(argv=None) -> int:
+    """`python -m stablekit.shapes.control render DIR --n N` | `eval --controlnet PATH [--model M] --out DIR`."""
+    import argparse
+    import json
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m stablekit.shapes.control", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("render", help="write an (image, mask, caption) dataset")
+    r.add_argument("out")
+    r.add_argument("--n", type=int, default=2000)
+    r.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("eval", help="mask IoU and colour adherence of a ControlNet")
+    e.add_argument("--controlnet", required=True, help="ControlNet file or diffusers folder, or a training "
+                   "checkpoint step-NNNNNN.pt of `stablekit train controlnet`")
+    e.add_argument("--model", default=None, help="base model (default: the embedded shapes model)")
+    e.add_argument("--out", required=True, help="folder for report.json and grid.png")
+    e.add_argument("--n", type=int, default=100)
+    e.add_argument("--steps", type=int, default=20)
+    e.add_argument("--cfg", type=float, default=None)
+    e.add_argument("--scale", type=float, default=1.0, help="ControlNet weight")
+    args = parser.parse_args(argv)
+    if args.command == "render":
+        print(write_dataset(args.out, args.n, args.seed))
+        return 0
+    import stablekit
+
+    pipe = stablekit.load(args.model, progress=False) if args.model else stablekit.load(progress=False)
+    net = args.controlnet
+    if str(net).endswith(".pt"):
+        net = checkpoint_net(pipe.components, net)
+    start = time.perf_counter()
+    report = evaluate_controlnet(pipeline_generate_fn(pipe, net, args.steps, args.cfg, args.scale), args.n)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    grid(report.pop("images")[:32], report.pop("masks")[:32]).save(out / "grid.png")
+    report.update(controlnet=str(args.controlnet), steps=args.steps, cfg=args.cfg, scale=args.scale,
+                  seconds=round(time.perf_counter() - start, 1))
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: report[k] for k in ("iou", "color", "background", "n", "seconds")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

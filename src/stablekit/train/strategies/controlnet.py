@@ -42,7 +42,8 @@ def new_controlnet(unet, vae_scale_factor: int, conditioning_channels: int = 3, 
         torch.manual_seed(seed)
         net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=hint_channels(vae_scale_factor),
                                         conditioning_channels=conditioning_channels)
-    return net.to(dtype=next(unet.parameters()).dtype)
+    dtype = next(unet.parameters()).dtype
+    return net if dtype == torch.float32 else net.to(dtype=dtype)
 
 
 class ControlledUNet(torch.nn.Module):
