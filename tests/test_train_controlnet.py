@@ -150,3 +150,16 @@ def test_evaluation_scores_ground_truth_high_and_wrong_answers_low():
     bad = control.evaluate_controlnet(fixed, n=24)
     assert good["iou"] > 0.9 and good["color"] > 0.95
     assert bad["iou"] < 0.4 and bad["color"] < 0.4
+
+
+@pytest.mark.xfail(strict=True, reason="formats/controlnet.py reads LDM hint blocks through diffusers' converter, "
+                   "which assumes 4 hint levels (VAE factor 8); a factor-4 net (the shapes model) saves but does "
+                   "not load back from a single file")
+def test_single_file_round_trip_for_a_vae_factor_4_net(tmp_path):
+    from stablekit.formats.controlnet import load_controlnet, save_controlnet
+    from stablekit.train.strategies.controlnet import new_controlnet
+
+    with one_thread():
+        net = new_controlnet(tiny_components("sd1").unet, 4)
+        back = load_controlnet(save_controlnet(net, tmp_path / "f4.safetensors"))
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in net.state_dict().items())
