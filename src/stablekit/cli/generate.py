@@ -49,6 +49,16 @@ def register(subparsers) -> None:
                    help="img2img denoising strength 0..1 (default 0.75; inpainting 1.0)")
     p.add_argument("--mask", default=None, metavar="FILE",
                    help="inpainting: white = repaint, black = keep (needs --init-image)")
+    p.add_argument("--mask-blur", type=int, default=None, metavar="N",
+                   help="inpainting: Gaussian blur of the mask in pixels, A1111's Mask blur (default 0)")
+    p.add_argument("--invert-mask", action="store_true", help="inpainting: repaint the black part (Inpaint not masked)")
+    p.add_argument("--inpaint-fill", default=None, metavar="MODE",
+                   help="inpainting: what the masked area starts from: fill, original, latent-noise or "
+                        "latent-nothing (A1111's Masked content; default original)")
+    p.add_argument("--only-masked", action="store_true",
+                   help="inpainting: inpaint only the mask's box (plus padding) at the output size, then paste it back")
+    p.add_argument("--only-masked-padding", type=int, default=None, metavar="N",
+                   help="pixels added around the mask's box with --only-masked (default 32)")
     # LoRA and embeddings (generate/networks.py)
     p.add_argument("--lora", action="append", default=None, metavar="PATH[:SCALE]",
                    help="apply a LoRA/LyCORIS .safetensors file at strength SCALE (default 1); repeatable")
@@ -238,9 +248,28 @@ def _generate(pipe, params, args, replay, networks: dict) -> list:
             warn(f"{name} differs from the image the PNG was made with (sha256 of its pixels at "
                  f"{given.width}x{given.height} is not the recorded one); the result will differ")
     settings.update(width=init.width, height=init.height)
+    options = _inpaint_options(args, mask)
     if mask is None:
         return pipe.img2img(init, params.prompt, strength=_strength(params, 0.75), **settings)
+    if options is not None:  # the mask as given: blur and invert read its grey levels
+        settings["inpaint_options"] = options
+        mask = args.mask or mask
     return pipe.inpaint(init, mask, params.prompt, strength=_strength(params, 1.0), **settings)
+
+
+def _inpaint_options(args, mask):
+    """InpaintOptions from the inpainting flags (None when none is given: the plain hard mask)."""
+    from stablekit.generate.inpaint_options import InpaintOptions
+
+    given = dict(mask_blur=args.mask_blur, invert=args.invert_mask or None, fill=args.inpaint_fill,
+                 only_masked=args.only_masked or None, padding=args.only_masked_padding)
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return None
+    if mask is None:
+        raise StablekitError("--mask-blur, --invert-mask, --inpaint-fill and --only-masked need --mask FILE "
+                             "(or --outpaint)")
+    return InpaintOptions(**given).validate()
 
 
 def _strength(params, default: float) -> float:

@@ -3,6 +3,8 @@
     stablekit train lora --data DIR --out runs --name outline --steps 800 --lr 1e-4 --rank 4
     stablekit train textual-inversion --data DIR --out runs --token '<hexagon>' --init-word shape --vectors 2
     stablekit train dreambooth --data DIR --out runs --instance-prompt 'a sks square' --class-prompt 'a square' [--lora]
+    stablekit train controlnet --data DIR --out runs --steps 2000     (DIR/conditioning/ holds the condition images)
+    stablekit train inpainting --data DIR --out runs --steps 2000     (a 9-channel inpainting model)
     stablekit train finetune --config run.toml --steps 2000        (every TOML key is also a flag)
     stablekit train lora --print-config                            (the resolved settings, as TOML)
     accelerate launch -m stablekit train ...                       (data-parallel, same result per global batch)
@@ -43,6 +45,10 @@ _HELP = {
     "keep_checkpoints": "checkpoints kept on disk", "sample_every": "steps between validation grids (0: never)",
     "log_every": "steps between log lines", "tensorboard": "write TensorBoard event files (needs tensorboard)",
     "threads": "torch CPU threads (0: torch's default)",
+    "resolution": "ControlNet / inpainting: training size of a folder dataset (0: the model's native size)",
+    "conditioning_dir": "ControlNet: folder of same-name condition images (default: DATA/conditioning)",
+    "caption_dropout": "ControlNet: share of captions dropped to empty", "sample_conditions":
+    "ControlNet: condition images of the validation grid (one per sample prompt)",
 }
 
 
@@ -53,11 +59,16 @@ METHOD_DESCRIPTIONS = {
     "textual-inversion": "Textual inversion: only the new token's embedding rows train; an A1111-format embedding.",
     "dreambooth": "DreamBooth: identifier + class noun with prior preservation (class images drawn by the model "
                   "when none are given); full weights, or a LoRA with --lora.",
+    "controlnet": "ControlNet: a trainable copy of the UNet encoder with zero convolutions, base frozen; data = "
+                  "images + captions + a conditioning/ folder (or a kohya TOML with conditioning_data_dir); "
+                  "an LDM-layout ControlNet file plus a diffusers folder.",
+    "inpainting": "Inpainting model: the UNet gets 5 zero-initialised input channels (mask, masked-image latents) "
+                  "and is fine-tuned with random and object masks; a 9-channel checkpoint and diffusers folder.",
 }
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train a model: finetune, lora, textual-inversion, dreambooth",
+    parser = subparsers.add_parser("train", help="train a model: finetune, lora, textual-inversion, dreambooth, controlnet, inpainting",
                                    description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[2:]),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="method", metavar="METHOD", help="what to train (each has its own settings)")

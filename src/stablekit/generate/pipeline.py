@@ -59,6 +59,7 @@ class _Run:
     controls: list | None = None  # ControlUnits (generate/control.py)
     hires: object = None  # HiresFix (generate/hires.py), txt2img only
     denoiser: Denoiser | None = None  # a 9-channel inpainting model's (generate/inpaint_unet.py)
+    inpaint: object = None  # InpaintOptions (generate/inpaint_options.py)
 
 
 class Pipeline:
@@ -125,13 +126,23 @@ class Pipeline:
         path, PIL image, [H, W] array or InpaintMask, white = repaint."""
         if image is None:
             raise StablekitError("a mask needs an image to inpaint: pass init_image (CLI: --init-image)")
+        options = _inpaint_options(settings.pop("inpaint_options", None))  # generate/inpaint_options.py
+        if options is not None and options.only_masked:
+            from stablekit.generate.inpaint_options import only_masked
+
+            return only_masked(self, image, mask, prompt, strength, callback, output, options, settings)
         controls = settings.pop("controlnets", None)
         params, sampling, networks = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
-        repaint = InpaintMask.load(mask, init.width, init.height)
-        run = _Run(params, sampling, encode_image(self.components, init), init, repaint, networks, controls)
+        repaint = InpaintMask.load(mask, init.width, init.height) if options is None else \
+            options.mask(mask, init.width, init.height)
+        start = init if options is None else options.start_image(init, repaint)
+        run = _Run(params, sampling, encode_image(self.components, start), init, repaint, networks, controls,
+                   inpaint=options)
+        if options is not None:
+            run.latents = options.start_latents(run.latents, repaint, self.components.vae_scale_factor, params.seed)
         if is_inpainting_unet(self.components.unet):
-            run.denoiser = inpaint_denoiser(self.denoiser, self.components, init, repaint)
+            run.denoiser = inpaint_denoiser(self.denoiser, self.components, start, repaint)
         return self._render(run, callback, output)
 
     def outpaint(self, image, pads, prompt: str = "", strength: float = 1.0, callback: StepCallback | None = None,
@@ -218,6 +229,9 @@ class Pipeline:
             sigmas = img2img_sigmas(sigmas, p.steps, p.denoising_strength)
         conditioning = condition(self.prompts, prompt, negative, p.steps, p.clip_skip, p.cfg, size=(p.width, p.height))
         extra = self._controls(run, conditioning, sigmas)
+        if run.inpaint is not None:
+            extra["text"].update(run.inpaint.fields())
+            extra["record"]["inpaint"] = run.inpaint.record()
         second = self._hires(run, prompt, negative, extra)
         latent_mask = run.mask.latent(c.vae_scale_factor, c.device, c.dtype) if run.mask is not None else None
         if run.denoiser is not None:  # an inpainting model sees the image; nothing is reset per step
@@ -255,3 +269,12 @@ class Pipeline:
                 images.append(attach_metadata(image, text, record))
         bar.close()
         return images
+
+
+def _inpaint_options(options):
+    """None, an InpaintOptions or a dict of its fields -> a validated InpaintOptions (or None)."""
+    if options is None:
+        return None
+    from stablekit.generate.inpaint_options import InpaintOptions
+
+    return (options if isinstance(options, InpaintOptions) else InpaintOptions(**options)).validate()

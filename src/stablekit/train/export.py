@@ -4,6 +4,7 @@
   ss_* metadata) from the peft state dicts (CONTRACTS.md "LoRA tensors").
 - Textual inversion: `stablekit.formats.embeddings_a1111.save_a1111_embedding`.
 - Full fine-tune / DreamBooth: `stablekit.formats.save_model`, single file + diffusers folder.
+- ControlNet: `stablekit.formats.controlnet.save_controlnet`, LDM-layout single file + diffusers folder.
 Until the ADAPTERS writers are merged, LoRA and embeddings fall back to the diffusers layouts
 (`unet.` / `text_encoder.` prefixed peft keys; `emb_params` or `clip_l`/`clip_g`), with alpha and
 rank in the file's metadata, so nothing trained is lost. The fallback is marked in the metadata.
@@ -23,6 +24,11 @@ def export(method: str, s, strategy, components, out: Path, record: dict) -> Pat
     metadata = {"ss_training_comment": "stablekit", "stablekit_config": json.dumps(record), "ss_steps": str(record.get("steps", ""))}
     if isinstance(strategy, LoraStrategy):
         save_lora(path, strategy, components.arch, metadata)
+    elif method == "controlnet":
+        from stablekit.formats.controlnet import save_controlnet
+
+        save_controlnet(strategy.controlnet, path, to="single-file")
+        save_controlnet(strategy.controlnet, out / s.name, to="diffusers")
     elif isinstance(strategy, TextualInversionStrategy):
         strategy.write()
         save_embedding(path, s.name, strategy.learned(), metadata)

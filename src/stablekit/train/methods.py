@@ -65,6 +65,19 @@ class DreamBoothConfig(LoraSettings):
     lora: bool = False  # DreamBooth-LoRA: train a LoRA instead of the full UNet
 
 
+@dataclass
+class ControlNetConfig(MethodConfig):
+    resolution: int = 0  # training size of a folder source (0: the model's native size); a TOML sets its own
+    conditioning_dir: str = ""  # folder source: the condition images ("" = DATA/conditioning)
+    caption_dropout: float = 0.0  # share of captions dropped to "" (learn from the condition alone)
+    sample_conditions: list[str] = field(default_factory=list)  # condition images of the validation grid
+
+
+@dataclass
+class InpaintingConfig(FinetuneConfig):
+    resolution: int = 0  # training size of a folder / CSV / jsonl source (0: the model's native size)
+
+
 # Per-method defaults for the loop (what the reference trainers start from; each is a setting).
 _COMMON = dict(steps=1000, batch_size=4, lr_schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
                checkpoint_every=250, sample_every=250, keep_checkpoints=2)
@@ -73,6 +86,8 @@ METHODS: dict[str, tuple[type, dict]] = {
     "lora": (LoraSettings, dict(_COMMON, lr=1e-4)),
     "textual-inversion": (TextualInversionConfig, dict(_COMMON, lr=5e-3, weight_decay=0.0)),
     "dreambooth": (DreamBoothConfig, dict(_COMMON, steps=400, batch_size=2, lr=5e-6)),
+    "controlnet": (ControlNetConfig, dict(_COMMON, lr=1e-5)),  # diffusers' train_controlnet.py: lr 1e-5
+    "inpainting": (InpaintingConfig, dict(_COMMON, lr=1e-5)),
 }
 
 
@@ -141,6 +156,10 @@ def _check(method: str, s: MethodConfig) -> None:
                              "(e.g. 'a square') for prior preservation")
     if isinstance(s, LoraSettings) and (s.rank < 1 or s.alpha <= 0 or not 0 <= s.dropout < 1):
         raise StablekitError(f"need rank >= 1, alpha > 0 and 0 <= dropout < 1 (got {s.rank}, {s.alpha}, {s.dropout})")
+    if isinstance(s, InpaintingConfig) and s.resolution < 0:
+        raise StablekitError(f"need resolution >= 0 (got {s.resolution})")
+    if isinstance(s, ControlNetConfig) and (s.resolution < 0 or not 0 <= s.caption_dropout <= 1):
+        raise StablekitError(f"need resolution >= 0 and 0 <= caption_dropout <= 1 (got {s.resolution}, {s.caption_dropout})")
     if s.snr_gamma < 0 or s.noise_offset < 0 or s.prior_loss_weight < 0:
         raise StablekitError("snr_gamma, noise_offset and prior_loss_weight must be >= 0")
 

@@ -35,7 +35,9 @@ def run(method: str, *, config=None, dataset=None, components=None, progress: bo
     method = method.replace("_", "-")
     record = as_record(method, s, tc)
     components = components if components is not None else load_components(s.model)
-    dataset = dataset if dataset is not None else load_data(s.data)
+    if dataset is None:
+        dataset = load_conditioning_data(s, components) if method == "controlnet" else \
+            load_sized_data(s, components) if method == "inpainting" else load_data(s.data)
     strategy, dataset = build(method, s, tc, components, dataset)
     result = train_loop(tc, strategy, dataset, progress=progress, record=record)
     out = Path(s.out)
@@ -71,6 +73,29 @@ def load_data(data: str):
     return load_dataset(data)
 
 
+def native_size(components) -> int:
+    return int(components.unet.config.sample_size) * components.vae_scale_factor
+
+
+def load_sized_data(s, components):
+    """The data at `s.resolution` (0: the model's native size), for methods with that setting."""
+    from stablekit.data import load_dataset
+    from stablekit.data.config import DatasetConfig
+
+    if not s.data:
+        raise StablekitError("no training data: give --data PATH (a folder, metadata.jsonl, CSV or kohya dataset TOML)")
+    return load_dataset(s.data, DatasetConfig(resolution=s.resolution or native_size(components)))
+
+
+def load_conditioning_data(s, components):
+    from stablekit.data.conditioning import load_conditioning_dataset
+
+    if not s.data:
+        raise StablekitError("no training data: give --data (a folder with a conditioning/ subfolder, or a kohya TOML)")
+    return load_conditioning_dataset(s.data, s.resolution or native_size(components), s.conditioning_dir,
+                                     s.caption_dropout)
+
+
 def build(method: str, s, tc, components, dataset):
     """(strategy, dataset) for a method; DreamBooth wraps the dataset with its class images."""
     from stablekit.train.strategies.finetune import FinetuneStrategy
@@ -86,6 +111,14 @@ def build(method: str, s, tc, components, dataset):
         return FinetuneStrategy(**common, train_text_encoder=s.train_text_encoder), dataset
     if method == "lora":
         return LoraStrategy(**common, **lora), dataset
+    if method == "controlnet":
+        from stablekit.train.strategies.controlnet import ControlNetStrategy, read_conditions
+
+        return ControlNetStrategy(**common, sample_conditions=read_conditions(s.sample_conditions)), dataset
+    if method == "inpainting":
+        from stablekit.train.strategies.inpainting import InpaintingStrategy
+
+        return InpaintingStrategy(**common, train_text_encoder=s.train_text_encoder), dataset
     if method == "textual-inversion":
         return TextualInversionStrategy(**common, token=s.token, init_word=s.init_word, vectors=s.vectors), dataset
     dataset = dreambooth_data(s, tc, components, dataset)
