@@ -152,9 +152,6 @@ def test_evaluation_scores_ground_truth_high_and_wrong_answers_low():
     assert bad["iou"] < 0.4 and bad["color"] < 0.4
 
 
-@pytest.mark.xfail(strict=True, reason="formats/controlnet.py reads LDM hint blocks through diffusers' converter, "
-                   "which assumes 4 hint levels (VAE factor 8); a factor-4 net (the shapes model) saves but does "
-                   "not load back from a single file")
 def test_single_file_round_trip_for_a_vae_factor_4_net(tmp_path):
     from stablekit.formats.controlnet import load_controlnet, save_controlnet
     from stablekit.train.strategies.controlnet import new_controlnet

@@ -68,6 +68,15 @@ def _ldm_to_diffusers(state: dict[str, torch.Tensor], config: dict) -> dict[str,
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
     converted = {k: v for k, v in convert_controlnet_checkpoint(state, config).items() if v is not None}
+    # diffusers' converter numbers the hint blocks as if there were always 4 levels (VAE factor 8);
+    # a net with another number of levels (e.g. VAE factor 4) gets its hint blocks by our own names.
+    converted = {k: v for k, v in converted.items() if not k.startswith("controlnet_cond_embedding.")}
+    n_blocks = 2 * (len(config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)) - 1)
+    hint_keys = ["conv_in", "conv_out"] + [f"blocks.{i}" for i in range(n_blocks)]
+    for name in hint_keys:
+        for part in ("weight", "bias"):
+            key = f"controlnet_cond_embedding.{name}.{part}"
+            converted[key] = state[ldm_name(key, config)]
     if config.get("addition_embed_type") == "text_time":  # SDXL; diffusers' converter skips it
         for i, j in ((1, 0), (2, 2)):
             for part in ("weight", "bias"):
