@@ -250,7 +250,9 @@ class Pipeline:
             def on_step(info, b=b) -> None:
                 bar.update(1)
                 if callback is not None:
-                    callback({"batch": b, "batches": p.batch_count, "step": info.i + 1, "steps": info.steps})
+                    # denoised: the model's current x0 estimate (latents), for live previews
+                    callback({"batch": b, "batches": p.batch_count, "step": info.i + 1, "steps": info.steps,
+                              "denoised": info.denoised})
 
             latents = sample(run.denoiser or self.denoiser, run.latents, sigmas, run.sampling, conditioning, noise,
                              on_step, mask=latent_mask)
