@@ -111,10 +111,12 @@ def run_torch(config: str, a) -> dict:
         timers.watch(name, m)
     img = image()
     out["cold_start_s"] = time.perf_counter() - t0
-    timers.reset()
-    t1 = time.perf_counter()
-    img = image()
-    out["warm_s"] = time.perf_counter() - t1
+    out["warm_s"] = out["cold_start_s"] - out["load_s"]  # --once: the first image stands in for a warm one
+    if not a.once:
+        timers.reset()
+        t1 = time.perf_counter()
+        img = image()
+        out["warm_s"] = time.perf_counter() - t1
     out["components_s"] = dict(timers.total)
     out["unet_calls"] = timers.calls.get("unet", 0)
     np.save(a.image_out, np.asarray(img, dtype=np.float32))
@@ -144,11 +146,14 @@ def run_openvino(a) -> dict:
         return pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=a.steps, guidance_scale=CFG, height=a.size,
                     width=a.size, latents=latents, output_type="np").images[0]
 
-    img = image()
-    out["cold_start_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     img = image()
+    out["cold_start_s"] = time.perf_counter() - t0
     out["warm_s"] = time.perf_counter() - t1
+    if not a.once:
+        t1 = time.perf_counter()
+        img = image()
+        out["warm_s"] = time.perf_counter() - t1
     np.save(a.image_out, np.asarray(img, dtype=np.float32))
     return out
 
@@ -164,11 +169,13 @@ def run_sdcpp(a) -> dict:
         return sd.generate_image(prompt=PROMPT, negative_prompt=NEGATIVE, cfg_scale=CFG, width=a.size, height=a.size,
                                  sample_method="euler", sample_steps=a.steps, seed=SEED)[0]
 
-    img = image()
-    out = {"cold_start_s": time.perf_counter() - t0}
     t1 = time.perf_counter()
     img = image()
-    out["warm_s"] = time.perf_counter() - t1
+    out = {"cold_start_s": time.perf_counter() - t0, "warm_s": time.perf_counter() - t1}
+    if not a.once:
+        t1 = time.perf_counter()
+        img = image()
+        out["warm_s"] = time.perf_counter() - t1
     np.save(a.image_out, np.asarray(img, dtype=np.float32) / 255.0)
     out["note"] = "own noise (no latents argument): PSNR not comparable"
     return out
@@ -264,7 +271,7 @@ def run_config(config: str, a, folder: Path, single: Path, image: Path) -> dict:
         return {"error": "not run: give --peers-python (a venv with optimum-intel openvino / stable-diffusion-cpp-python)"}
     cmd = [python, __file__, "--worker", config, "--folder", str(folder), "--single-file", str(single),
            "--size", str(a.size), "--steps", str(a.steps), "--threads", str(a.threads), "--workdir", str(a.workdir),
-           "--image-out", str(image)]
+           "--image-out", str(image)] + (["--once"] if a.once else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
     try:
@@ -295,6 +302,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/stablekit-peers", help="random models and exports are kept here")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per configuration")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--once", action="store_true",
+                    help="one image per configuration: its time (without loading) stands for the warm time")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--image-out", default=None, help=argparse.SUPPRESS)
@@ -324,7 +333,7 @@ def main() -> None:
           f"UNet call (batch 2) {flops / 1e9:.1f} GFLOP")
     results = {}
     for config in a.configs.split(","):
-        image = workdir / f"{config}.npy"
+        image = workdir / f"{a.model if embedded or a.model == 'sd15' else folder.name}-{a.size}-{a.steps}-{config}.npy"
         image.unlink(missing_ok=True)
         results[config] = run_config(config, a, folder, single, image)
         results[config]["image"] = str(image)
