@@ -82,6 +82,46 @@ def run_torch(config: str, a) -> dict:
 
     torch.set_num_threads(a.threads)
     out: dict = {}
+    pipe, mods, image = torch_setup(config, a, out)
+    out["load_s"] = time.perf_counter() - t0
+    timers = Timers()
+    for name, m in mods.items():
+        timers.watch(name, m)
+    img = image()
+    out["cold_start_s"] = time.perf_counter() - t0
+    out["warm_s"] = out["cold_start_s"] - out["load_s"]  # --once: the first image stands in for a warm one
+    if not a.once:
+        timers.reset()
+        t1 = time.perf_counter()
+        img = image()
+        out["warm_s"] = time.perf_counter() - t1
+    out["components_s"] = dict(timers.total)
+    out["unet_calls"] = timers.calls.get("unet", 0)
+    np.save(a.image_out, np.asarray(img, dtype=np.float32))
+    return out
+
+
+def interleaved(a, configs: list[str], rounds: int) -> dict:
+    """The torch configurations in one process, taking turns (A B C D, A B C D, ...), so load
+    drifts on a shared machine hit all alike; median warm seconds per image."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    images = {c: torch_setup(c, a, {})[2] for c in configs}
+    for fn in images.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {c: [] for c in configs}
+    for _ in range(rounds):
+        for c, fn in images.items():
+            times[c].append(_timed(fn))
+    return {c: statistics.median(t) for c, t in times.items()}
+
+
+def torch_setup(config: str, a, out: dict):
+    """(pipeline, {component: module}, image function) of a torch configuration."""
+    import torch
     if config.startswith("stablekit"):
         import stablekit
 
@@ -105,22 +145,7 @@ def run_torch(config: str, a) -> dict:
                 return pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=a.steps, guidance_scale=CFG,
                             height=a.size, width=a.size, latents=latents.to(pipe.unet.dtype),
                             output_type="np").images[0]
-    out["load_s"] = time.perf_counter() - t0
-    timers = Timers()
-    for name, m in mods.items():
-        timers.watch(name, m)
-    img = image()
-    out["cold_start_s"] = time.perf_counter() - t0
-    out["warm_s"] = out["cold_start_s"] - out["load_s"]  # --once: the first image stands in for a warm one
-    if not a.once:
-        timers.reset()
-        t1 = time.perf_counter()
-        img = image()
-        out["warm_s"] = time.perf_counter() - t1
-    out["components_s"] = dict(timers.total)
-    out["unet_calls"] = timers.calls.get("unet", 0)
-    np.save(a.image_out, np.asarray(img, dtype=np.float32))
-    return out
+    return pipe, mods, image
 
 
 def run_openvino(a) -> dict:
@@ -304,6 +329,9 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--once", action="store_true",
                     help="one image per configuration: its time (without loading) stands for the warm time")
+    ap.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
+                    help="also time the torch configurations in one process taking turns, ROUNDS rounds (medians)")
+    ap.add_argument("--no-processes", action="store_true", help="only the --interleaved comparison")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--image-out", default=None, help=argparse.SUPPRESS)
@@ -332,13 +360,24 @@ def main() -> None:
     print(f"# matmul peak ({a.threads} thread(s)): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s; "
           f"UNet call (batch 2) {flops / 1e9:.1f} GFLOP")
     results = {}
-    for config in a.configs.split(","):
+    for config in ([] if a.no_processes else a.configs.split(",")):
         image = workdir / f"{a.model if embedded or a.model == 'sd15' else folder.name}-{a.size}-{a.steps}-{config}.npy"
         image.unlink(missing_ok=True)
         results[config] = run_config(config, a, folder, single, image)
         results[config]["image"] = str(image)
         print(f"# done {config}: {json.dumps(results[config])}", flush=True)
-    _table(results, peaks, flops)
+    if results:
+        _table(results, peaks, flops)
+    if a.interleaved:
+        torch_configs = [c for c in a.configs.split(",") if c not in PEER_CONFIGS]
+        a.folder = str(folder)
+        medians = interleaved(a, torch_configs, a.interleaved)
+        ref = medians.get("diffusers-fp32")
+        print(f"\n| runtime (one process, {a.interleaved} interleaved rounds) | median s/image | speed vs diffusers fp32 |")
+        print("|---|---|---|")
+        for c, t in medians.items():
+            print(f"| {c} | {t:.3f} | {ref / t if ref else float('nan'):.2f}x |")
+        results["interleaved_median_s"] = medians
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "peaks": peaks, "unet_flops": flops, "results": results},
                                            indent=1))
@@ -360,7 +399,7 @@ def _table(results: dict, peaks: dict, flops: float) -> None:
         comp = r.get("components_s", {})
         calls = r.get("unet_calls") or 0
         unet = comp.get("unet", 0) / calls if calls else None
-        bf16 = "bf16" in r.get("acceleration", "") or name == "diffusers-cpu-tuned"
+        bf16 = r.get("acceleration", "").startswith("bf16") or name == "diffusers-cpu-tuned"
         frac = f"{100 * flops / unet / 1e9 / peaks['bf16' if bf16 else 'fp32']:.0f}% {'bf16' if bf16 else 'fp32'}" if unet else ""
         fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ""  # noqa: E731
         print(f"| {name} | {r['warm_s']:.2f} | {speed:.2f}x | {r['cold_start_s']:.1f} | {quality} | "
