@@ -78,6 +78,7 @@ def test_every_auto_path_keeps_psnr_30_against_diffusers_fp32(model, dtype, chan
     assert pipe.acceleration.channels_last == channels_last
     conv = pipe.components.unet.conv_in.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert pipe.components.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     ours = pipe.generate(PROMPT, **SETTINGS)[0]
     reference = _diffusers_fp32(tiny_components("sd1"))
     assert _psnr(ours, reference) >= 30.0
@@ -92,6 +93,7 @@ def test_dtype_fp32_is_bit_exact_with_the_reference_pipeline(model):
     _force_verdict("bf16", True, config)
     pipe = stablekit.load(model, dtype="fp32", progress=False)
     assert pipe.acceleration.dtype == torch.float32 and not pipe.acceleration.channels_last
+    assert not pipe.acceleration.vae_channels_last
     ours = pipe.generate(PROMPT, **SETTINGS)[0]
     reference = Pipeline(tiny_components("sd1"), progress=False).generate(PROMPT, **SETTINGS)[0]
     assert np.array_equal(ours, reference)

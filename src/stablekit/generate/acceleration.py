@@ -14,7 +14,7 @@ the same model computed the same way up to rounding: nothing here skips or appro
   Override: dtype="fp32"/"bf16"/"fp16" or STABLEKIT_DTYPE: an explicit dtype is the reference
   computation in that dtype (contiguous layout, as diffusers), so fp32 stays bit-exact with diffusers.
   Non-CPU devices: auto is fp32 for now (no probe there; untested here).
-- channels_last for the UNet and VAE (auto only) when the probe measured it faster (oneDNN convolutions prefer
+- channels_last (auto only) for the UNet when the probe measured it faster, and always for the VAE (oneDNN convolutions prefer
   NHWC; contiguous NCHW makes them reorder on every call).
 - attention: torch's scaled_dot_product_attention (diffusers AttnProcessor2_0) on every attention
   module, set explicitly so a model that was saved with another processor still gets the fused kernel.
@@ -49,12 +49,14 @@ class Acceleration:
     attention: str = "sdpa"
     compile: bool = False
     reason: str = "fp32 requested"
+    vae_channels_last: bool = False  # the VAE's own layout (auto: always; see apply)
     compile_seconds: float = 0.0
 
     def describe(self) -> str:
         from stablekit.formats.weights import DTYPE_NAMES
 
-        layout = "channels_last" if self.channels_last else "contiguous"
+        layout = f"UNet {'channels_last' if self.channels_last else 'contiguous'}, VAE " + (
+            "channels_last" if self.vae_channels_last else "contiguous")
         compiled = ", torch.compile" if self.compile else ""
         return f"{DTYPE_NAMES.get(self.dtype, self.dtype)}, {layout}, {self.attention} attention{compiled} ({self.reason})"
 
@@ -91,7 +93,8 @@ def choose(dtype, device: torch.device, unet_config: dict | None, compile: bool 
     verdict = probe_verdict(unet_config)
     best = verdict["best"]
     dtype_ = torch.bfloat16 if best["dtype"] == "bf16" else torch.float32
-    return Acceleration(dtype_, best["channels_last"], "sdpa", compile, f"auto: {verdict['why']}")
+    return Acceleration(dtype_, best["channels_last"], "sdpa", compile, f"auto: {verdict['why']}",
+                        vae_channels_last=True)
 
 
 # ----------------------------------------------------------------------------- the probe
@@ -217,10 +220,13 @@ def apply(components, acc: Acceleration) -> None:
     """Memory layout, attention kernel and (opt-in) compilation on loaded modules, in place."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    for module in (components.unet, components.vae):
+    # The VAE decodes at full image size, where oneDNN's NHWC convolutions win clearly: SD 1.5's
+    # decoder at 256 px in bf16 took 9-11 s channels_last vs 23-32 s contiguous (same process, taking
+    # turns, 1 thread; docs/reports/speed.md). The probe's 16x16 UNet block cannot show that.
+    for module, cl in ((components.unet, acc.channels_last), (components.vae, acc.vae_channels_last)):
         if module is None:
             continue
-        if acc.channels_last:
+        if cl:
             module.to(memory_format=torch.channels_last)
         _use_sdpa(module, AttnProcessor2_0)
     if acc.compile:
