@@ -210,9 +210,9 @@ def _probe_block(c: dict):
     temb = unet.time_embedding.linear_2.out_features
     cross = c.get("cross_attention_dim") or 768
     cross = cross[0] if isinstance(cross, (list, tuple)) else cross
-    x = torch.randn(1, ch, h, h)
-    kwargs = {"encoder_hidden_states": torch.randn(1, 77, cross)} if getattr(block, "has_cross_attention", False) else {}
-    return block, [x, torch.randn(1, temb)], kwargs
+    x = torch.randn(1, ch, h, h, device="cpu")  # the probe is for the CPU only
+    kwargs = {"encoder_hidden_states": torch.randn(1, 77, cross, device="cpu")} if getattr(block, "has_cross_attention", False) else {}
+    return block, [x, torch.randn(1, temb, device="cpu")], kwargs
 
 
 # ----------------------------------------------------------------------------- applying
