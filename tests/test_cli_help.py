@@ -94,13 +94,14 @@ def test_readme_flag_table_equals_generate_help():
 def test_choices_come_from_the_library_tables():
     generate, convert = COMMANDS["generate"], COMMANDS["convert"]
     assert _choices(generate, "--arch") == _choices(convert, "--arch") == ARCHS
-    assert _choices(generate, "--dtype") == _choices(convert, "--dtype") == ("fp32", "fp16", "bf16")
+    assert _choices(convert, "--dtype") == ("fp32", "fp16", "bf16")
+    assert _choices(generate, "--dtype") == ("auto",) + _choices(convert, "--dtype")  # auto: generate/acceleration.py
     assert _choices(convert, "--prediction-type") == PREDICTION_TYPES and _choices(convert, "--to") == SAVE_FORMATS
     assert _choices(generate, "--format") == tuple(FORMATS)
     # The README lists the same choices, in the same order.
     table = dict((cell.split()[0].strip("`"), cell) for cell in _readme_generate_table())
     assert "|".join(_choices(generate, "--dtype")) in table["--dtype"].replace("\\|", "|")
-    assert "|".join(ARCHS) in table["--dtype"].replace("\\|", "|")  # the --arch cell shares the row
+    assert "|".join(ARCHS) in table["--arch"].replace("\\|", "|")
     assert "|".join(FORMATS) in table["--format"].replace("\\|", "|")
     assert ", ".join(SAMPLER_NAMES) in README and ", ".join(SCHEDULE_NAMES) in README
     sampler_help = next(a for a in generate._actions if "--sampler" in a.option_strings).help

@@ -63,7 +63,7 @@ def test_missing_cuda_is_one_line():
 def test_explicit_cpu_in_python_and_cli(tmp_path, capsys):
     model = tmp_path / "tiny.safetensors"
     save_model(tiny_components("sd1"), model, to="single-file")
-    pipe = stablekit.load(model, device="cpu", progress=False)
+    pipe = stablekit.load(model, device="cpu", dtype="fp32", progress=False)  # fp32: bit-exact with Pipeline
     assert pipe.device == torch.device("cpu")
     a = pipe.generate("a cat", steps=2, seed=3, output="np")[0]
     b = Pipeline(tiny_components("sd1"), progress=False, device="cpu").generate("a cat", steps=2, seed=3, output="np")[0]

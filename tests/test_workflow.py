@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(not DEFAULT.exists(), reason="the shared ComfyUI
 
 @pytest.fixture(scope="module")
 def pipe():
-    return stablekit.load(progress=False)
+    return stablekit.load(progress=False, dtype="fp32")  # the engine loads fp32: compare the same computation
 
 
 def _generate(pipe, prompt):

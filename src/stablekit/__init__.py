@@ -23,35 +23,41 @@ def default_model_path() -> Path:
     return EMBEDDED_MODEL
 
 
-def load(path: str | Path | None = None, *, device="auto", dtype=None, arch: str | None = None,
-         allow_pickle: bool = False, prediction_type: str | None = None, progress: bool = True):
+def load(path: str | Path | None = None, *, device="auto", dtype="auto", arch: str | None = None,
+         allow_pickle: bool = False, prediction_type: str | None = None, progress: bool = True,
+         compile: bool = False):
     """Load a model (diffusers folder, single .safetensors; None: the embedded model) as a Pipeline.
 
     device: "auto" (CUDA, else Apple MPS, else CPU), "cpu", "cuda", "cuda:N", "mps" or a
-    torch.device (stablekit.devices.resolve_device). dtype: torch dtype of the weights (default
-    float32) or its name "fp32", "fp16", "bf16". Bad values are one-line StablekitErrors naming
-    the argument.
+    torch.device (stablekit.devices.resolve_device). dtype: "auto" (default: the fastest exact
+    path measured on this machine, bf16 where its kernels are faster for this model, else fp32;
+    STABLEKIT_DTYPE overrides) or a torch dtype / name "fp32", "fp16", "bf16" (fp32: exactly the
+    reference computation). compile: torch.compile the UNet and VAE decoder (slow first image).
+    The choice is in `pipe.acceleration` (generate/acceleration.py). Bad values are one-line
+    StablekitErrors naming the argument.
     """
-    import torch
-
     from stablekit.devices import resolve_device
     from stablekit.errors import StablekitError
     from stablekit.formats import load_model
-    from stablekit.formats.weights import parse_dtype
+    from stablekit.generate.acceleration import apply, check_request, choose, unet_config_of
     from stablekit.generate.pipeline import Pipeline
 
     target = resolve_device(device)  # before the (slow) load: a bad device fails at once
-    if dtype is not None and not isinstance(dtype, (torch.dtype, str)):
-        raise StablekitError(f"dtype must be a torch dtype such as torch.float32 or a name fp32, fp16, bf16 (got {dtype!r})")
-    dtype = parse_dtype(dtype)
+    check_request(dtype)
     if path is not None and not isinstance(path, (str, Path)):
         raise StablekitError(f"path must be a file or folder path (got {path!r}); leave it out for the embedded model")
     if path is not None and not Path(path).exists():
         raise StablekitError(f"model {path} does not exist; give a .safetensors file or diffusers folder, "
                              "or leave out --model (path=None) to use the embedded shapes model")
-    components = load_model(path or default_model_path(), arch=arch, dtype=dtype or torch.float32,
-                            allow_pickle=allow_pickle, prediction_type=prediction_type)
-    return Pipeline(components, progress=progress, device=target)
+    path = path or default_model_path()
+    # chosen before reading weights, so they are read straight into the chosen dtype
+    acc = choose(dtype, target, unet_config_of(path, arch, allow_pickle), compile)
+    components = load_model(path, arch=arch, dtype=acc.dtype, allow_pickle=allow_pickle,
+                            prediction_type=prediction_type)
+    pipe = Pipeline(components, progress=progress, device=target)
+    apply(components, acc)
+    pipe.acceleration = acc
+    return pipe
 
 
 __all__ = ["load", "__version__"]

@@ -80,6 +80,7 @@ class Pipeline:
         self.prompts = PromptEncoder(components)
         self.denoiser = Denoiser.from_components(components)
         self._controlnets: dict = {}  # loaded ControlNets by path
+        self.acceleration = None  # what stablekit.load chose (generate/acceleration.py); None: as given
 
     @property
     def device(self) -> torch.device:
