@@ -10,6 +10,10 @@ if "STABLEKIT_CACHE_DIR" not in os.environ:  # model-hash cache: never the user'
     import tempfile
 
     os.environ["STABLEKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="stablekit-test-cache-")
+# The default precision is chosen by timing a probe on the machine (generate/acceleration.py), so
+# it may differ between machines; equality tests need the same computation everywhere. The
+# automatic choice itself is tested in test_acceleration.py, which clears this.
+os.environ.setdefault("STABLEKIT_DTYPE", "fp32")
 
 import torch  # noqa: E402
 

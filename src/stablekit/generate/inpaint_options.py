@@ -117,7 +117,7 @@ class InpaintOptions:
         if self.fill == "latent nothing":
             return latents * (1 - m)
         g = torch.Generator().manual_seed(int(seed))
-        noise = torch.randn(latents.shape[1:], generator=g).to(latents)
+        noise = torch.randn(latents.shape[1:], generator=g, device="cpu").to(latents)  # CPU noise on every device
         return latents * (1 - m) + noise[None] * m
 
 
