@@ -5,7 +5,7 @@ prompt set on fixed seeds, and a score read by the shapes judge:
 
 | method | data | prompts (seeds) | figures |
 |---|---|---|---|
-| textual-inversion | 5 hexagons captioned with `<hexagon>` | "a {color} <hexagon> on a {bg} background", every color/bg pair (seed 0) | hexagon share, colour share |
+| textual-inversion | 5 large hexagons captioned with `<hexagon>` | "a {color} <hexagon> on a {bg} background", every color/bg pair (seed 0) | hexagon share, colour share |
 | dreambooth | 5 teal diamonds, instance prompt "a sks square" | "a sks square" (seeds 0-19); "a {color} square" x 3 (seeds 0-23) | subject (teal and diamond), class (square of the asked colour) |
 | lora | 64 outline images of the base shapes, captions with "outline" | outline prompts of every base shape (seeds 2000+) | hollow at scale 1; max pixel difference scale 0 vs base; file / UNet size |
 | finetune | 240 hexagons + 240 base images (replay) | hexagon prompt set (seeds 3000+); eval-v1 prompts (their seeds) before and after | hexagon adherence, base adherence drop |
@@ -42,7 +42,10 @@ def render_method_data(method: str, root: Path) -> dict[str, Path]:
     """Render the training data of `method` under `root`; returns {"data": folder} (idempotent)."""
     root = Path(root)
     if method == "textual-inversion":
-        return {"data": render_dataset(root / "hexagon-5", n=5, seed=1, shape_word=TOKEN, shapes=("hexagon",))}
+        # large only: at 14-18 px a hexagon differs from a circle by about a pixel, and the token
+        # learned from mixed sizes drew mostly small round blobs (hexagon 0.06, ti-lr1e-3)
+        return {"data": render_dataset(root / "hexagon-5-large", n=5, seed=1, shape_word=TOKEN,
+                                       shapes=("hexagon",), sizes=("large",))}
     if method == "dreambooth":
         return {"data": render_dataset(root / "teal-diamond-5", n=5, seed=3, shapes=("diamond",), colors=("teal",))}
     if method == "lora":
