@@ -37,7 +37,7 @@ def run(method: str, *, config=None, dataset=None, components=None, progress: bo
     components = components if components is not None else load_components(s.model)
     if dataset is None:
         dataset = load_conditioning_data(s, components) if method == "controlnet" else \
-            load_sized_data(s, components) if method == "inpainting" else load_data(s.data)
+            load_sized_data(s, components) if method == "inpainting" else load_data(s.data, native_size(components))
     strategy, dataset = build(method, s, tc, components, dataset)
     result = train_loop(tc, strategy, dataset, progress=progress, record=record)
     out = Path(s.out)
@@ -62,19 +62,28 @@ def load_components(model: str):
     return load_model(model or default_model_path(), dtype=torch.float32)
 
 
-def load_data(data: str):
+def native_size(components) -> int:
+    """The model's image side in pixels (64 for the embedded model, 512 for SD 1.x, 1024 for SDXL)."""
+    return int(components.unet.config.sample_size) * components.vae_scale_factor
+
+
+def load_data(data: str, resolution: int = 512):
+    """The dataset at `data`, at the model's `resolution` unless a kohya TOML sets its own.
+
+    Why: the data layer's default is SD's 512; a 64-px model trained on 512-px upscales ran 64x
+    slower and learned a scale it never generates at (the first textual-inversion runs).
+    """
     if not data:
         raise StablekitError("no training data: give --data PATH (a folder, metadata.jsonl, CSV or kohya dataset TOML)")
     try:
-        from stablekit.data import load_dataset
+        from stablekit.data import DatasetConfig, load_dataset
     except ImportError:
         raise StablekitError("stablekit.data is not available in this installation; pass a dataset object "
                              "to stablekit.train.run(..., dataset=...)") from None
-    return load_dataset(data)
-
-
-def native_size(components) -> int:
-    return int(components.unet.config.sample_size) * components.vae_scale_factor
+    # bucket bounds scale with the size (kohya's 256..1024 in steps of 64 are for 512 px)
+    config = DatasetConfig(resolution=resolution, min_bucket_reso=min(256, resolution // 2),
+                           max_bucket_reso=max(1024, resolution * 2), bucket_reso_steps=min(64, max(8, resolution // 8)))
+    return load_dataset(data, config)
 
 
 def load_sized_data(s, components):

@@ -1,0 +1,134 @@
+"""Measure a teaching method against its shapes-world target: render data, train with
+`stablekit train METHOD` on the embedded model, generate the fixed prompt set, judge it.
+
+    nice -n 19 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/teach_targets.py textual-inversion
+    ... benchmarks/teach_targets.py dreambooth [--no-prior] [--name db-noprior]
+    ... benchmarks/teach_targets.py lora
+    ... benchmarks/teach_targets.py finetune [--base-limit 48]
+    ... benchmarks/teach_targets.py METHOD --steps 300 --lr 2e-3     # any other flag goes to `stablekit train`
+    ... benchmarks/teach_targets.py METHOD --skip-train              # re-judge the last artefact
+
+Without extra flags the method's default recipe (train/methods.py) is measured. Writes
+OUT/NAME-report.json and a sample grid docs/reports/teach/NAME.png (prompt set order, 8 per row).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import stablekit
+from stablekit.formats import load_model
+from stablekit.generate.pipeline import Pipeline
+from stablekit.shapes import teach_eval as te
+from stablekit.shapes.judge import Judge
+
+GRIDS = Path(__file__).resolve().parents[1] / "docs" / "reports" / "teach"
+
+
+def base_model():
+    return load_model(stablekit.EMBEDDED_MODEL, dtype=torch.float32)
+
+
+def eval_ti(artefact: Path, args, judge) -> tuple[dict, list]:
+    from stablekit.adapters.embeddings import add_embedding, expand_embeddings
+    from stablekit.formats.embeddings_a1111 import load_embedding
+
+    c = base_model()
+    add_embedding(c, te.TOKEN, load_embedding(artefact)["vectors"])
+    prompts = [(expand_embeddings(p, c.tokenizer), s, a) for p, s, a in te.ti_prompts(args.prompts)]
+    figures, images = te.judge_prompts(Pipeline(c, progress=False), judge, prompts)
+    return {"hexagon": figures["shape"], "color": figures["color"], "both": figures["all"], "n": figures["n"]}, images
+
+
+def eval_dreambooth(artefact: Path, args, judge) -> tuple[dict, list]:
+    pipe = Pipeline(load_model(artefact, dtype=torch.float32), progress=False)
+    subject, plain = te.dreambooth_prompts()
+    s, s_images = te.judge_prompts(pipe, judge, subject)
+    p, p_images = te.judge_prompts(pipe, judge, plain)
+    return {"subject": s["all"], "subject_teal": s["color"], "subject_diamond": s["shape"], "class": p["all"],
+            "n_subject": s["n"], "n_class": p["n"]}, s_images[:8] + p_images[:16]
+
+
+def eval_lora(artefact: Path, args, judge) -> tuple[dict, list]:
+    import numpy as np
+
+    c = base_model()
+    pipe = Pipeline(c, progress=False)
+    prompts = te.shape_prompts(args.prompts or 32, seed=11, first_seed=2000, shapes=te.BASE_SHAPES, hollow=True)
+    on, images = te.judge_prompts(pipe, judge, prompts, loras=[(str(artefact), 1.0)])
+    base_plain = te.generate(pipe, prompts[:4], output="np")
+    zero = te.generate(pipe, prompts[:4], output="np", loras=[(str(artefact), 0.0)])
+    diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(base_plain, zero))
+    unet_bytes = sum(p.numel() * p.element_size() for p in c.unet.parameters())
+    base_hollow = te.score(judge(te.generate(pipe, prompts[:8])), [a for _, _, a in prompts[:8]])["hollow"]
+    return {"hollow": on["hollow"], "shape": on["shape"], "color": on.get("color"), "adherence": on["adherence"],
+            "hollow_without_lora_first8": base_hollow, "scale0_max_diff": diff,
+            "size_ratio": artefact.stat().st_size / unet_bytes, "file_bytes": artefact.stat().st_size,
+            "unet_fp32_bytes": unet_bytes, "n": on["n"]}, images
+
+
+def eval_finetune(artefact: Path, args, judge) -> tuple[dict, list]:
+    from stablekit.shapes.prompts import load_prompt_set
+
+    hexagons = te.shape_prompts(args.prompts or 32, seed=13, first_seed=3000, shapes=("hexagon",))
+    base_items = load_prompt_set("eval-v1")[:args.base_limit]
+    base_prompts = [(it.prompt, it.seed, dict(it.named)) for it in base_items]
+    tuned = Pipeline(load_model(artefact, dtype=torch.float32), progress=False)
+    h, images = te.judge_prompts(tuned, judge, hexagons)
+    after, _ = te.judge_prompts(tuned, judge, base_prompts)
+    before, _ = te.judge_prompts(Pipeline(base_model(), progress=False), judge, base_prompts)
+    return {"hexagon_adherence": h["adherence"], "hexagon_shape": h["shape"], "base_before": before["adherence"],
+            "base_after": after["adherence"], "base_drop": before["adherence"] - after["adherence"],
+            "n_hexagon": h["n"], "n_base": len(base_prompts)}, images
+
+
+EVALUATORS = {"textual-inversion": eval_ti, "dreambooth": eval_dreambooth, "lora": eval_lora,
+              "finetune": eval_finetune}
+METHOD_FLAGS = {
+    "textual-inversion": ["--token", te.TOKEN],
+    "dreambooth": ["--instance-prompt", te.INSTANCE_PROMPT],
+}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("method", choices=te.METHODS)
+    parser.add_argument("--out", default="runs/teach", help="data, runs and reports go here")
+    parser.add_argument("--name", default="", help="run name (default: the method)")
+    parser.add_argument("--no-prior", action="store_true", help="DreamBooth without prior preservation")
+    parser.add_argument("--prompts", type=int, default=0, help="limit the prompt set (0: the method's full set)")
+    parser.add_argument("--base-limit", type=int, default=48, help="finetune: eval-v1 prompts for the base drop")
+    parser.add_argument("--skip-train", action="store_true", help="judge the existing artefact")
+    args, extra = parser.parse_known_args(argv)
+    torch.set_num_threads(1)
+    name = args.name or args.method
+    out = Path(args.out)
+    data = te.render_method_data(args.method, out / "data")["data"]
+    flags = list(METHOD_FLAGS.get(args.method, []))
+    if args.method == "dreambooth" and not args.no_prior:
+        flags += ["--class-prompt", te.CLASS_PROMPT]
+    seconds = None
+    if not args.skip_train:
+        seconds = te.train_cli(args.method, data, out / "runs", name, flags + extra)
+    artefact = out / "runs" / f"{name}.safetensors"
+    t = time.time()
+    figures, images = EVALUATORS[args.method](artefact, args, Judge.load())
+    config = (out / "runs" / f"{name}.toml").read_text()
+    report = {"method": args.method, "name": name, "figures": figures, "met": te.met(args.method, figures),
+              "targets": te.TARGETS[args.method], "train_seconds": seconds, "eval_seconds": time.time() - t,
+              "extra_flags": flags + extra, "command": " ".join(["benchmarks/teach_targets.py", *(argv or sys.argv[1:])]),
+              "config": config}
+    te.write_report(out / f"{name}-report.json", report)
+    GRIDS.mkdir(parents=True, exist_ok=True)
+    te.grid(images[:32]).save(GRIDS / f"{name}.png")
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
