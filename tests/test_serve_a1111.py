@@ -193,7 +193,7 @@ def test_async_job_progress_and_interrupt(client):
 
 
 def test_skip_ends_the_current_batch_only(client):
-    job_id = client.post("/sdapi/v1/txt2img/async", json={**FAST, "steps": 300, "n_iter": 2, "seed": 5}).json()["job_id"]
+    job_id = client.post("/sdapi/v1/txt2img/async", json={**FAST, "steps": 300, "n_iter": 3, "seed": 5}).json()["job_id"]
 
     def wait_for(cond):
         deadline = time.monotonic() + 120
@@ -206,7 +206,9 @@ def test_skip_ends_the_current_batch_only(client):
 
     wait_for(lambda s: s["job_no"] == 0 and s["sampling_step"] >= 2)
     assert client.post("/sdapi/v1/skip").status_code == 200
-    wait_for(lambda s: s["job_no"] == 1)  # the job goes on with its next batch
+    wait_for(lambda s: s["job_no"] == 1 and s["sampling_step"] >= 2)  # the job goes on with its next batch
+    assert client.post("/sdapi/v1/skip").status_code == 200  # each skip ends one batch (the flag is consumed)
+    wait_for(lambda s: s["job_no"] == 2)
     assert client.delete(f"/sdapi/v1/jobs/{job_id}").json()["cancelled"] is True  # interrupt that one too
     done = wait_done(client, job_id)
     info = json.loads(done["result"]["info"])

@@ -128,7 +128,7 @@ class JobContext:
 
     def skip_requested(self) -> bool:
         """A1111's "skip": finish the current image early and go on with the next one."""
-        return self.state.skip_flag(self.job.id)
+        return self.state.skip_flag(self.job.id, clear=True)
 
 
 def _png_bytes(image) -> bytes:

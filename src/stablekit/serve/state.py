@@ -138,10 +138,15 @@ class ServerState:
             flags = self._flags.get(job_id)
         return bool(flags and flags.interrupt.is_set())
 
-    def skip_flag(self, job_id: str) -> bool:
+    def skip_flag(self, job_id: str, clear: bool = False) -> bool:
+        """Whether a skip was requested for the job; clear=True consumes it (A1111's skip ends
+        one image/batch, and a later /skip must be able to end the next one)."""
         with self._lock:
             flags = self._flags.get(job_id)
-        return bool(flags and flags.skip.is_set())
+            requested = bool(flags and flags.skip.is_set())
+            if requested and clear:
+                flags.skip.clear()
+        return requested
 
     def request_interrupt(self, job_id: str | None = None) -> int:
         """Stop one running job (None: every running job, A1111's /interrupt), here or in a worker

@@ -55,7 +55,7 @@ def run(ctx, kind: str, payload: dict) -> dict:
     s["seed"] = resolve_seed(s["seed"])
     s["subseed"] = resolve_seed(s["subseed"])  # A1111 fixes it even without a variation strength
     every = _preview_every(state)
-    images, seeds, subseeds, interrupted, skipped = [], [], [], False, False
+    images, seeds, subseeds, interrupted = [], [], [], False
     preview = preview_path(state, ctx.job.id)
     try:
         with state.models.use(plan.checkpoint) as pipe:
@@ -68,9 +68,8 @@ def run(ctx, kind: str, payload: dict) -> dict:
                     batch["seed"] = s["seed"] + first
                 try:
                     ctx.check_interrupt()
-                    out = _call(pipe, plan, batch, _callback(ctx, pipe, b, plan.n_iter, every, preview, skipped))
-                except _Skip:
-                    skipped = True
+                    out = _call(pipe, plan, batch, _callback(ctx, pipe, b, plan.n_iter, every, preview))
+                except _Skip:  # A1111: the skipped batch gives no images, the next one runs
                     continue
                 except Interrupted:
                     interrupted = True
@@ -123,7 +122,7 @@ def _call_mode(pipe, plan: Plan, settings: dict, callback) -> list:
     return pipe.inpaint(plan.init, plan.mask, plan.prompt, strength=plan.strength, callback=callback, **settings)
 
 
-def _callback(ctx, pipe, batch: int, batches: int, every: int, preview: Path, skipped: bool):
+def _callback(ctx, pipe, batch: int, batches: int, every: int, preview: Path):
     def on_step(info: dict) -> None:
         image = None
         recorder = getattr(on_step, "recorder", None)
@@ -132,7 +131,7 @@ def _callback(ctx, pipe, batch: int, batches: int, every: int, preview: Path, sk
             image = _latent_preview(pipe, latents)
             _write_preview(image, preview)
         ctx.progress(info["step"], info["steps"], image, batch=batch, batches=batches, a1111=True)
-        if not skipped and ctx.skip_requested():  # the flag stays set: one skip per job (see docs)
+        if ctx.skip_requested():  # consumed: each /skip ends one batch
             raise _Skip()
     return on_step
 
