@@ -235,3 +235,16 @@ def test_jobs_api_for_the_frontend_queue_panel(client):
     assert client.get("/api/jobs", params={"status": "bogus"}).status_code == 400
     assert client.get("/api/jobs/nope").status_code == 404
     assert client.post("/api/jobs/cancel", content=b"{").status_code == 400
+
+
+def test_root_opens_our_page_when_the_frontend_is_not_installed(monkeypatch):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from stablekit.serve.comfy import frontend
+
+    monkeypatch.setattr(frontend, "web_root", lambda: None)
+    app = FastAPI()
+    app.include_router(frontend.static_router())
+    r = TestClient(app).get("/", follow_redirects=False)
+    assert r.status_code in (302, 307) and r.headers["location"] == "/app"

@@ -11,7 +11,7 @@ import mimetypes
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 
 from stablekit.serve.files import existing_file
 
@@ -52,7 +52,8 @@ def static_router() -> APIRouter:
     """Routes serving the frontend's files ("/" -> index.html); empty without the package."""
     router = APIRouter()
     root = web_root()
-    if root is None:
+    if root is None:  # no ComfyUI frontend installed: "/" opens our own page instead of a 404
+        router.add_api_route("/", lambda: RedirectResponse("/app"), include_in_schema=False)
         return router
 
     @router.get("/", include_in_schema=False)
