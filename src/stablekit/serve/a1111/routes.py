@@ -120,8 +120,8 @@ async def job_status(job_id: str, request: Request):
     body = {"job_id": job.id, "number": job.number, "kind": job.kind, "status": job.status,
             "progress": job.progress, "error": job.error, "result": None}
     if job.status == "queued":
-        body["queue_position"] = [j.id for j in state.queue.list(["queued"])].index(job.id) \
-            if job.id in [j.id for j in state.queue.list(["queued"])] else None
+        queued = [j.id for j in await asyncio.to_thread(state.queue.list, ["queued"])]
+        body["queue_position"] = queued.index(job.id) if job.id in queued else None
     if job.done:
         response = _response(state, job.kind.split(".", 1)[1], job)
         if response.status_code == 200:
