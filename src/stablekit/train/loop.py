@@ -18,8 +18,9 @@ import functools
 import inspect
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ from stablekit.train.optim import build_optimizer, build_scheduler, lr_factor
 from stablekit.train.parallel import BatchRandom, average_gradients, micro_generator
 from stablekit.train.plots import save_loss_plot
 
-__all__ = ["train", "BatchOrder", "lr_factor", "Dataset", "Strategy"]
+__all__ = ["train", "TrainHooks", "BatchOrder", "lr_factor", "Dataset", "Strategy"]
 
 
 class Dataset(Protocol):
@@ -99,6 +100,20 @@ def make_accelerator(cfg: TrainConfig):
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
 
 
+@dataclass
+class TrainHooks:
+    """What a caller (server job, eval-in-training, a notebook) may attach to the loop.
+
+    on_step(step, row, strategy): after every optimizer step, before the row is logged; it may
+    add metrics to `row` (they are logged and kept in the history). Runs on the main process.
+    should_stop(): checked after every step; True saves a checkpoint at that step and returns
+    with "stopped": True, so a cancelled run resumes later exactly where it stopped.
+    """
+
+    on_step: Callable[[int, dict, "Strategy"], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -110,12 +125,13 @@ def _batch_reader(dataset):
 
 
 def train(cfg: TrainConfig, strategy: Strategy, dataset: Dataset, progress: bool = True,
-          record: dict | None = None) -> dict:
-    """Run (or resume) training to cfg.steps. Returns {'step', 'history', 'run_dir'}.
+          record: dict | None = None, hooks: TrainHooks | None = None) -> dict:
+    """Run (or resume) training to cfg.steps. Returns {'step', 'history', 'run_dir', 'stopped'}.
 
     record: the resolved run configuration (method settings and all) to store in every
-    checkpoint and write beside it as TOML; by default cfg itself.
+    checkpoint and write beside it as TOML; by default cfg itself. hooks: see TrainHooks.
     """
+    hooks = hooks or TrainHooks()
     cfg.validate()
     if len(dataset) == 0:
         from stablekit.errors import StablekitError
@@ -144,7 +160,7 @@ def train(cfg: TrainConfig, strategy: Strategy, dataset: Dataset, progress: bool
              else BatchOrder(len(dataset), cfg.seed))
     read = _batch_reader(dataset)
 
-    step, history = 0, []
+    step, history, stopped = 0, [], False
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         state = load_checkpoint(ckpt)
@@ -200,6 +216,8 @@ def train(cfg: TrainConfig, strategy: Strategy, dataset: Dataset, progress: bool
         history.append({"step": step, "loss": float(loss_total), "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                         **{k: float(v) for k, v in logs.items()}})
         bar.update(1)
+        if main and hooks.on_step is not None:
+            hooks.on_step(step, history[-1], strategy)
         if main:
             log.write(history[-1])
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -212,12 +230,18 @@ def train(cfg: TrainConfig, strategy: Strategy, dataset: Dataset, progress: bool
                 (run_dir / "samples").mkdir(exist_ok=True)
                 grid.save(run_dir / "samples" / f"step-{step:06d}.png")
                 log.image("samples", grid, step)
-        if main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+        saved = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if main and saved:
             save(step)
+        if step < cfg.steps and hooks.should_stop is not None and hooks.should_stop():
+            if main and not saved:  # a cancelled run must resume where it stopped, not at the last checkpoint
+                save(step)
+            stopped = True
+            break
     bar.close()
     if log is not None:
         log.close()
     if ema is not None:  # leave the module holding the EMA weights: those are the ones to export
         ema.copy_to(ema.params)
     accelerator.wait_for_everyone()
-    return {"step": step, "history": history, "run_dir": str(run_dir)}
+    return {"step": step, "history": history, "run_dir": str(run_dir), "stopped": stopped}

@@ -21,12 +21,15 @@ from stablekit.train.methods import as_record, resolve
 from stablekit.train.strategies.sd import SampleSettings
 
 
-def run(method: str, *, config=None, dataset=None, components=None, progress: bool = True, **settings) -> dict:
+def run(method: str, *, config=None, dataset=None, components=None, progress: bool = True, hooks=None,
+        **settings) -> dict:
     """Train `method` ("finetune", "lora", "textual-inversion", "dreambooth") and export the result.
 
     config: a TOML file of settings; settings: any method or loop setting (they win over the file).
     dataset: an object implementing the training-data contract instead of `data`; components: a
-    loaded model instead of `model`. Returns {"artefact", "config", "run_dir", "step", "history"}.
+    loaded model instead of `model`; hooks: a loop.TrainHooks (progress, eval, cancel). Returns
+    {"artefact", "config", "run_dir", "step", "history", "stopped"}; a stopped run exports nothing
+    (run it again to resume from the checkpoint written when it stopped).
     """
     from stablekit.train.config import to_toml
     from stablekit.train.export import export
@@ -39,10 +42,10 @@ def run(method: str, *, config=None, dataset=None, components=None, progress: bo
         dataset = load_conditioning_data(s, components) if method == "controlnet" else \
             load_sized_data(s, components) if method == "inpainting" else load_data(s.data, native_size(components))
     strategy, dataset = build(method, s, tc, components, dataset)
-    result = train_loop(tc, strategy, dataset, progress=progress, record=record)
+    result = train_loop(tc, strategy, dataset, progress=progress, record=record, hooks=hooks)
     out = Path(s.out)
     artefact = None
-    if _is_main_process():
+    if _is_main_process() and not result["stopped"]:
         out.mkdir(parents=True, exist_ok=True)
         artefact = export(method, s, strategy, components, out, record)
         (out / f"{s.name}.toml").write_text(to_toml(record))
