@@ -49,13 +49,17 @@ def controlnet_config(unet_config: dict, conditioning_channels: int = 3) -> dict
 
 
 # --------------------------------------------------------------------------- names
+def _hint_blocks(config: dict) -> int:
+    """Inner conv count of the hint encoder: two per level after the first (SD's 4 levels: 6)."""
+    return 2 * (len(config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)) - 1)
+
+
 def ldm_name(key: str, config: dict) -> str:
     """LDM key (without `control_model.`) of a diffusers ControlNet tensor."""
     from stablekit.formats.ldm import _unet_name
 
     if m := re.match(r"controlnet_cond_embedding\.(conv_in|conv_out|blocks\.(\d+))\.(weight|bias)$", key):
-        n_blocks = 2 * (len(config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)) - 1)
-        index = {"conv_in": 0, "conv_out": 2 * n_blocks + 2}.get(m[1])
+        index = {"conv_in": 0, "conv_out": 2 * _hint_blocks(config) + 2}.get(m[1])
         return f"input_hint_block.{index if index is not None else 2 * int(m[2]) + 2}.{m[3]}"
     if m := re.match(r"controlnet_down_blocks\.(\d+)\.(weight|bias)$", key):
         return f"zero_convs.{m[1]}.0.{m[2]}"
@@ -71,8 +75,7 @@ def _ldm_to_diffusers(state: dict[str, torch.Tensor], config: dict) -> dict[str,
     # diffusers' converter numbers the hint blocks as if there were always 4 levels (VAE factor 8);
     # a net with another number of levels (e.g. VAE factor 4) gets its hint blocks by our own names.
     converted = {k: v for k, v in converted.items() if not k.startswith("controlnet_cond_embedding.")}
-    n_blocks = 2 * (len(config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)) - 1)
-    hint_keys = ["conv_in", "conv_out"] + [f"blocks.{i}" for i in range(n_blocks)]
+    hint_keys = ["conv_in", "conv_out"] + [f"blocks.{i}" for i in range(_hint_blocks(config))]
     for name in hint_keys:
         for part in ("weight", "bias"):
             key = f"controlnet_cond_embedding.{name}.{part}"
