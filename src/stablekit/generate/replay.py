@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stablekit.generate.guidance import TEXT_KEYS as GUIDANCE_KEYS
+from stablekit.generate.guidance import GuidanceOptions
 from stablekit.generate.params import GenerationParams
 from stablekit.generate.record import params_from_record
 
@@ -17,13 +19,13 @@ A1111_APPLIED = frozenset({
     "Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size-1", "Size-2",
     "Denoising strength", "Clip skip", "Variation seed", "Variation seed strength", "Seed resize from-1",
     "Seed resize from-2", "Model hash", "Model", "Version", "Lora hashes", "TI hashes",
-    "Hires upscale", "Hires steps", "Hires upscaler",
+    "Hires upscale", "Hires steps", "Hires upscaler", *GUIDANCE_KEYS,
 })
 # Fields only A1111's inpainting writes: such a PNG needs its mask again.
 A1111_INPAINT_FIELDS = ("Mask blur", "Inpaint area", "Masked area padding", "Mask mode", "Masked content")
 RECORD_KEYS = frozenset(GenerationParams.__dataclass_fields__) | {
     "batch_index", "schedule_resolved", "init_image", "mask", "model", "stablekit", "loras", "embeddings",
-    "controlnet", "hires"}
+    "controlnet", "hires", "guidance", "inpaint"}
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Replay:
     ignored: list[str] = field(default_factory=list)
     controlnet: list = field(default_factory=list)  # the units it was made with (records; A1111 text)
     hires: object = None  # HiresFix (generate/hires.py) of a hires-fix image
+    guidance: GuidanceOptions | None = None  # CFG rescale, FreeU, PAG, fix steps (generate/guidance.py)
 
 
 def replay(info: dict) -> Replay | None:
@@ -60,14 +63,16 @@ def replay(info: dict) -> Replay | None:
         params, index = params_from_record(record)
         ignored += [k for k in record if k not in RECORD_KEYS]
         return Replay(params, index, record.get("model") or {}, record.get("init_image"), record.get("mask"),
-                      sorted(set(ignored)), record.get("controlnet") or units, HiresFix.from_record(record.get("hires")))
+                      sorted(set(ignored)), record.get("controlnet") or units, HiresFix.from_record(record.get("hires")),
+                      GuidanceOptions.from_record(record.get("guidance")))
     if info.get("parameters"):
         params = GenerationParams.from_a1111(fields)
         if any(k.startswith("Hires") for k in fields) and params.denoising_strength is not None:
             params.denoising_strength = None  # the hires pass's strength, not img2img's
         needs_mask = any(k in fields for k in A1111_INPAINT_FIELDS) or None
         needs_init = (params.denoising_strength is not None) or None
-        return Replay(params, 0, {}, needs_init, needs_mask, ignored, units, HiresFix.from_fields(fields))
+        return Replay(params, 0, {}, needs_init, needs_mask, ignored, units, HiresFix.from_fields(fields),
+                      GuidanceOptions.from_fields(fields))
     from stablekit.metadata.comfy import params_from_comfy_prompt, read_comfy_chunks
 
     comfy = read_comfy_chunks(info.get("text") or {})
