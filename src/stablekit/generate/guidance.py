@@ -175,7 +175,7 @@ def rescale_cfg(guided: Tensor, cond: Tensor, phi: float) -> Tensor:
 def combine(outputs: Tensor, cfg_scale: float, guided: bool, options: GuidanceOptions) -> Tensor:
     """One UNet call's outputs [uncond?, cond, perturbed?] (chunks of equal size) -> the guided
     prediction, in the model's own prediction space, in diffusers' order: CFG, PAG, rescale."""
-    chunks = outputs.chunk(len(outputs) // _chunk_rows(outputs, guided, options))
+    chunks = outputs.chunk(copies(guided, options))
     uncond = chunks[0] if guided else None
     cond = chunks[1] if guided else chunks[0]
     result = uncond + cfg_scale * (cond - uncond) if guided else cond
@@ -189,10 +189,6 @@ def combine(outputs: Tensor, cfg_scale: float, guided: bool, options: GuidanceOp
 def copies(guided: bool, options: GuidanceOptions) -> int:
     """How many copies of the images one UNet call holds: [uncond?, cond, perturbed?]."""
     return 1 + bool(guided) + bool(options.pag_scale)
-
-
-def _chunk_rows(outputs: Tensor, guided: bool, options: GuidanceOptions) -> int:
-    return outputs.shape[0] // copies(guided, options)
 
 
 # ----------------------------------------------------------------------------- UNet patches per call
