@@ -9,7 +9,8 @@ grid of the first shape into --out. Target (specs/shapes-world.md): at the best 
 >= 0.9 and new colour >= 0.8.
 
     .venv/bin/python benchmarks/img2img_recolour.py [--n 12] [--strengths 0.3 0.4 0.5 0.6 0.7 0.8]
-        [--cfgs 3 5 7 10 15] [--variants plain fix-steps] [--model PATH] [--out docs/reports/guidance/img2img]
+        [--cfgs 3 5 7 10 15] [--variants plain fix-steps] [--name-position] [--model PATH]
+        [--out docs/reports/guidance/img2img]
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from PIL import Image
 
 import stablekit
 from stablekit.generate.guidance import GuidanceOptions
-from stablekit.shapes.captions import make_batch
+from stablekit.shapes.captions import POSITION_PHRASES, make_batch
 from stablekit.shapes.edits import other_color
 from stablekit.shapes.judge import Judge
 
@@ -31,7 +32,15 @@ VARIANTS = {"plain": None, "fix-steps": GuidanceOptions(fix_steps=True),
             "cfg-rescale": GuidanceOptions(cfg_rescale=0.7)}
 
 
-def run_grid(pipe, judge, images, specs, strengths, cfgs, options, steps: int, keep_first: bool = True):
+def recolour_prompt(spec, new: str, name_position: bool = False) -> str:
+    """The source's description with only the colour changed; with name_position, its place too
+    (the captions' first phrase for it, e.g. "at the top")."""
+    where = f" {POSITION_PHRASES[spec.position][0]}" if name_position else ""
+    return f"a large {new} {spec.shape}{where} on a {spec.background} background"
+
+
+def run_grid(pipe, judge, images, specs, strengths, cfgs, options, steps: int, keep_first: bool = True,
+             name_position: bool = False):
     """{(strength, cfg): (kept, recoloured)} over the images, and the first image's outputs."""
     results, firsts = {}, {}
     for strength in strengths:
@@ -39,7 +48,7 @@ def run_grid(pipe, judge, images, specs, strengths, cfgs, options, steps: int, k
             kept = recoloured = 0
             for i, (image, spec) in enumerate(zip(images, specs)):
                 new = other_color(spec, ("blue", "yellow", "red"))
-                prompt = f"a large {new} {spec.shape} on a {spec.background} background"
+                prompt = recolour_prompt(spec, new, name_position)
                 out = pipe.img2img(Image.fromarray(image), prompt, strength=strength, seed=1, cfg=cfg, steps=steps,
                                    guidance=options)[0]
                 got = judge.judge([np.asarray(out)])[0]
@@ -96,6 +105,8 @@ def main() -> None:
     ap.add_argument("--cfgs", type=float, nargs="+", default=[3.0, 5.0, 7.0, 10.0, 15.0])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--variants", nargs="+", default=["plain"], choices=tuple(VARIANTS))
+    ap.add_argument("--name-position", action="store_true",
+                    help="the prompt also names the object's place (e.g. 'at the top'); default: colour, shape, background")
     ap.add_argument("--model", default=None, help="model path (default: the embedded shapes model)")
     ap.add_argument("--out", default="docs/reports/guidance/img2img")
     args = ap.parse_args()
@@ -108,7 +119,8 @@ def main() -> None:
     all_results, lines = {}, []
     for variant in args.variants:
         print(f"variant {variant}", flush=True)
-        results, firsts = run_grid(pipe, judge, images, specs, args.strengths, args.cfgs, VARIANTS[variant], args.steps)
+        results, firsts = run_grid(pipe, judge, images, specs, args.strengths, args.cfgs, VARIANTS[variant], args.steps,
+                                   name_position=args.name_position)
         all_results[variant] = results
         image_grid(firsts, images[0], args.strengths, args.cfgs, out / f"grid-{variant}.png")
         best = best_point(results)
@@ -123,7 +135,7 @@ def main() -> None:
                       f"{results[best][0]:.2f}, new colour {results[best][1]:.2f}", ""]
     plot(all_results, args.strengths, args.cfgs, out / "curve.png")
     header = (f"{args.n} rendered large shapes (seed 11), seed 1, {args.steps} steps, default sampler, model "
-              f"{args.model or 'embedded (default)'}\n")
+              f"{args.model or 'embedded (default)'}; prompt: \"{recolour_prompt(specs[0], 'NEW', args.name_position)}\"\n")
     (out / "recolour.md").write_text(header + "\n" + "\n".join(lines))
     (out / "recolour.json").write_text(json.dumps(
         {"args": vars(args), "results": {v: {f"{s:g},{c:g}": r for (s, c), r in res.items()}
