@@ -4,8 +4,9 @@ Samplers work in k-diffusion's space (Karras et al. 2022): x = x0 + sigma * eps,
 sqrt((1 - alphas_cumprod) / alphas_cumprod); the UNet was trained on x_t = x / sqrt(sigma^2 + 1)
 at timestep t(sigma). Everything that changes what one model call returns lives here and only
 here: the prediction type (eps / v -> x0), classifier-free guidance, SDXL's extra conditioning,
-ControlNet residuals and extra UNet keyword arguments (LoRA scale). Samplers never branch on any
-of it; per-step progress and interrupts are the samplers' callback.
+ControlNet residuals, extra UNet keyword arguments (LoRA scale) and the guidance options (CFG
+rescale, FreeU, PAG: generate/guidance.py). Samplers never branch on any of it; per-step progress
+and interrupts are the samplers' callback.
 """
 from __future__ import annotations
 
@@ -107,13 +108,14 @@ class Denoiser:
 
     def __call__(self, x: Tensor, sigma: Tensor | float, cond: Conditioning, uncond: Conditioning | None = None,
                  cfg_scale: float = 1.0, added_time_ids: Tensor | None = None,
-                 control: Control | None = None) -> Tensor:
+                 control: Control | None = None, guidance=None) -> Tensor:
         """The denoised x0 for x at noise level sigma (a number, or one per image).
 
         CFG (Ho & Salimans 2022) runs as one UNet call on [uncond, cond] and returns
         uncond + cfg_scale * (cond - uncond); without uncond, or with cfg_scale 1 (where that is
         exactly cond), only cond is evaluated. cond/uncond with one row are used for every image.
         added_time_ids: SDXL's [batch or 1, 6] size/crop ids, the same for cond and uncond.
+        guidance: GuidanceOptions (generate/guidance.py); None or all off takes exactly the plain path.
         """
         batch = x.shape[0]
         # timesteps from sigma where the caller keeps it (the CPU schedule): no device round trip
@@ -126,6 +128,8 @@ class Denoiser:
             raise StablekitError(
                 f"prompt and negative prompt encode to different lengths ({conds[1].hidden_states.shape[1]} vs "
                 f"{conds[0].hidden_states.shape[1]} tokens); pad the shorter with empty-prompt chunks before guidance")
+        if guidance is not None and guidance.changes_model:
+            return self._guided(x, sigma, t, conds, guided, cfg_scale, added_time_ids, control, guidance)
         context = Conditioning.cat(conds)
         copies = len(conds)
         x_in = x.repeat(copies, *[1] * (x.ndim - 1))
@@ -136,6 +140,24 @@ class Denoiser:
             return denoised
         uncond_x0, cond_x0 = denoised.chunk(2)
         return uncond_x0 + cfg_scale * (cond_x0 - uncond_x0)
+
+    def _guided(self, x: Tensor, sigma: Tensor, t: Tensor, conds: list, guided: bool, cfg_scale: float,
+                added_time_ids: Tensor | None, control: Control | None, guidance) -> Tensor:
+        """The guidance options' path (generate/guidance.py): one UNet call on [uncond?, cond,
+        perturbed cond?] with FreeU / PAG patched in, the predictions combined in the model's own
+        prediction space (eps or v, as diffusers), then turned into x0 (an affine map, so plain CFG
+        here equals CFG on x0)."""
+        from stablekit.generate.guidance import combine, patched_unet
+
+        if guidance.pag_scale:
+            conds = [*conds, conds[-1]]  # the perturbed copy: cond again, identity self-attention
+        copies = len(conds)
+        x_in = x.repeat(copies, *[1] * (x.ndim - 1))
+        sigma_in = sigma.repeat(copies)
+        with patched_unet(self.unet, guidance, x.shape[0]):
+            model_output = self._unet(x_in, sigma_in, t.repeat(copies), Conditioning.cat(conds), added_time_ids,
+                                      control)
+        return self._to_x0(x, sigma, combine(model_output, cfg_scale, guided, guidance))
 
     def _unet(self, x: Tensor, sigma: Tensor, timestep: Tensor, context: Conditioning, added_time_ids: Tensor | None,
               control: Control | None) -> Tensor:

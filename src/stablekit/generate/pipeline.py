@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from stablekit.components import Components
 from stablekit.errors import StablekitError
 from stablekit.generate.denoiser import Denoiser
+from stablekit.generate.guidance import take as take_guidance
 from stablekit.generate.hires import plan, second_pass
 from stablekit.generate.inpaint_unet import inpaint_denoiser, is_inpainting_unet
 from stablekit.generate.noise import ImageNoise, batch_seeds, resolve_seed
@@ -31,6 +32,7 @@ from stablekit.generate.steps import (
     empty_latents,
     encode,
     encode_image,
+    img2img_schedule,
     img2img_sigmas,
     paste_back,
     sample,
@@ -60,6 +62,7 @@ class _Run:
     hires: object = None  # HiresFix (generate/hires.py), txt2img only
     denoiser: Denoiser | None = None  # a 9-channel inpainting model's (generate/inpaint_unet.py)
     inpaint: object = None  # InpaintOptions (generate/inpaint_options.py)
+    guidance: object = None  # GuidanceOptions (generate/guidance.py): CFG rescale, FreeU, PAG, fix steps
 
 
 class Pipeline:
@@ -99,11 +102,13 @@ class Pipeline:
         `<lora:NAME:SCALE>` tags find NAME.safetensors), embeddings_dir= (embeddings used by file
         name), applied for this call only (generate/networks.py). controlnets: [ControlUnit, ...]
         (every mode); hires: HiresFix(scale, steps, denoise, upscaler) for A1111's two-pass hires
-        fix. output="np" returns float arrays [H, W, 3] in [0, 1] (no metadata) instead of PIL images."""
+        fix; guidance: GuidanceOptions (or a dict of its fields: cfg_rescale, freeu, pag_scale, pag_layers,
+        fix_steps; generate/guidance.py), also for img2img/inpaint. output="np" returns float arrays [H, W, 3] in [0, 1] (no metadata) instead of PIL images."""
         controls, hires = settings.pop("controlnets", None), settings.pop("hires", None)
+        guidance = take_guidance(settings, self.components.arch)
         params, sampling, networks = self._resolve(prompt, settings, None)
         run = _Run(params, sampling, empty_latents(self.components, params.width, params.height), networks=networks,
-                   controls=controls, hires=hires)
+                   controls=controls, hires=hires, guidance=guidance)
         return self._render(run, callback, output)
 
     def img2img(self, image, prompt: str = "", strength: float = 0.75, callback: StepCallback | None = None,
@@ -113,10 +118,11 @@ class Pipeline:
         int(strength * steps) + 1 sampler steps). Other settings as generate(); size defaults
         to the image's."""
         controls = settings.pop("controlnets", None)
+        guidance = take_guidance(settings, self.components.arch)
         params, sampling, networks = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
         return self._render(_Run(params, sampling, encode_image(self.components, init), init, networks=networks,
-                                 controls=controls),
+                                 controls=controls, guidance=guidance),
                             callback, output)
 
     def inpaint(self, image, mask, prompt: str = "", strength: float = 1.0, callback: StepCallback | None = None,
@@ -133,13 +139,14 @@ class Pipeline:
 
             return only_masked(self, image, mask, prompt, strength, callback, output, options, settings)
         controls = settings.pop("controlnets", None)
+        guidance = take_guidance(settings, self.components.arch)
         params, sampling, networks = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
         repaint = InpaintMask.load(mask, init.width, init.height) if options is None else \
             options.mask(mask, init.width, init.height)
         start = init if options is None else options.start_image(init, repaint)
         run = _Run(params, sampling, encode_image(self.components, start), init, repaint, networks, controls,
-                   inpaint=options)
+                   inpaint=options, guidance=guidance)
         if options is not None:
             run.latents = options.start_latents(run.latents, repaint, self.components.vae_scale_factor, params.seed)
         if is_inpainting_unet(self.components.unet):
@@ -208,6 +215,7 @@ class Pipeline:
         from stablekit.generate.control import ControlNetControl, prepare_units
 
         second = plan(self, run.params, run.sampling, run.hires, prompt, negative)
+        second.conditioning.guidance = run.guidance
         if run.controls:  # the units act in the second pass too, fitted to its size (A1111's default)
             units = prepare_units(run.controls, self.components, second.width, second.height, self._controlnets)
             second.conditioning.control = ControlNetControl(units, second.sigmas, run.params.batch_size, hires=True)
@@ -227,9 +235,14 @@ class Pipeline:
         c, p = self.components, run.params
         sigmas = run.sampling.sigmas(p.steps, self.denoiser)
         if run.init is not None:
-            sigmas = img2img_sigmas(sigmas, p.steps, p.denoising_strength)
+            sigmas = img2img_schedule(run.sampling, self.denoiser, p.steps, p.denoising_strength,
+                                      bool(run.guidance and run.guidance.fix_steps))
         conditioning = condition(self.prompts, prompt, negative, p.steps, p.clip_skip, p.cfg, size=(p.width, p.height))
+        conditioning.guidance = run.guidance
         extra = self._controls(run, conditioning, sigmas)
+        if run.guidance is not None:
+            extra["text"].update(run.guidance.fields())
+            extra["record"]["guidance"] = run.guidance.record()
         if run.inpaint is not None:
             extra["text"].update(run.inpaint.fields())
             extra["record"]["inpaint"] = run.inpaint.record()

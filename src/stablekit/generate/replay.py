@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stablekit.generate.guidance import TEXT_KEYS as GUIDANCE_KEYS
+from stablekit.generate.guidance import GuidanceOptions
 from stablekit.generate.params import GenerationParams
 from stablekit.generate.record import params_from_record
 
@@ -17,13 +19,14 @@ A1111_APPLIED = frozenset({
     "Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size-1", "Size-2",
     "Denoising strength", "Clip skip", "Variation seed", "Variation seed strength", "Seed resize from-1",
     "Seed resize from-2", "Model hash", "Model", "Version", "Lora hashes", "TI hashes",
-    "Hires upscale", "Hires steps", "Hires upscaler",
+    "Hires upscale", "Hires steps", "Hires upscaler", *GUIDANCE_KEYS,
+    "Mask blur", "Inpaint area", "Masked area padding", "Mask mode", "Masked content",
 })
 # Fields only A1111's inpainting writes: such a PNG needs its mask again.
 A1111_INPAINT_FIELDS = ("Mask blur", "Inpaint area", "Masked area padding", "Mask mode", "Masked content")
 RECORD_KEYS = frozenset(GenerationParams.__dataclass_fields__) | {
     "batch_index", "schedule_resolved", "init_image", "mask", "model", "stablekit", "loras", "embeddings",
-    "controlnet", "hires"}
+    "controlnet", "hires", "guidance", "inpaint"}
 
 
 @dataclass
@@ -44,6 +47,8 @@ class Replay:
     ignored: list[str] = field(default_factory=list)
     controlnet: list = field(default_factory=list)  # the units it was made with (records; A1111 text)
     hires: object = None  # HiresFix (generate/hires.py) of a hires-fix image
+    guidance: GuidanceOptions | None = None  # CFG rescale, FreeU, PAG, fix steps (generate/guidance.py)
+    inpaint: object = None  # InpaintOptions (generate/inpaint_options.py) of an inpainting image, else None
 
 
 def replay(info: dict) -> Replay | None:
@@ -60,17 +65,58 @@ def replay(info: dict) -> Replay | None:
         params, index = params_from_record(record)
         ignored += [k for k in record if k not in RECORD_KEYS]
         return Replay(params, index, record.get("model") or {}, record.get("init_image"), record.get("mask"),
-                      sorted(set(ignored)), record.get("controlnet") or units, HiresFix.from_record(record.get("hires")))
+                      sorted(set(ignored)), record.get("controlnet") or units, HiresFix.from_record(record.get("hires")),
+                      GuidanceOptions.from_record(record.get("guidance")), _inpaint_from_record(record.get("inpaint")))
     if info.get("parameters"):
         params = GenerationParams.from_a1111(fields)
         if any(k.startswith("Hires") for k in fields) and params.denoising_strength is not None:
             params.denoising_strength = None  # the hires pass's strength, not img2img's
         needs_mask = any(k in fields for k in A1111_INPAINT_FIELDS) or None
         needs_init = (params.denoising_strength is not None) or None
-        return Replay(params, 0, {}, needs_init, needs_mask, ignored, units, HiresFix.from_fields(fields))
+        return Replay(params, 0, {}, needs_init, needs_mask, ignored, units, HiresFix.from_fields(fields),
+                      GuidanceOptions.from_fields(fields), inpaint_from_fields(fields) if needs_mask else None)
     from stablekit.metadata.comfy import params_from_comfy_prompt, read_comfy_chunks
 
     comfy = read_comfy_chunks(info.get("text") or {})
     if comfy is not None:  # a ComfyUI PNG with one KSampler; regenerated with A1111's noise, so close, not equal
         return Replay(GenerationParams.from_dict(params_from_comfy_prompt(comfy["prompt"])))
     return None
+
+
+def inpaint_from_fields(fields: dict):
+    """A1111's inpainting text fields (Mask blur, Mask mode, Masked content, Inpaint area, Masked area
+    padding) -> InpaintOptions; A1111 leaves out what is at its default (original content, whole picture)."""
+    from stablekit.errors import StablekitError
+    from stablekit.generate.inpaint_options import InpaintOptions
+
+    try:
+        return InpaintOptions(
+            mask_blur=int(float(fields.get("Mask blur", 0))),
+            invert=str(fields.get("Mask mode", "")).strip().lower() == "inpaint not masked",
+            fill=str(fields.get("Masked content", "original")),
+            only_masked=str(fields.get("Inpaint area", "")).strip().lower() == "only masked",
+            padding=int(float(fields.get("Masked area padding", 32))),
+        ).validate()
+    except ValueError as exc:
+        raise StablekitError(f"the PNG's inpainting fields are not numbers: {exc}") from None
+
+
+def _inpaint_from_record(record: dict | None):
+    if not record:
+        return None
+    from stablekit.generate.inpaint_options import InpaintOptions
+
+    keys = ("mask_blur", "invert", "fill", "only_masked", "padding")
+    return InpaintOptions(**{k: record[k] for k in keys if k in record}).validate()
+
+
+def inpaint_options(recorded, given: dict):
+    """The InpaintOptions of a run: flags given (InpaintOptions field -> value) over the PNG's own
+    (`recorded`, Replay.inpaint); None when neither has any, so the plain hard mask is used."""
+    from dataclasses import replace
+
+    from stablekit.generate.inpaint_options import InpaintOptions
+
+    if recorded is None and not given:
+        return None
+    return replace(recorded or InpaintOptions(), **given).validate()

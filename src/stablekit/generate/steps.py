@@ -125,6 +125,7 @@ class StepConditioning:
     cond / uncond: [(last_step, Conditioning)] schedules (one entry without prompt editing);
     uncond None: no guidance. cfg_scale: classifier-free guidance scale. added_time_ids: SDXL's
     [1, 6] size ids (None for SD 1.x / 2.x). control: ControlNet residuals (Denoiser's Control).
+    guidance: GuidanceOptions resolved for the model (CFG rescale, FreeU, PAG; generate/guidance.py).
     """
 
     cond: Schedule
@@ -132,6 +133,7 @@ class StepConditioning:
     cfg_scale: float = 7.0
     added_time_ids: Tensor | None = None
     control: object = None
+    guidance: object = None
 
     @property
     def constant(self) -> bool:
@@ -198,12 +200,25 @@ def img2img_sigmas(sigmas: Tensor, steps: int, strength: float) -> Tensor:
     return sigmas[steps - t_enc - 1:]
 
 
+def img2img_schedule(sampling, denoiser, steps: int, strength: float, fix_steps: bool = False) -> Tensor:
+    """The sigmas an img2img pass runs. Without fix_steps: img2img_sigmas of the `steps` schedule
+    (int(strength * steps) + 1 steps). With fix_steps (A1111's img2img_fix_steps, and what A1111
+    always does for the hires pass): exactly `steps` steps, the last ones of a schedule of
+    int(steps / strength) steps (sd_samplers_common.setup_img2img_steps)."""
+    if not fix_steps or strength <= 0:
+        return img2img_sigmas(sampling.sigmas(steps, denoiser), steps, strength)
+    full = max(steps, int(steps / min(strength, 0.999))) if strength > 0 else steps
+    return sampling.sigmas(full, denoiser)[full - steps:]
+
+
 # ----------------------------------------------------------------------------- sampling
 def guided_model(denoiser, conditioning: StepConditioning, sigmas: Tensor, latents: Tensor | None = None,
                  mask: Tensor | None = None):
     """The sampler's model x, sigma -> x0: the denoiser with the conditioning in force at each
     step, and with a mask, x0 reset to `latents` outside it after every call (A1111's inpainting)."""
     fixed = conditioning.at(0) if conditioning.constant else None
+    guidance = getattr(conditioning, "guidance", None)
+    extra = {"guidance": guidance} if guidance is not None else {}  # denoisers without the option still work
 
     def model(x: Tensor, sigma: Tensor) -> Tensor:
         if fixed is None:  # prompt editing: the step whose sigma interval holds this sigma
@@ -212,7 +227,7 @@ def guided_model(denoiser, conditioning: StepConditioning, sigmas: Tensor, laten
         else:
             cond, uncond = fixed
         x0 = denoiser(x, sigma, cond, uncond, cfg_scale=conditioning.cfg_scale,
-                      added_time_ids=conditioning.added_time_ids, control=conditioning.control)
+                      added_time_ids=conditioning.added_time_ids, control=conditioning.control, **extra)
         if mask is None:
             return x0
         return latents * (1 - mask) + x0 * mask
