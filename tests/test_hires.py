@@ -14,7 +14,7 @@ from stablekit.formats import save_model
 from stablekit.generate.hires import HiresFix, upscale_latents
 from stablekit.generate.noise import ImageNoise
 from stablekit.generate.pipeline import Pipeline
-from stablekit.generate.steps import condition, decode, empty_latents, encode_image, img2img_sigmas, sample
+from stablekit.generate.steps import condition, decode, empty_latents, encode_image, sample
 from stablekit.metadata import read_png_info
 from stablekit.samplers import resolve_sampling
 
@@ -43,7 +43,11 @@ def _by_hand(pipe, hires: HiresFix, prompt="a red circle"):
         up = np.asarray(Image.fromarray(pixels).resize((w, h), Image.LANCZOS), dtype=np.float32)[None] / 255
         start = encode_image(c, up)
     steps = hires.steps or 4
-    sigmas = img2img_sigmas(sampling.sigmas(steps, pipe.denoiser), steps, hires.denoise)
+    # A1111's setup_img2img_steps with the hires step count given: exactly `steps` steps, the last
+    # ones of an int(steps / denoise)-step schedule (t_enc = steps - 1; sigmas[full - t_enc - 1:])
+    full = int(steps / min(hires.denoise, 0.999))
+    sigmas = sampling.sigmas(full, pipe.denoiser)[full - steps:]
+    assert len(sigmas) - 1 == steps
     cond2 = condition(pipe.prompts, prompt, "blurry", steps, 1, 5.0, size=(w, h))
     return decode(c, sample(pipe.denoiser, start, sigmas, sampling, cond2, ImageNoise([11])))[0]
 

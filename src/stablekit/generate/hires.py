@@ -127,13 +127,15 @@ class SecondPass:
 
 def plan(pipe, params, sampling, hires: HiresFix, prompt, negative) -> SecondPass:
     """The second pass of a run with these settings (params: the first pass's GenerationParams)."""
-    from stablekit.generate.steps import StepConditioning, img2img_sigmas, sdxl_time_ids
+    from stablekit.generate.steps import StepConditioning, img2img_schedule, sdxl_time_ids
 
     hires = hires.validate()
     c = pipe.components
     width, height = hires.target(params.width, params.height, c.vae_scale_factor)
     steps = hires.steps or params.steps
-    sigmas = img2img_sigmas(sampling.sigmas(steps, pipe.denoiser), steps, hires.denoise)
+    # A1111 always passes the hires step count to setup_img2img_steps, which then runs exactly that
+    # many steps (the img2img_fix_steps rule), whatever the img2img option says.
+    sigmas = img2img_schedule(sampling, pipe.denoiser, steps, hires.denoise, fix_steps=True)
     # prompt editing in the second pass: A1111's hires timeline (whole-number steps shift by the first
     # pass's steps, fractions by 1.0; prompts/schedule.py), over the second pass's steps
     cond, uncond = pipe.prompts.encode_pair_schedule(prompt, negative, params.steps, params.clip_skip, hires_steps=steps)
