@@ -121,10 +121,17 @@ def test_control_modes_scale_blocks_and_guess_mode_leaves_the_negative_half():
     control = ControlNetControl(prepared, torch.tensor([14.6, 1.0, 0.0]), images=1)
     from stablekit.generate.denoiser import UNetInput
 
-    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    inputs = UNetInput(x, torch.tensor([999.0, 999.0]), torch.randn(2, 77, 32), None, torch.tensor([14.6, 14.6]))
-    residuals = control(inputs)
+    x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t, sigma, states = torch.tensor([999.0] * 3), torch.tensor([14.6] * 3), torch.randn(3, 77, 32)
+    residuals = control(UNetInput(x[:2], t[:2], states[:2], None, sigma[:2], uncond_rows=1))
     assert all(torch.count_nonzero(r[0]) == 0 and torch.count_nonzero(r[1]) > 0 for r in [*residuals.down, residuals.mid])
+    # PAG's batch [uncond, cond, perturbed]: only the negative prompt's row goes without
+    residuals = control(UNetInput(x, t, states, None, sigma, uncond_rows=1))
+    assert all(r.shape[0] == 3 and torch.count_nonzero(r[0]) == 0 and torch.count_nonzero(r[1]) > 0
+               and torch.count_nonzero(r[2]) > 0 for r in [*residuals.down, residuals.mid])
+    # without CFG (no negative rows) every row gets the residuals
+    residuals = control(UNetInput(x[1:2], t[:1], states[:1], None, sigma[:1]))
+    assert all(torch.count_nonzero(r[0]) > 0 for r in [*residuals.down, residuals.mid])
     assert pipe  # the pipeline path runs the same Control (test_controlnet_equals_diffusers_pipeline)
 
 

@@ -206,7 +206,8 @@ class ControlNetControl:
     """The Denoiser's `control`: the summed, scaled residuals of the units active at this call.
 
     sigmas: the schedule of the pass being sampled (the step is found from the call's sigma);
-    images: images per UNet call without CFG (a call of twice that is a CFG batch [uncond, cond]);
+    images: images per UNet call without CFG (which rows of a call are the negative prompt's, the
+        Denoiser says: UNetInput.uncond_rows);
     hires: this is a hires fix's second pass.
     """
 
@@ -226,16 +227,16 @@ class ControlNetControl:
     def __call__(self, inputs: UNetInput) -> ControlResiduals:
         step = self.step_of(float(inputs.sigma.reshape(-1)[0]))
         total: list | None = None
-        rows = inputs.sample.shape[0]
         for prepared in self.units:
             unit = prepared.unit
             if unit.scale == 0 or not active(unit, step, self.steps):
                 continue
-            cond_only = unit.mode == CONTROL_MODES[2] and rows == 2 * self.images
-            residuals = self._run(prepared, inputs, self.images if cond_only else 0)
+            # the Denoiser says which rows are the negative prompt's (with PAG the batch has 3 parts)
+            skip = inputs.uncond_rows if unit.mode == CONTROL_MODES[2] else 0
+            residuals = self._run(prepared, inputs, skip)
             residuals = [r * s for r, s in zip(residuals, block_scales(unit, len(residuals), self.hires))]
-            if cond_only:  # the negative prompt's half gets nothing
-                residuals = [torch.cat([torch.zeros_like(r), r]) for r in residuals]
+            if skip:  # the negative prompt's rows get nothing
+                residuals = [torch.cat([r.new_zeros((skip, *r.shape[1:])), r]) for r in residuals]
             total = residuals if total is None else [a + b for a, b in zip(total, residuals)]
         if total is None:  # nothing active: zeros add nothing, exactly
             zero = torch.zeros(1, 1, 1, 1, device=inputs.sample.device, dtype=inputs.sample.dtype)

@@ -32,6 +32,7 @@ class UNetInput:
     encoder_hidden_states: Tensor
     added_cond_kwargs: dict | None  # SDXL: text_embeds and time_ids
     sigma: Tensor  # [batch]
+    uncond_rows: int = 0  # leading rows conditioned on the negative prompt (CFG); the rest are the prompt's
 
 
 @dataclass
@@ -134,7 +135,8 @@ class Denoiser:
         copies = len(conds)
         x_in = x.repeat(copies, *[1] * (x.ndim - 1))
         sigma_in = sigma.repeat(copies)
-        model_output = self._unet(x_in, sigma_in, t.repeat(copies), context, added_time_ids, control)
+        model_output = self._unet(x_in, sigma_in, t.repeat(copies), context, added_time_ids, control,
+                                  batch if guided else 0)
         denoised = self._to_x0(x_in, sigma_in, model_output)
         if not guided:
             return denoised
@@ -156,11 +158,11 @@ class Denoiser:
         sigma_in = sigma.repeat(copies)
         with patched_unet(self.unet, guidance, x.shape[0]):
             model_output = self._unet(x_in, sigma_in, t.repeat(copies), Conditioning.cat(conds), added_time_ids,
-                                      control)
+                                      control, x.shape[0] if guided else 0)
         return self._to_x0(x, sigma, combine(model_output, cfg_scale, guided, guidance))
 
     def _unet(self, x: Tensor, sigma: Tensor, timestep: Tensor, context: Conditioning, added_time_ids: Tensor | None,
-              control: Control | None) -> Tensor:
+              control: Control | None, uncond_rows: int = 0) -> Tensor:
         dtype = module_dtype(self.unet)
         c_in = _per_image(1 / (sigma**2 + 1) ** 0.5, x)
         inputs = UNetInput(
@@ -169,6 +171,7 @@ class Denoiser:
             encoder_hidden_states=context.hidden_states.to(x.device, dtype),
             added_cond_kwargs=self._added_cond_kwargs(context, added_time_ids, x),
             sigma=sigma,
+            uncond_rows=uncond_rows,
         )
         kwargs = dict(self.unet_kwargs)
         if control is not None:
