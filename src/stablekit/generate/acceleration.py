@@ -18,6 +18,9 @@ the same model computed the same way up to rounding: nothing here skips or appro
   NHWC; contiguous NCHW makes them reorder on every call).
 - attention: torch's scaled_dot_product_attention (diffusers AttnProcessor2_0) on every attention
   module, set explicitly so a model that was saved with another processor still gets the fused kernel.
+- trace (default for small UNets on the CPU): the UNet's calls replay a TorchScript trace per input
+  shape (generate/traced.py): bit-exact, without diffusers' per-module Python, which is most of a
+  call of a small, overhead-bound UNet; traces are cached between runs. STABLEKIT_TRACE=0 turns it off.
 - compile: torch.compile of the UNet (and VAE decoder), opt-in (dtype= and compile= of
   stablekit.load, --compile on the CLI): on this CPU it pays only after a long first compile.
 """
@@ -51,13 +54,14 @@ class Acceleration:
     reason: str = "fp32 requested"
     vae_channels_last: bool = False  # the VAE's own layout (auto: always; see apply)
     compile_seconds: float = 0.0
+    trace: bool | None = None  # TorchScript-traced UNet calls; None: decided in apply (small UNets on the CPU)
 
     def describe(self) -> str:
         from stablekit.formats.weights import DTYPE_NAMES
 
         layout = f"UNet {'channels_last' if self.channels_last else 'contiguous'}, VAE " + (
             "channels_last" if self.vae_channels_last else "contiguous")
-        compiled = ", torch.compile" if self.compile else ""
+        compiled = ", torch.compile" if self.compile else ", traced UNet" if self.trace else ""
         return f"{DTYPE_NAMES.get(self.dtype, self.dtype)}, {layout}, {self.attention} attention{compiled} ({self.reason})"
 
 
@@ -229,6 +233,15 @@ def apply(components, acc: Acceleration) -> None:
         if cl:
             module.to(memory_format=torch.channels_last)
         _use_sdpa(module, AttnProcessor2_0)
+    if acc.trace is None:
+        from stablekit.generate.traced import worth_tracing
+
+        acc.trace = (not acc.compile and os.environ.get("STABLEKIT_TRACE", "1") != "0" and components.unet is not None
+                     and components.device.type == "cpu" and worth_tracing(components.unet))
+    if acc.trace:
+        from stablekit.generate.traced import install
+
+        install(components.unet, cache_file().parent / "traces")  # last: it fingerprints the processors set above
     if acc.compile:
         t0 = time.perf_counter()
         components.unet.compile()  # in place: the module object (and its LoRA hooks) stays the same
