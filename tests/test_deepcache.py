@@ -57,3 +57,15 @@ def test_new_image_refills_the_cache(pipe):
     with one_thread(), deepcache(pipe.components.unet, 10) as dc:
         pipe.generate("a cat", batch_count=2, **SETTINGS)
     assert dc.stats == {"full": 2, "cached": 6}
+
+
+def test_cli_deepcache_and_no_trace(tmp_path):
+    from PIL import Image
+
+    from stablekit.cli import main
+
+    out = tmp_path / "x.png"
+    with one_thread():
+        assert main(["generate", "a red circle", "--steps", "3", "--seed", "1", "--deepcache", "2", "--no-trace",
+                     "--no-progress", "--out", str(out)]) == 0
+    assert "DeepCache: 2" in Image.open(out).info["parameters"]
