@@ -86,12 +86,12 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the UNet and VAE decoder: faster steps after a slow first compile "
                         "(default --no-compile)")
-    p.add_argument("--trace", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the UNet through per-shape TorchScript traces (bit-exact, cached between runs; default: "
-                        "on for small UNets on the CPU, where Python overhead dominates)")
-    p.add_argument("--deepcache", type=int, default=None, metavar="N",
-                   help="lossy, opt-in: DeepCache, the full UNet every N steps and only its shallow branch in "
-                        "between (e.g. 3; default off)")
+    p.add_argument("--trace", action=argparse.BooleanOptionalAction, default=None, help="UNet calls through "
+                   "per-shape TorchScript traces (bit-exact, cached; default: on for small UNets on the CPU)")
+    p.add_argument("--deepcache", type=int, default=None, metavar="N", help="lossy, opt-in: DeepCache, the full UNet "
+                   "every N steps, only its shallow branch in between (e.g. 3; default off)")
+    p.add_argument("--prompts", default=None, metavar="FILE", help="one prompt per line, or JSON lines with per-line "
+                   "settings, into the --out folder; split across `accelerate launch` processes")
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help="override architecture detection (default: detected from the file)")
     p.add_argument("--allow-pickle", action="store_true",
@@ -305,6 +305,10 @@ def _strength(params, default: float) -> float:
 
 def run(args) -> int:
     # The output path first: a mistake there must cost no model loading and no compute.
+    if args.prompts:
+        from stablekit.cli.generate_prompts import run_prompts
+
+        return run_prompts(args)
     outputs = plan_outputs(args.out, args.format, overwrite=args.overwrite, grid=args.grid)
 
     import stablekit
