@@ -44,10 +44,18 @@ def run_prompts(args) -> int:
     jobs = plan_jobs(entries, common, base)
     rank, world, barrier = _processes()
     start = next_number(plan.path) if plan.path.is_dir() else 0
-    barrier()  # every process has its start number before any of them writes an image
     plan.path.mkdir(parents=True, exist_ok=True)
-    pipe = stablekit.load(args.model, device=args.device, dtype=args.dtype, arch=args.arch,
-                          allow_pickle=args.allow_pickle, progress=not args.no_progress, compile=args.compile)
+
+    def load():
+        return stablekit.load(args.model, device=args.device, dtype=args.dtype, arch=args.arch,
+                              allow_pickle=args.allow_pickle, progress=not args.no_progress, compile=args.compile)
+
+    # Process 0 loads first, so its measured dtype/layout verdict (generate/acceleration.py, cached per
+    # machine) is the one every process reads: processes probing at once under load could disagree and
+    # compute the same image in different precisions. The barrier also fixes `start` before any write.
+    pipe = load() if rank == 0 else None
+    barrier()
+    pipe = pipe or load()
     ext = FORMATS[plan.format]
     for job in my_share(jobs, rank, world):
         images = pipe.generate(job.prompt, seed=job.seed, **job.settings)

@@ -40,7 +40,7 @@ from stablekit.errors import StablekitError
 DTYPE_REQUESTS = ("auto", "fp32", "fp16", "bf16")
 BF16_MARGIN = 1.10  # bf16 must be this much faster than fp32 to be chosen: it costs some fidelity
 PROBE_SIZE = 16  # latent side of the probe: small enough to take about a second on a full-size model
-PROBE_VERSION = 1  # bump when the probe changes, so old verdicts are measured again
+PROBE_VERSION = 2  # bump when the probe changes, so old verdicts are measured again
 
 
 @dataclass
@@ -157,27 +157,34 @@ def _read_cache(path: Path) -> dict:
         return {}
 
 
-def measure(unet_config: dict, repeats: int = 2) -> dict:
-    """Time the UNet's first down block in fp32/bf16 x contiguous/channels_last; pick the fastest."""
+def measure(unet_config: dict, repeats: int = 5) -> dict:
+    """Time the UNet's first down block in fp32/bf16 x contiguous/channels_last; pick the fastest.
+
+    The variants take turns, `repeats` rounds, best time each: on a shared machine the load moves
+    between calls, and one pass per variant once measured bf16 at 1.96x fp32 on the embedded
+    model's block where the whole image ran slower in bf16 (docs/reports/speed.md)."""
+    import copy
+
     block, args, kwargs = _probe_block(unet_config)
     variants = [("fp32", False), ("fp32", True)]
     if bf16_supported():
         variants += [("bf16", False), ("bf16", True)]
-    times = {}
+    runs = {}
     with torch.inference_mode():
         for name, cl in variants:
             dtype = torch.bfloat16 if name == "bf16" else torch.float32
             fmt = torch.channels_last if cl else torch.contiguous_format
-            m = block.to(dtype=dtype, memory_format=fmt)
+            m = copy.deepcopy(block).to(dtype=dtype, memory_format=fmt)
             a = [t.to(dtype=dtype, memory_format=fmt) if t.ndim == 4 else t.to(dtype) for t in args]
             k = {n: t.to(dtype) for n, t in kwargs.items()}
             m(*a, **k)  # warm-up: oneDNN primitive creation
-            best = float("inf")
-            for _ in range(repeats):
+            runs[f"{name}{'-cl' if cl else ''}"] = (m, a, k)
+        times = dict.fromkeys(runs, float("inf"))
+        for _ in range(repeats):
+            for key, (m, a, k) in runs.items():
                 t0 = time.perf_counter()
                 m(*a, **k)
-                best = min(best, time.perf_counter() - t0)
-            times[f"{name}{'-cl' if cl else ''}"] = best
+                times[key] = min(times[key], time.perf_counter() - t0)
     cl = {d: times.get(f"{d}-cl", 1e9) < times.get(d, 1e9) for d in ("fp32", "bf16") if d in times}
     fp32 = min(times["fp32"], times["fp32-cl"])
     best = {"dtype": "fp32", "channels_last": cl["fp32"]}
@@ -224,6 +231,17 @@ def apply(components, acc: Acceleration) -> None:
     """Memory layout, attention kernel and (opt-in) compilation on loaded modules, in place."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
+    if acc.trace is None and components.unet is not None:
+        from stablekit.generate.traced import worth_tracing
+
+        acc.trace = (not acc.compile and os.environ.get("STABLEKIT_TRACE", "1") != "0"
+                     and components.device.type == "cpu" and worth_tracing(components.unet))
+        if acc.trace and acc.reason.startswith("auto"):
+            # A small UNet and its VAE stay contiguous: on the embedded model the whole traced image ran
+            # 1.89x diffusers contiguous vs 1.46x channels_last (same run; the probe's single block favoured
+            # channels_last, but at this size the layout reorders between ops cost more than they save).
+            acc.channels_last = acc.vae_channels_last = False
+            acc.reason += "; small UNet: traced, contiguous"
     # The VAE decodes at full image size, where oneDNN's NHWC convolutions win clearly: SD 1.5's
     # decoder at 256 px in bf16 took 9-11 s channels_last vs 23-32 s contiguous (same process, taking
     # turns, 1 thread; docs/reports/speed.md). The probe's 16x16 UNet block cannot show that.
@@ -233,11 +251,6 @@ def apply(components, acc: Acceleration) -> None:
         if cl:
             module.to(memory_format=torch.channels_last)
         _use_sdpa(module, AttnProcessor2_0)
-    if acc.trace is None:
-        from stablekit.generate.traced import worth_tracing
-
-        acc.trace = (not acc.compile and os.environ.get("STABLEKIT_TRACE", "1") != "0" and components.unet is not None
-                     and components.device.type == "cpu" and worth_tracing(components.unet))
     if acc.trace:
         from stablekit.generate.traced import install
 
