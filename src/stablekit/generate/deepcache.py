@@ -6,10 +6,10 @@ first down block, and the last up block, which is fed the output the second-to-l
 produced at the last full call (the paper's uniform 1:N schedule, cache branch 0). Lossy: opt-in
 as `deepcache=N` / `--deepcache N`; its prompt-adherence cost is measured in docs/reports/speed.md.
 
-Implemented around diffusers' own forward, not as a copy of it: during a cached call the deep
-blocks' `forward` are stand-ins that return at once (the skipped down blocks hand back
-placeholders for the skip connections that only skipped up blocks read) and the second-to-last
-up block returns the cached features. A sampling run is recognised by its timesteps: a call whose
+A full call is diffusers' own forward (traced or not) with a hook keeping the second-to-last up
+block's output; a cached call runs diffusers' forward steps for the shallow branch only
+(`DeepCache.shallow`, checked equal to a full call on the same input in tests/test_deepcache.py).
+A sampling run is recognised by its timesteps: a call whose
 timestep is not below the previous one (a new image, batch or hires pass) or with other shapes
 runs in full and refills the cache. Calls with ControlNet / adapter residuals always run in full.
 """
@@ -19,7 +19,8 @@ from contextlib import contextmanager
 
 import torch
 
-_FULL_ONLY = ("down_block_additional_residuals", "mid_block_additional_residual", "down_intrablock_additional_residuals")
+_FULL_ONLY = ("down_block_additional_residuals", "mid_block_additional_residual", "down_intrablock_additional_residuals",
+              "attention_mask", "encoder_attention_mask")
 
 
 class DeepCache:
@@ -28,8 +29,6 @@ class DeepCache:
     def __init__(self, unet, interval: int):
         self.unet, self.interval = unet, int(interval)
         self.inner = unet.__dict__.get("forward") or type(unet).forward.__get__(unet)
-        self.deep = list(unet.down_blocks[1:]) + [unet.mid_block] + list(unet.up_blocks[:-1])
-        self.deep = [m for m in self.deep if m is not None]
         self.source = unet.up_blocks[-2]  # its output is the last up block's input: the cached feature
         self.cached: torch.Tensor | None = None
         self.last_t: float | None = None
@@ -43,8 +42,8 @@ class DeepCache:
         new_run = self.last_t is None or t >= self.last_t or key != self.key
         self.last_t, self.key = t, key
         self.count = 0 if new_run else self.count + 1
-        full = (new_run or self.cached is None or self.count % self.interval == 0
-                or any(kwargs.get(k) is not None for k in _FULL_ONLY))
+        full = (new_run or self.cached is None or self.count % self.interval == 0 or self.unet.config.addition_embed_type
+                == "image_hint" or any(kwargs.get(k) is not None for k in _FULL_ONLY))
         if full:
             self.stats["full"] += 1
             handle = self.source.register_forward_hook(self._keep)
@@ -53,35 +52,47 @@ class DeepCache:
             finally:
                 handle.remove()
         self.stats["cached"] += 1
-        with self._shallow_only():
-            return self.inner(sample, timestep, encoder_hidden_states, *args, **kwargs)
+        out = self.shallow(sample, timestep, encoder_hidden_states, kwargs)
+        if kwargs.get("return_dict", True):
+            from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+            return UNet2DConditionOutput(sample=out)
+        return (out,)
 
     def _keep(self, module, inputs, output) -> None:
         self.cached = output
 
-    @contextmanager
-    def _shallow_only(self):
-        """The deep blocks as stand-ins for one call (their own forward restored afterwards)."""
-        saved = [(m, m.__dict__.get("forward")) for m in self.deep]
-        for m in self.deep:
-            m.forward = self._stand_in(m)
-        try:
-            yield
-        finally:
-            for m, own in saved:
-                if own is None:
-                    del m.forward
-                else:
-                    m.forward = own
-
-    def _stand_in(self, module):
-        if module is self.source:
-            return lambda *a, **k: self.cached
-        if module in list(self.unet.down_blocks):
-            skips = len(module.resnets) + (1 if getattr(module, "downsamplers", None) else 0)
-            # placeholders: the skip connections of skipped levels are read only by skipped up blocks
-            return lambda hidden_states=None, *a, **k: (hidden_states, (hidden_states,) * skips)
-        return lambda hidden_states=None, *a, **k: hidden_states  # mid block, deeper up blocks: unused
+    def shallow(self, sample, timestep, states, kwargs: dict) -> torch.Tensor:
+        """The UNet's shallowest branch on the cached deep features: diffusers' forward (steps 0-2, the
+        first down block, the last up block, post-process) without the blocks in between."""
+        u, xattn, added = self.unet, kwargs.get("cross_attention_kwargs"), kwargs.get("added_cond_kwargs")
+        if u.config.center_input_sample:
+            sample = 2 * sample - 1.0
+        emb = u.time_embedding(u.get_time_embed(sample=sample, timestep=timestep), kwargs.get("timestep_cond"))
+        class_emb = u.get_class_embed(sample=sample, class_labels=kwargs.get("class_labels"))
+        if class_emb is not None:
+            emb = torch.cat([emb, class_emb], dim=-1) if u.config.class_embeddings_concat else emb + class_emb
+        aug = u.get_aug_embed(emb=emb, encoder_hidden_states=states, added_cond_kwargs=added)
+        emb = emb + aug if aug is not None else emb
+        if u.time_embed_act is not None:
+            emb = u.time_embed_act(emb)
+        states = u.process_encoder_hidden_states(encoder_hidden_states=states, added_cond_kwargs=added)
+        x = u.conv_in(sample)
+        first, last = u.down_blocks[0], u.up_blocks[-1]
+        if getattr(first, "has_cross_attention", False):
+            h, res = first(hidden_states=x, temb=emb, encoder_hidden_states=states, cross_attention_kwargs=xattn)
+        else:
+            h, res = first(hidden_states=x, temb=emb)
+        # the last up block reads the first len(resnets) skips: conv_in's and the first block's resnets'
+        skips = ((x,) + tuple(res))[:len(last.resnets)]
+        if getattr(last, "has_cross_attention", False):
+            h = last(hidden_states=self.cached, temb=emb, res_hidden_states_tuple=skips, encoder_hidden_states=states,
+                     cross_attention_kwargs=xattn)
+        else:
+            h = last(hidden_states=self.cached, temb=emb, res_hidden_states_tuple=skips)
+        if u.conv_norm_out is not None:
+            h = u.conv_act(u.conv_norm_out(h))
+        return u.conv_out(h)
 
 
 @contextmanager
