@@ -76,5 +76,14 @@ def test_uncovered_calls_and_changed_modules_run_eagerly(setup):
             assert torch.equal(c.unet(x, t, encoder_hidden_states=ctx).sample, base)
             hook.remove()
         assert seen == [1]  # the trace stepped aside: the hook ran
+        import copy
+
+        original = c.unet.conv_in
+        c.unet.conv_in = copy.deepcopy(original)
+        with torch.no_grad():
+            c.unet.conv_in.weight.mul_(2)  # a swapped child (peft-style wrapping) is not in the trace
+            swapped = c.unet(x, t, encoder_hidden_states=ctx).sample
+        c.unet.conv_in = original
+        assert not torch.equal(swapped, base)
     finally:
         traced.uninstall(c.unet)
