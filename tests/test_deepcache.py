@@ -69,3 +69,18 @@ def test_cli_deepcache_and_no_trace(tmp_path):
         assert main(["generate", "a red circle", "--steps", "3", "--seed", "1", "--deepcache", "2", "--no-trace",
                      "--no-progress", "--out", str(out)]) == 0
     assert "DeepCache: 2" in Image.open(out).info["parameters"]
+
+
+def test_traced_deepcache_equals_eager_deepcache(pipe, tmp_path):
+    from stablekit.generate import traced
+
+    with one_thread():
+        eager = np.asarray(pipe.generate("a cat", deepcache=2, **SETTINGS)[0])
+        tf = traced.install(pipe.components.unet, tmp_path)
+        try:
+            fast = np.asarray(pipe.generate("a cat", deepcache=2, **SETTINGS)[0])
+        finally:
+            traced.uninstall(pipe.components.unet)
+    assert {k[0] for k in tf.traces if isinstance(k[0], str)} == {"full", "shallow"}
+    assert all(v is not None for v in tf.traces.values())
+    assert np.array_equal(eager, fast)

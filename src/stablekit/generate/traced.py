@@ -79,6 +79,22 @@ class TracedForward:
             return UNet2DConditionOutput(sample=out)
         return (out,)
 
+    def extra_trace(self, key, module: torch.nn.Module, inputs: tuple):
+        """A trace of another function of this UNet (`module` holds it as `.unet`; DeepCache's full and
+        shallow calls), cached like the UNet's own; None where tracing failed."""
+        found = self.traces.get(key, False)
+        if found is False:
+            t0 = time.perf_counter()
+            path = self._cache_path(key)
+            found = _load(path, self.unet) if path is not None and path.exists() else None
+            if found is None:
+                found = _trace_module(module, inputs)
+                if found is not None and path is not None:
+                    _save(found, path)
+            self.traces[key] = found
+            self.trace_seconds += time.perf_counter() - t0
+        return found
+
     def _snapshot(self) -> list:
         """What a trace depends on besides shapes: per submodule, its attributes dict, processor and children."""
         return [(m.__dict__, m.__dict__.get("processor"), tuple(m._modules.items())) for m in self.unet.modules()]
@@ -141,17 +157,21 @@ class TracedForward:
         return sorted({type(m.processor).__name__ for m in self.unet.modules() if hasattr(m, "processor")})
 
     def _trace(self, sample, timestep, states):
-        try:
-            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # TracerWarnings about Python branches on shapes: keyed on shapes
-                inputs = tuple(t.clone() for t in (sample, timestep, states))
-                return torch.jit.trace(_Call(self.unet, self.eager).eval(), inputs, check_trace=False)
-        except Exception as exc:  # noqa: BLE001 - any failure means: run this shape eagerly
-            from stablekit.generate.notes import note
+        return _trace_module(_Call(self.unet, self.eager), (sample, timestep, states))
 
-            note(f"UNet trace failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
-                 "running it eagerly")
-            return None
+
+def _trace_module(module: torch.nn.Module, inputs: tuple):
+    """torch.jit.trace of `module` on copies of `inputs`; None (and a note) when it fails."""
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about Python branches on shapes: keyed on shapes
+            return torch.jit.trace(module.eval(), tuple(t.clone() for t in inputs), check_trace=False)
+    except Exception as exc:  # noqa: BLE001 - any failure means: run this shape eagerly
+        from stablekit.generate.notes import note
+
+        note(f"UNet trace failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+             "running it eagerly")
+        return None
 
 
 def _save(traced, path: Path) -> None:
