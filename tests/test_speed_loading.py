@@ -83,6 +83,7 @@ def test_workflow_checkpoints_take_the_default_fast_path(checkpoints, monkeypatc
     verdict = {"best": {"dtype": "bf16", "channels_last": True}, "why": "test", "channels_last": {}, "seconds": {}}
     acceleration.cache_file().write_text(__import__("json").dumps({acceleration.probe_key(config): verdict}))
     monkeypatch.delenv("STABLEKIT_DTYPE", raising=False)
+    monkeypatch.setenv("STABLEKIT_TRACE", "0")  # a large UNet's path (small ones are traced and stay contiguous)
     components = _load_in_workflow(checkpoints)
     assert components.dtype == torch.bfloat16  # what the (forced) probe verdict says is fastest here
     assert components.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
