@@ -1,74 +1,143 @@
-"""Generation speed: stablekit vs diffusers' StableDiffusionPipeline on the same model and sampler.
+"""Generation speed: stablekit vs diffusers' StableDiffusionPipeline, same weights and sampler, one process.
 
-    .venv/bin/python benchmarks/bench_generate.py [--model PATH] [--steps 20] [--repeats 10]
+    nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_generate.py [--model PATH]
+        [--steps 20] [--repeats 5] [--threads 1] [--configs ...] [--json OUT]
 
-One image, batch 1, CFG on, Euler with the same sigmas in both, warm (one untimed run first).
-Prints a Markdown row per implementation with the median time and the ratio, and JSON with --json.
-Absolute times on a shared 2-core machine are noisy; the ratio, measured in the same run, is the figure.
+One image, batch 1, CFG 7, Euler with the same sigmas and the same start latents everywhere, warm
+(one untimed image first; trace / compile time is printed separately). diffusers loads its own
+copy of the model from the diffusers folder with its defaults (fp32), so nothing stablekit does to
+its modules reaches it. Configurations take turns (A B C, A B C, ...) so load drifts on a shared
+machine hit all alike; the table gives medians, the ratio to diffusers and PSNR against diffusers'
+image. Configurations: diffusers (fp32 defaults), diffusers-tuned (bf16 + channels_last),
+stablekit (the default: `stablekit.load(path)`), stablekit-eager (the default without the UNet
+trace), stablekit-fp32, stablekit-compile, and the lossy accelerators stablekit-deepcache-N,
+stablekit-tome-R, stablekit-tiny-vae=PATH.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
+PROMPT, NEGATIVE, CFG, SEED = "a large red star on a blue background", "", 7.0, 1
+EMBEDDED = Path(__file__).resolve().parents[1] / "src" / "stablekit" / "shapes" / "model"
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
 
-    import stablekit
+def _diffusers(folder: Path, tuned: bool, steps: int, size: int):
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     from stablekit.generate.noise import ImageNoise
 
-    pipe = stablekit.load(args.model, progress=False)
-    c = pipe.components
-    size = pipe.native_size
-    prompt, negative = "a large red star on a blue background", ""
-    ref = StableDiffusionPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
-                                  scheduler=EulerDiscreteScheduler.from_config({**c.scheduler_config, "timestep_spacing": "linspace"}),
-                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    ref.set_progress_bar_config(disable=True)
-    latents = ImageNoise([1]).initial_latents(c.unet.config.in_channels, size // c.vae_scale_factor, size // c.vae_scale_factor)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16 if tuned else torch.float32,
+                                                   safety_checker=None, requires_safety_checker=False,
+                                                   local_files_only=True)
+    pipe.scheduler = EulerDiscreteScheduler.from_config({**pipe.scheduler.config, "timestep_spacing": "linspace"})
+    if tuned:  # diffusers' documented CPU settings
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    pipe.set_progress_bar_config(disable=True)
+    f = pipe.vae_scale_factor
+    latents = ImageNoise([SEED]).initial_latents(pipe.unet.config.in_channels, size // f, size // f)
 
-    def ours():
-        pipe.generate(prompt, negative_prompt=negative, steps=args.steps, cfg=7.0, sampler="Euler", schedule="Normal",
-                      seed=1, width=size, height=size)
+    def image():
+        return pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=CFG, height=size,
+                    width=size, latents=latents.to(pipe.unet.dtype), output_type="np").images[0]
 
-    def theirs():
-        ref(prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7.0, height=size,
-            width=size, latents=latents, output_type="pil")
+    return image, ""
 
-    results = {}
+
+def _stablekit(model, config: str, steps: int):
+    import stablekit
+
+    env = {"STABLEKIT_TRACE": "0"} if config == "stablekit-eager" else {}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        pipe = stablekit.load(model, progress=False, dtype="fp32" if config == "stablekit-fp32" else "auto",
+                              compile=config == "stablekit-compile")
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    settings = dict(negative_prompt=NEGATIVE, steps=steps, cfg=CFG, sampler="Euler", schedule="Normal", seed=SEED,
+                    output="np")
+    if config.startswith("stablekit-deepcache-"):
+        settings["deepcache"] = int(config.rsplit("-", 1)[1])
+    if config.startswith("stablekit-tome-"):
+        settings["tome"] = float(config.rsplit("-", 1)[1])
+    if config.startswith("stablekit-tiny-vae="):
+        settings["tiny_vae"] = config.split("=", 1)[1]
+
+    def image():
+        return pipe.generate(PROMPT, **settings)[0]
+
+    return image, pipe.acceleration.describe(), pipe
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="a diffusers folder (default: the embedded model's)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--configs", default="diffusers,stablekit,stablekit-eager")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    folder = Path(args.model) if args.model else EMBEDDED / "diffusers"
+    model = args.model or None
+    configs = args.configs.split(",")
+    import stablekit
+
+    size = stablekit.load(model, progress=False, dtype="fp32").native_size
+    fns, notes, setup = {}, {}, {}
+    for c in configs:
+        t0 = time.perf_counter()
+        if c.startswith("diffusers"):
+            fns[c], notes[c] = _diffusers(folder, c == "diffusers-tuned", args.steps, size)
+        else:
+            fns[c], notes[c], pipe = _stablekit(model, c, args.steps)
+        setup[c] = time.perf_counter() - t0
+    images, first = {}, {}
     with torch.inference_mode():
-        for name, fn in (("stablekit", ours), ("diffusers", theirs)):
-            fn()  # warm-up
-        times = {"stablekit": [], "diffusers": []}
-        for _ in range(args.repeats):  # interleave so background load hits both alike
-            for name, fn in (("stablekit", ours), ("diffusers", theirs)):
-                t = time.perf_counter()
+        for c, fn in fns.items():  # warm-up: the first image pays traces / compiles
+            t0 = time.perf_counter()
+            images[c] = fn()
+            first[c] = time.perf_counter() - t0
+        times: dict[str, list[float]] = {c: [] for c in configs}
+        for _ in range(args.repeats):
+            for c, fn in fns.items():
+                t0 = time.perf_counter()
                 fn()
-                times[name].append(time.perf_counter() - t)
-    for name, ts in times.items():
-        results[name] = statistics.median(ts)
-    ratio = results["diffusers"] / results["stablekit"]
+                times[c].append(time.perf_counter() - t0)
+    med = {c: statistics.median(t) for c, t in times.items()}
+    ref = med.get("diffusers")
+    load = os.getloadavg()
+    print(f"# {folder.name if args.model else 'embedded'}: {size}x{size}, {args.steps} Euler steps, CFG {CFG}, batch 1, "
+          f"{args.threads} thread(s), {args.repeats} interleaved rounds, {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"load average {load[0]:.1f}")
+    print("\n| configuration | median s/image | speed vs diffusers | PSNR vs diffusers (dB) | setup s | first image s |")
+    print("|---|---|---|---|---|---|")
+    for c in configs:
+        q = psnr(images[c], images["diffusers"]) if "diffusers" in images else float("nan")
+        print(f"| {c} | {med[c]:.3f} | {ref / med[c] if ref else float('nan'):.2f}x | {q:.1f} | {setup[c]:.1f} | "
+              f"{first[c]:.2f} |")
+    for c, n in notes.items():
+        if n:
+            print(f"# {c}: {n}")
     if args.json:
-        print(json.dumps({"model": str(args.model or "embedded"), "size": size, "steps": args.steps,
-                          "threads": torch.get_num_threads(), "median_s": results, "speedup_vs_diffusers": ratio}))
-        return
-    print(f"| implementation | median s / image ({size}x{size}, {args.steps} steps, CFG, batch 1, {torch.get_num_threads()} threads) |")
-    print("|---|---|")
-    for name, t in results.items():
-        print(f"| {name} | {t:.3f} |")
-    print(f"\nstablekit is {ratio:.2f}x the speed of diffusers here")
+        Path(args.json).write_text(json.dumps({"median_s": med, "first_s": first, "setup_s": setup, "notes": notes,
+                                               "threads": args.threads, "steps": args.steps, "load": load}, indent=1))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def _isolated(tmp_path, monkeypatch):
     """One thread; a private probe cache; no STABLEKIT_DTYPE from the environment."""
     monkeypatch.setenv("STABLEKIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("STABLEKIT_DTYPE", raising=False)
+    monkeypatch.setenv("STABLEKIT_TRACE", "0")  # the layout paths of a large UNet (traced small ones: below)
     with one_thread():
         yield
 
@@ -166,3 +167,20 @@ def test_cli_dtype_and_compile_flags_reach_load(model, tmp_path, monkeypatch):
     assert seen["dtype"] == "auto" and seen["compile"] is False
     assert main(base + ["--dtype", "fp32", "--compile", "--out", str(tmp_path / "b.png")]) == 0
     assert seen["dtype"] == "fp32" and seen["compile"] is True
+
+
+def test_small_unet_auto_is_traced_contiguous_and_exact(model, monkeypatch):
+    """A small (overhead-bound) UNet: traced calls, contiguous layouts whatever the probe said, and
+    the same floats as the reference computation when the verdict is fp32."""
+    from stablekit.generate.traced import installed
+
+    monkeypatch.delenv("STABLEKIT_TRACE")
+    config = acceleration.unet_config_of(model, None, False)
+    _force_verdict("fp32", True, config)
+    pipe = stablekit.load(model, progress=False)
+    acc = pipe.acceleration
+    assert acc.trace and not acc.channels_last and not acc.vae_channels_last and "traced" in acc.describe()
+    assert installed(pipe.components.unet) is not None
+    ours = pipe.generate(PROMPT, **SETTINGS)[0]
+    reference = Pipeline(tiny_components("sd1"), progress=False).generate(PROMPT, **SETTINGS)[0]
+    assert np.array_equal(ours, reference)

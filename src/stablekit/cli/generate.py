@@ -86,6 +86,12 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the UNet and VAE decoder: faster steps after a slow first compile "
                         "(default --no-compile)")
+    p.add_argument("--trace", action=argparse.BooleanOptionalAction, default=None, help="UNet calls through "
+                   "per-shape TorchScript traces (bit-exact, cached; default: on for small UNets on the CPU)")
+    p.add_argument("--deepcache", type=int, default=None, metavar="N", help="lossy, opt-in: DeepCache, the full UNet "
+                   "every N steps, only its shallow branch in between (e.g. 3; default off)")
+    p.add_argument("--prompts", default=None, metavar="FILE", help="one prompt per line, or JSON lines with per-line "
+                   "settings, into the --out folder; split across `accelerate launch` processes")
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help="override architecture detection (default: detected from the file)")
     p.add_argument("--allow-pickle", action="store_true",
@@ -239,6 +245,8 @@ def _generate(pipe, params, args, replay, networks: dict) -> list:
     settings = {k: v for k, v in params.to_dict().items() if k not in ("prompt", "denoising_strength")}
     settings.update(networks)
     settings["controlnets"] = _control_units(args) or None
+    if args.deepcache is not None:
+        settings["deepcache"] = args.deepcache
     if args.init_image is None:
         return pipe.generate(params.prompt, hires=_hires(args, replay), **settings)
     if args.outpaint:  # the padded image at its own size, the border as the mask (generate/outpaint.py)
@@ -277,12 +285,30 @@ def _inpaint_options(args, mask):
     return InpaintOptions(**given).validate()
 
 
+def _set_trace(pipe, trace: bool | None) -> None:
+    """--trace / --no-trace over the default (generate/traced.py); None keeps what stablekit.load chose."""
+    from stablekit.generate import traced
+    from stablekit.generate.acceleration import cache_file
+
+    if trace is None or pipe.acceleration is None:
+        return
+    if trace:
+        traced.install(pipe.components.unet, cache_file().parent / "traces")
+    else:
+        traced.uninstall(pipe.components.unet)
+    pipe.acceleration.trace = trace
+
+
 def _strength(params, default: float) -> float:
     return default if params.denoising_strength is None else params.denoising_strength
 
 
 def run(args) -> int:
     # The output path first: a mistake there must cost no model loading and no compute.
+    if args.prompts:
+        from stablekit.cli.generate_prompts import run_prompts
+
+        return run_prompts(args)
     outputs = plan_outputs(args.out, args.format, overwrite=args.overwrite, grid=args.grid)
 
     import stablekit
@@ -308,6 +334,7 @@ def run(args) -> int:
         model = replay.model["source"]
     pipe = stablekit.load(model, device=args.device, dtype=args.dtype, arch=args.arch, allow_pickle=args.allow_pickle,
                           progress=not args.no_progress, compile=args.compile)
+    _set_trace(pipe, args.trace)
     if replay.model.get("hash") and pipe.components.hash and replay.model["hash"] != pipe.components.hash:
         print(f"note: the PNG was made with model hash {replay.model['hash']}, this model is {pipe.components.hash}")
     images = _generate(pipe, params, args, replay, networks)

@@ -18,6 +18,9 @@ the same model computed the same way up to rounding: nothing here skips or appro
   NHWC; contiguous NCHW makes them reorder on every call).
 - attention: torch's scaled_dot_product_attention (diffusers AttnProcessor2_0) on every attention
   module, set explicitly so a model that was saved with another processor still gets the fused kernel.
+- trace (default for small UNets on the CPU): the UNet's calls replay a TorchScript trace per input
+  shape (generate/traced.py): bit-exact, without diffusers' per-module Python, which is most of a
+  call of a small, overhead-bound UNet; traces are cached between runs. STABLEKIT_TRACE=0 turns it off.
 - compile: torch.compile of the UNet (and VAE decoder), opt-in (dtype= and compile= of
   stablekit.load, --compile on the CLI): on this CPU it pays only after a long first compile.
 """
@@ -37,7 +40,7 @@ from stablekit.errors import StablekitError
 DTYPE_REQUESTS = ("auto", "fp32", "fp16", "bf16")
 BF16_MARGIN = 1.10  # bf16 must be this much faster than fp32 to be chosen: it costs some fidelity
 PROBE_SIZE = 16  # latent side of the probe: small enough to take about a second on a full-size model
-PROBE_VERSION = 1  # bump when the probe changes, so old verdicts are measured again
+PROBE_VERSION = 2  # bump when the probe changes, so old verdicts are measured again
 
 
 @dataclass
@@ -51,13 +54,14 @@ class Acceleration:
     reason: str = "fp32 requested"
     vae_channels_last: bool = False  # the VAE's own layout (auto: always; see apply)
     compile_seconds: float = 0.0
+    trace: bool | None = None  # TorchScript-traced UNet calls; None: decided in apply (small UNets on the CPU)
 
     def describe(self) -> str:
         from stablekit.formats.weights import DTYPE_NAMES
 
         layout = f"UNet {'channels_last' if self.channels_last else 'contiguous'}, VAE " + (
             "channels_last" if self.vae_channels_last else "contiguous")
-        compiled = ", torch.compile" if self.compile else ""
+        compiled = ", torch.compile" if self.compile else ", traced UNet" if self.trace else ""
         return f"{DTYPE_NAMES.get(self.dtype, self.dtype)}, {layout}, {self.attention} attention{compiled} ({self.reason})"
 
 
@@ -153,27 +157,34 @@ def _read_cache(path: Path) -> dict:
         return {}
 
 
-def measure(unet_config: dict, repeats: int = 2) -> dict:
-    """Time the UNet's first down block in fp32/bf16 x contiguous/channels_last; pick the fastest."""
+def measure(unet_config: dict, repeats: int = 5) -> dict:
+    """Time the UNet's first down block in fp32/bf16 x contiguous/channels_last; pick the fastest.
+
+    The variants take turns, `repeats` rounds, best time each: on a shared machine the load moves
+    between calls, and one pass per variant once measured bf16 at 1.96x fp32 on the embedded
+    model's block where the whole image ran slower in bf16 (docs/reports/speed.md)."""
+    import copy
+
     block, args, kwargs = _probe_block(unet_config)
     variants = [("fp32", False), ("fp32", True)]
     if bf16_supported():
         variants += [("bf16", False), ("bf16", True)]
-    times = {}
+    runs = {}
     with torch.inference_mode():
         for name, cl in variants:
             dtype = torch.bfloat16 if name == "bf16" else torch.float32
             fmt = torch.channels_last if cl else torch.contiguous_format
-            m = block.to(dtype=dtype, memory_format=fmt)
+            m = copy.deepcopy(block).to(dtype=dtype, memory_format=fmt)
             a = [t.to(dtype=dtype, memory_format=fmt) if t.ndim == 4 else t.to(dtype) for t in args]
             k = {n: t.to(dtype) for n, t in kwargs.items()}
             m(*a, **k)  # warm-up: oneDNN primitive creation
-            best = float("inf")
-            for _ in range(repeats):
+            runs[f"{name}{'-cl' if cl else ''}"] = (m, a, k)
+        times = dict.fromkeys(runs, float("inf"))
+        for _ in range(repeats):
+            for key, (m, a, k) in runs.items():
                 t0 = time.perf_counter()
                 m(*a, **k)
-                best = min(best, time.perf_counter() - t0)
-            times[f"{name}{'-cl' if cl else ''}"] = best
+                times[key] = min(times[key], time.perf_counter() - t0)
     cl = {d: times.get(f"{d}-cl", 1e9) < times.get(d, 1e9) for d in ("fp32", "bf16") if d in times}
     fp32 = min(times["fp32"], times["fp32-cl"])
     best = {"dtype": "fp32", "channels_last": cl["fp32"]}
@@ -220,6 +231,17 @@ def apply(components, acc: Acceleration) -> None:
     """Memory layout, attention kernel and (opt-in) compilation on loaded modules, in place."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
+    if acc.trace is None and components.unet is not None:
+        from stablekit.generate.traced import worth_tracing
+
+        acc.trace = (not acc.compile and os.environ.get("STABLEKIT_TRACE", "1") != "0"
+                     and components.device.type == "cpu" and worth_tracing(components.unet))
+        if acc.trace and acc.reason.startswith("auto"):
+            # A small UNet and its VAE stay contiguous: on the embedded model the whole traced image ran
+            # 1.89x diffusers contiguous vs 1.46x channels_last (same run; the probe's single block favoured
+            # channels_last, but at this size the layout reorders between ops cost more than they save).
+            acc.channels_last = acc.vae_channels_last = False
+            acc.reason += "; small UNet: traced, contiguous"
     # The VAE decodes at full image size, where oneDNN's NHWC convolutions win clearly: SD 1.5's
     # decoder at 256 px in bf16 took 9-11 s channels_last vs 23-32 s contiguous (same process, taking
     # turns, 1 thread; docs/reports/speed.md). The probe's 16x16 UNet block cannot show that.
@@ -229,6 +251,10 @@ def apply(components, acc: Acceleration) -> None:
         if cl:
             module.to(memory_format=torch.channels_last)
         _use_sdpa(module, AttnProcessor2_0)
+    if acc.trace:
+        from stablekit.generate.traced import install
+
+        install(components.unet, cache_file().parent / "traces")  # last: it fingerprints the processors set above
     if acc.compile:
         t0 = time.perf_counter()
         components.unet.compile()  # in place: the module object (and its LoRA hooks) stays the same

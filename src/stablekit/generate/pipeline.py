@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from stablekit.components import Components
 from stablekit.errors import StablekitError
+from stablekit.generate.accelerators import Accelerators, use_accelerators
 from stablekit.generate.denoiser import Denoiser
 from stablekit.generate.guidance import take as take_guidance
 from stablekit.generate.hires import plan, second_pass
@@ -171,9 +172,11 @@ class Pipeline:
         resolved once, and the LoRAs / embeddings asked for (loras=, lora_dir=, embeddings_dir=).
         Unknown settings are one-line errors naming the valid ones."""
         networks = ExtraNetworks.take(settings)
+        self._accelerators = Accelerators.take(settings)  # opt-in lossy accelerators (generate/accelerators.py)
         unknown = sorted(set(settings) - set(SETTINGS))
         if unknown:
-            raise StablekitError(f"unknown setting {unknown[0]!r}; use one of: {', '.join(SETTINGS + ExtraNetworks.SETTINGS)}")
+            raise StablekitError(f"unknown setting {unknown[0]!r}; use one of: "
+                                 f"{', '.join(SETTINGS + ExtraNetworks.SETTINGS + Accelerators.SETTINGS)}")
         params = GenerationParams(prompt=prompt, denoising_strength=strength, **settings).validate()
         sampling = resolve_sampling(params.sampler, params.schedule)
         params.sampler, params.schedule = sampling.sampler.name, sampling.schedule
@@ -226,7 +229,8 @@ class Pipeline:
     def _render(self, run: _Run, callback: StepCallback | None, output: str) -> list:
         """With the LoRAs and embeddings in use (LoRAs removed afterwards, whatever happens): render."""
         prompt, negative = ParsedPrompt.parse(run.params.prompt), ParsedPrompt.parse(run.params.negative_prompt)
-        with use_networks(self.prompts, run.networks, prompt, negative) as used:
+        with use_networks(self.prompts, run.networks, prompt, negative) as used, \
+                use_accelerators(self.components, getattr(self, "_accelerators", None), used):
             return self._render_with(run, prompt, negative, used, callback, output)
 
     def _render_with(self, run: _Run, prompt: ParsedPrompt, negative: ParsedPrompt, used: UsedNetworks,

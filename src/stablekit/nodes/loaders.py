@@ -1,7 +1,9 @@
 """Loader nodes: CheckpointLoaderSimple, VAELoader, LoraLoader, ControlNetLoader (ComfyUI names).
 
 Files come from the engine's Folders (models/checkpoints, loras, vae, controlnet); the embedded
-shapes model is the checkpoint "shapes.safetensors". Loading goes through stablekit.formats.
+shapes model is the checkpoint "shapes.safetensors". Checkpoints load exactly as `stablekit.load`
+loads them (generate/acceleration.py: the dtype and layout measured fastest on this machine, unless
+STABLEKIT_DTYPE says otherwise), so a workflow is as fast as the CLI; stand-alone VAEs stay fp32.
 """
 from __future__ import annotations
 
@@ -38,9 +40,11 @@ class CheckpointLoaderSimple:
         return _file_state(folders, "checkpoints", ckpt_name)
 
     def load_checkpoint(self, ckpt_name):
-        from stablekit.formats import load_model
+        import stablekit
 
-        components = load_model(self.ctx.folders.resolve("checkpoints", ckpt_name), dtype=torch.float32)
+        # stablekit.load's fast default (dtype auto: measured per machine; STABLEKIT_DTYPE overrides), not fp32
+        path = self.ctx.folders.resolve("checkpoints", ckpt_name)
+        components = stablekit.load(path, dtype=None, progress=False).components
         return ModelHandle(components), ClipHandle(components), VaeHandle(components)
 
 
