@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from stablekit.cli import generate_guidance
 from stablekit.cli.formats import DTYPE_CHOICES
 from stablekit.errors import StablekitError
 from stablekit.formats.archs import ARCHS
@@ -98,6 +99,7 @@ def register(subparsers) -> None:
                    help="allow .ckpt/.pt pickles (loaded with torch.load(weights_only=True))")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _control_flags(p)
+    generate_guidance.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -235,6 +237,7 @@ def _check_inputs(args, params, replay) -> None:
     if replay.controlnet and not args.control_units:
         raise StablekitError(f"{args.from_png} was made with {len(replay.controlnet)} ControlNet unit(s): give them "
                              "again with --controlnet PATH --control-image FILE ...")
+    generate_guidance.options_from_args(args, replay)  # bad values refused before the model loads
 
 
 def _generate(pipe, params, args, replay, networks: dict) -> list:
@@ -245,6 +248,7 @@ def _generate(pipe, params, args, replay, networks: dict) -> list:
     settings = {k: v for k, v in params.to_dict().items() if k not in ("prompt", "denoising_strength")}
     settings.update(networks)
     settings["controlnets"] = _control_units(args) or None
+    settings["guidance"] = generate_guidance.options_from_args(args, replay)
     if args.deepcache is not None:
         settings["deepcache"] = args.deepcache
     if args.init_image is None:
@@ -261,7 +265,7 @@ def _generate(pipe, params, args, replay, networks: dict) -> list:
             warn(f"{name} differs from the image the PNG was made with (sha256 of its pixels at "
                  f"{given.width}x{given.height} is not the recorded one); the result will differ")
     settings.update(width=init.width, height=init.height)
-    options = _inpaint_options(args, mask)
+    options = _inpaint_options(args, mask, replay)
     if mask is None:
         return pipe.img2img(init, params.prompt, strength=_strength(params, 0.75), **settings)
     if options is not None:  # the mask as given: blur and invert read its grey levels
@@ -270,19 +274,18 @@ def _generate(pipe, params, args, replay, networks: dict) -> list:
     return pipe.inpaint(init, mask, params.prompt, strength=_strength(params, 1.0), **settings)
 
 
-def _inpaint_options(args, mask):
-    """InpaintOptions from the inpainting flags (None when none is given: the plain hard mask)."""
-    from stablekit.generate.inpaint_options import InpaintOptions
+def _inpaint_options(args, mask, replay):
+    """InpaintOptions from the inpainting flags over a replayed PNG's own (None when neither has
+    any: the plain hard mask)."""
+    from stablekit.generate.replay import inpaint_options
 
     given = dict(mask_blur=args.mask_blur, invert=args.invert_mask or None, fill=args.inpaint_fill,
                  only_masked=args.only_masked or None, padding=args.only_masked_padding)
     given = {k: v for k, v in given.items() if v is not None}
-    if not given:
-        return None
-    if mask is None:
+    if given and mask is None:
         raise StablekitError("--mask-blur, --invert-mask, --inpaint-fill and --only-masked need --mask FILE "
                              "(or --outpaint)")
-    return InpaintOptions(**given).validate()
+    return inpaint_options(replay.inpaint if mask is not None else None, given)
 
 
 def _set_trace(pipe, trace: bool | None) -> None:

@@ -64,6 +64,7 @@ class _Run:
     denoiser: Denoiser | None = None  # a 9-channel inpainting model's (generate/inpaint_unet.py)
     inpaint: object = None  # InpaintOptions (generate/inpaint_options.py)
     guidance: object = None  # GuidanceOptions (generate/guidance.py): CFG rescale, FreeU, PAG, fix steps
+    accelerators: Accelerators | None = None  # opt-in lossy accelerators (generate/accelerators.py)
 
 
 class Pipeline:
@@ -107,9 +108,10 @@ class Pipeline:
         fix_steps; generate/guidance.py), also for img2img/inpaint. output="np" returns float arrays [H, W, 3] in [0, 1] (no metadata) instead of PIL images."""
         controls, hires = settings.pop("controlnets", None), settings.pop("hires", None)
         guidance = take_guidance(settings, self.components.arch)
+        accelerators = Accelerators.take(settings)
         params, sampling, networks = self._resolve(prompt, settings, None)
         run = _Run(params, sampling, empty_latents(self.components, params.width, params.height), networks=networks,
-                   controls=controls, hires=hires, guidance=guidance)
+                   controls=controls, hires=hires, guidance=guidance, accelerators=accelerators)
         return self._render(run, callback, output)
 
     def img2img(self, image, prompt: str = "", strength: float = 0.75, callback: StepCallback | None = None,
@@ -120,10 +122,11 @@ class Pipeline:
         to the image's."""
         controls = settings.pop("controlnets", None)
         guidance = take_guidance(settings, self.components.arch)
+        accelerators = Accelerators.take(settings)
         params, sampling, networks = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
         return self._render(_Run(params, sampling, encode_image(self.components, init), init, networks=networks,
-                                 controls=controls, guidance=guidance),
+                                 controls=controls, guidance=guidance, accelerators=accelerators),
                             callback, output)
 
     def inpaint(self, image, mask, prompt: str = "", strength: float = 1.0, callback: StepCallback | None = None,
@@ -141,13 +144,14 @@ class Pipeline:
             return only_masked(self, image, mask, prompt, strength, callback, output, options, settings)
         controls = settings.pop("controlnets", None)
         guidance = take_guidance(settings, self.components.arch)
+        accelerators = Accelerators.take(settings)
         params, sampling, networks = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
         repaint = InpaintMask.load(mask, init.width, init.height) if options is None else \
             options.mask(mask, init.width, init.height)
         start = init if options is None else options.start_image(init, repaint)
         run = _Run(params, sampling, encode_image(self.components, start), init, repaint, networks, controls,
-                   inpaint=options, guidance=guidance)
+                   inpaint=options, guidance=guidance, accelerators=accelerators)
         if options is not None:
             run.latents = options.start_latents(run.latents, repaint, self.components.vae_scale_factor, params.seed)
         if is_inpainting_unet(self.components.unet):
@@ -172,7 +176,6 @@ class Pipeline:
         resolved once, and the LoRAs / embeddings asked for (loras=, lora_dir=, embeddings_dir=).
         Unknown settings are one-line errors naming the valid ones."""
         networks = ExtraNetworks.take(settings)
-        self._accelerators = Accelerators.take(settings)  # opt-in lossy accelerators (generate/accelerators.py)
         unknown = sorted(set(settings) - set(SETTINGS))
         if unknown:
             raise StablekitError(f"unknown setting {unknown[0]!r}; use one of: "
@@ -230,7 +233,7 @@ class Pipeline:
         """With the LoRAs and embeddings in use (LoRAs removed afterwards, whatever happens): render."""
         prompt, negative = ParsedPrompt.parse(run.params.prompt), ParsedPrompt.parse(run.params.negative_prompt)
         with use_networks(self.prompts, run.networks, prompt, negative) as used, \
-                use_accelerators(self.components, getattr(self, "_accelerators", None), used):
+                use_accelerators(self.components, run.accelerators, used):
             return self._render_with(run, prompt, negative, used, callback, output)
 
     def _render_with(self, run: _Run, prompt: ParsedPrompt, negative: ParsedPrompt, used: UsedNetworks,

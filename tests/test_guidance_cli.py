@@ -1,0 +1,44 @@
+"""`stablekit generate --cfg-rescale/--freeu/--pag-scale/--fix-steps`: recorded, replayed, refused when bad."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fixtures import one_thread, tiny_components
+from PIL import Image
+
+from stablekit.cli import main
+from stablekit.formats import save_model
+from stablekit.metadata import read_png_info
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("guidance_cli") / "tiny.safetensors"
+    save_model(tiny_components("sd1"), path, to="single-file")
+    return path
+
+
+def test_flags_change_the_image_are_recorded_and_replay(model, tmp_path):
+    base = ["generate", "a red box", "--model", str(model), "--steps", "3", "--seed", "5", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "plain.png")]) == 0
+    assert main([*base, "--cfg-rescale", "0.7", "--freeu", "--out", str(tmp_path / "g.png")]) == 0
+    plain, guided = (np.asarray(Image.open(tmp_path / n)) for n in ("plain.png", "g.png"))
+    assert not np.array_equal(plain, guided)
+    fields = read_png_info(tmp_path / "g.png")["fields"]
+    assert float(fields["CFG Rescale"]) == pytest.approx(0.7)
+    assert main(["generate", "--from-png", str(tmp_path / "g.png"), "--model", str(model), "--no-progress",
+                 "--out", str(tmp_path / "again.png")]) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), guided)
+
+
+def test_bad_value_is_one_line_before_loading(model, tmp_path, capsys):
+    code = main(["generate", "a red box", "--model", str(tmp_path / "missing.safetensors"), "--cfg-rescale", "3",
+                 "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "rescale" in err.lower(), err
