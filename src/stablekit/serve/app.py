@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import importlib
 import logging
-import os
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +20,7 @@ from starlette.exceptions import HTTPException
 from stablekit.errors import StablekitError
 from stablekit.serve.jobs import load_kinds
 from stablekit.serve.queue import open_queue
+from stablekit.serve.relay import relay_remote_jobs
 from stablekit.serve.runner import WorkerPool, recover_orphans
 from stablekit.serve.security import SecurityMiddleware
 from stablekit.serve.settings import ServeSettings
@@ -29,7 +29,6 @@ from stablekit.serve.state import ServerState
 log = logging.getLogger("stablekit.serve")
 
 ROUTER_MODULES = ["stablekit.serve.ownapi", "stablekit.serve.a1111.routes", "stablekit.serve.comfy.routes"]
-REMOTE_POLL = 0.5  # seconds between looks at jobs run by other processes (their progress events)
 
 
 def create_app(settings: ServeSettings, *, start_workers: bool = True) -> FastAPI:
@@ -45,7 +44,7 @@ def create_app(settings: ServeSettings, *, start_workers: bool = True) -> FastAP
         recover_orphans(state)
         pool = WorkerPool(state, settings.workers if start_workers else 0).start()
         app.state.pool = pool
-        poller = asyncio.create_task(_watch_remote_jobs(state))
+        poller = asyncio.create_task(relay_remote_jobs(state))
         try:
             yield
         finally:
@@ -118,31 +117,3 @@ def _jsonable(errors: list) -> list:
         out.append({k: (v if isinstance(v, (str, int, float, list, type(None))) else str(v)) for k, v in e.items()
                     if k != "ctx"})
     return out
-
-
-async def _watch_remote_jobs(state: ServerState) -> None:
-    """Publish progress and finish events for jobs that worker processes run (they write the queue
-    only), so websocket and SSE listeners see them too, at REMOTE_POLL granularity."""
-    pid = f":{os.getpid()}:"
-    seen: dict[str, dict] = {}
-    while True:
-        await asyncio.sleep(REMOTE_POLL)
-        try:
-            running = await asyncio.to_thread(state.queue.list, ["running"])
-            current = {}
-            for job in running:
-                if pid in (job.worker or ""):
-                    continue
-                current[job.id] = job.progress
-                if seen.get(job.id) != job.progress and job.progress:
-                    state.events.publish(job.id, "progress", {"job_id": job.id, **job.progress})
-            for job_id in set(seen) - set(current):
-                job = await asyncio.to_thread(state.queue.get, job_id)
-                if job is not None and job.done:
-                    state.events.publish(job_id, "job_finished", {"job_id": job_id, "status": job.status,
-                                                                  "result": job.result, "error": job.error})
-            seen = current
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("watching worker processes' jobs failed")

@@ -29,6 +29,7 @@ from stablekit.serve.comfy.view import view_router
 api = APIRouter()
 MODEL_FOLDERS = ("checkpoints", "loras", "vae", "controlnet", "embeddings")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+PROMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a uuid4 as ComfyUI's clients send, or any such name
 
 
 def _state(request: Request):
@@ -69,13 +70,37 @@ async def post_prompt(request: Request):
         return prompt_error("invalid_prompt", "client_id must be a string", f"got {type(client_id).__name__}")
     if client_id:
         extra_data["client_id"] = client_id
+    prompt_id = body.get("prompt_id")  # ComfyUI lets the client choose it (server.py post_prompt)
+    if prompt_id is not None and (not isinstance(prompt_id, str) or not PROMPT_ID.fullmatch(prompt_id)):
+        return prompt_error("invalid_prompt", "prompt_id must be 1-64 letters, digits, '-' or '_'",
+                            f"got {str(prompt_id)[:80]!r}")
     prompt = body["prompt"]
     ok, error, good, node_errors, _ = await asyncio.to_thread(validate_prompt, prompt, folders_for(state.settings))
     if not ok:
         return JSONResponse({"error": error, "node_errors": node_errors}, status_code=400)
     payload = {"prompt": prompt, "extra_data": extra_data, "outputs": good}
-    job = await asyncio.to_thread(state.submit, KIND, payload, client_id or None, bool(body.get("front")))
+    job = await asyncio.to_thread(_submit, state, payload, client_id or None, bool(body.get("front")), prompt_id)
+    if job is None:
+        return prompt_error("invalid_prompt", f"prompt_id {prompt_id!r} belongs to another kind of job",
+                            "choose a new prompt_id (a uuid4)", status=409)
     return {"prompt_id": job.id, "number": job.number, "node_errors": node_errors}
+
+
+def _submit(state, payload: dict, client_id: str | None, front: bool, prompt_id: str | None):
+    """Queue the prompt under the client's prompt_id if given. The same id again returns the prompt
+    already queued (a client retrying after a lost answer must not run it twice); None when the id
+    is taken by a job of another kind."""
+    if prompt_id is not None:
+        existing = state.queue.get(prompt_id)
+        if existing is not None:
+            return existing if existing.kind == KIND else None
+    try:
+        return state.submit(KIND, payload, client_id, front, job_id=prompt_id)
+    except Exception:  # two retries racing on one id: the database lets one in
+        existing = state.queue.get(prompt_id) if prompt_id is not None else None
+        if existing is None:
+            raise
+        return existing if existing.kind == KIND else None
 
 
 @api.get("/queue")

@@ -36,6 +36,13 @@ TABLE_COLUMNS = """
     cancel INTEGER NOT NULL DEFAULT 0,
     priority BIGINT NOT NULL DEFAULT 0"""
 INDEXES = ["CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, priority, number)"]
+# Events that worker processes relay to servers (seq is the backend's autoincrement column).
+EVENT_COLUMNS = """
+    job_id TEXT,
+    event TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL"""
+EVENT_INDEXES = ["CREATE INDEX IF NOT EXISTS events_created ON events (created)"]
 
 
 def _row_to_job(row) -> Job:
@@ -167,3 +174,21 @@ class SQLQueue(JobQueue):
         found = {s: 0 for s in STATUSES}
         found.update({s: int(n) for s, n in rows})
         return found
+
+    # ------------------------------------------------------------------ relayed events
+    def add_event(self, job_id, event, data, binary=None):
+        self._run("INSERT INTO events (job_id, event, data, body, created) VALUES (?, ?, ?, ?, ?)",
+                  (job_id, event, _json(data), binary, time.time()))
+
+    def events_after(self, seq, limit=500):
+        rows, _ = self._run("SELECT seq, job_id, event, data, body FROM events WHERE seq > ? ORDER BY seq "
+                            f"LIMIT {int(limit)}", (int(seq),))
+        return [(int(r[0]), r[1], r[2], json.loads(r[3]), bytes(r[4]) if r[4] is not None else None) for r in rows]
+
+    def last_event_seq(self):
+        rows, _ = self._run("SELECT COALESCE(MAX(seq), 0) FROM events")
+        return int(rows[0][0])
+
+    def prune_events(self, older_than_s):
+        _, n = self._run("DELETE FROM events WHERE created < ?", (time.time() - older_than_s,))
+        return n
