@@ -28,7 +28,8 @@ from stablekit.serve.state import ServerState
 
 log = logging.getLogger("stablekit.serve")
 
-ROUTER_MODULES = ["stablekit.serve.ownapi", "stablekit.serve.a1111.routes", "stablekit.serve.comfy.routes"]
+ROUTER_MODULES = ["stablekit.serve.ownapi", "stablekit.serve.trainpage", "stablekit.serve.a1111.routes",
+                  "stablekit.serve.comfy.routes"]
 
 
 def create_app(settings: ServeSettings, *, start_workers: bool = True) -> FastAPI:

@@ -28,6 +28,7 @@ OTHER = ("init_image", "strength", "mask", "hires_scale", "hires_steps", "hires_
 ALIASES = {"negative": "negative_prompt", "denoising_strength": "strength", "loras": "lora", "cfg_scale": "cfg"}
 IMAGE_KEYS = ("init_image", "mask")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # an input file name; anything else is base64
+PREVIEW_EVERY = 2  # sampler steps between live previews (a cheap latent-to-RGB projection, PNG-encoded)
 
 
 def normalize(payload: dict) -> dict:
@@ -152,7 +153,12 @@ def run_generate(ctx: JobContext, payload: dict) -> dict:
 
     def on_step(info: dict) -> None:
         done = info["batch"] * info["steps"] + info["step"]
-        ctx.progress(done, info["steps"] * info["batches"], batch=info["batch"], batches=info["batches"])
+        preview = None
+        if info.get("denoised") is not None and (info["step"] % PREVIEW_EVERY == 0 or info["step"] == info["steps"]):
+            from stablekit.serve.comfy.preview import latent_to_image  # latent -> RGB, no VAE pass
+
+            preview = latent_to_image(info["denoised"])
+        ctx.progress(done, info["steps"] * info["batches"], preview, batch=info["batch"], batches=info["batches"])
 
     prompt = opts.get("prompt", "")
     with state.models.use(opts["model"]) as pipe:
