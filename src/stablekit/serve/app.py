@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -106,6 +107,10 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": message, "detail": detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError):  # json.loads of absurdly nested input
+        return _error(400, "the request body is nested too deeply to read; send plain JSON objects and lists")
+
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):  # a bug: logged with its traceback, answered in one line
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -113,8 +118,17 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 def _jsonable(errors: list) -> list:
+    """Validation errors as strict JSON (their "input" may hold NaN or objects JSON cannot carry)."""
     out = []
     for e in errors:
-        out.append({k: (v if isinstance(v, (str, int, float, list, type(None))) else str(v)) for k, v in e.items()
-                    if k != "ctx"})
+        row = {}
+        for k, v in e.items():
+            if k == "ctx":
+                continue
+            try:
+                json.dumps(v, allow_nan=False)
+                row[k] = v
+            except (TypeError, ValueError):
+                row[k] = str(v)[:200]
+        out.append(row)
     return out

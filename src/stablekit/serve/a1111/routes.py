@@ -43,9 +43,13 @@ def _error(exc: Exception, status: int | None = None) -> JSONResponse:
 
 async def _body(request: Request):
     try:
-        return json.loads(await request.body() or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"the request body is not valid JSON ({exc})") from None
+        return json.loads(await request.body() or b"null", parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise PayloadError(f"the request body is not valid JSON ({str(exc)[:120]})") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON; give finite numbers")
 
 
 async def _submit(request: Request, kind: str):
