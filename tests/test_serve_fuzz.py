@@ -55,6 +55,7 @@ def _fill(path: str, value: str) -> str:
     return re.sub(r"\{[^}]+\}", value, path)
 
 
+@pytest.mark.slow  # about 1,300 requests: 10-20 s on 2 busy cores
 def test_every_route_survives_malformed_bodies_and_paths(client):
     routes = list(_routes(client.fastapi))
     assert len(routes) > 60  # our API, A1111's and ComfyUI's (with /api aliases)
@@ -76,21 +77,23 @@ def test_every_route_survives_malformed_bodies_and_paths(client):
 
 
 @pytest.mark.parametrize("path, valid", [
-    ("/api/v1/generate", {"prompt": "x", "steps": 4, "cfg": 7, "seed": 1, "width": 64, "height": 64, "sampler": "Euler",
-                          "batch_size": 1, "init_image": "a.png", "mask": "a.png", "strength": 0.5, "lora": [],
-                          "model": "shapes.safetensors", "hires_scale": 2}),
+    pytest.param("/api/v1/generate", {"prompt": "x", "steps": 4, "cfg": 7, "seed": 1, "width": 64, "height": 64,
+                                      "sampler": "Euler", "batch_size": 1, "init_image": "a.png", "mask": "a.png", "strength": 0.5, "lora": [],
+                          "model": "shapes.safetensors", "hires_scale": 2}, marks=pytest.mark.slow),
     ("/api/v1/jobs", {"kind": "generate", "payload": {"prompt": "x"}, "client_id": "c", "front": False, "id": "abc"}),
-    ("/sdapi/v1/txt2img/async", {"prompt": "x", "steps": 4, "width": 64, "height": 64, "seed": 1, "cfg_scale": 7,
+    pytest.param("/sdapi/v1/txt2img/async", {"prompt": "x", "steps": 4, "width": 64, "height": 64, "seed": 1,
+                                             "cfg_scale": 7,
                                  "sampler_name": "Euler", "n_iter": 1, "batch_size": 1, "override_settings": {},
-                                 "enable_hr": False, "styles": []}),
+                                 "enable_hr": False, "styles": []}, marks=pytest.mark.slow),
     ("/sdapi/v1/img2img/async", {"prompt": "x", "init_images": ["x"], "denoising_strength": 0.5, "mask": None,
                                  "steps": 4}),
-    ("/sdapi/v1/options", {"sd_model_checkpoint": "shapes.safetensors", "CLIP_stop_at_last_layers": 1}),
+    pytest.param("/sdapi/v1/options", {"sd_model_checkpoint": "shapes.safetensors", "CLIP_stop_at_last_layers": 1},
+                 marks=pytest.mark.slow),
     ("/sdapi/v1/png-info", {"image": "x"}),
     ("/prompt", {"prompt": default_prompt(), "client_id": "c", "prompt_id": "p1", "extra_data": {}, "front": False}),
     ("/queue", {"delete": ["a"], "clear": False}),
     ("/interrupt", {"prompt_id": "a"}),
-    ("/api/v1/models/current", {"name": "shapes.safetensors"}),
+    pytest.param("/api/v1/models/current", {"name": "shapes.safetensors"}, marks=pytest.mark.slow),
 ])
 def test_wrong_typed_fields_are_4xx(client, path, valid):
     for key in valid:
