@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 
 from stablekit.serve.events import Event
 
 log = logging.getLogger("stablekit.serve")
+HOST = socket.gethostname()  # as runner.worker_id writes it
 
 RELAY_POLL = 0.2  # seconds between reads of the event table
 GAP_WAIT = 2.0  # seconds a missing sequence number may stay uncommitted before the cursor passes it
@@ -88,8 +91,11 @@ class Relay:
 
     def _missing_finishes(self, now: float) -> list[Event]:
         """job_finished for remote jobs that ended without one reaching the table."""
-        here = set(self.state.running_here())
-        running = {j.id for j in self.state.queue.list(["running"]) if j.id not in here}
+        # this process's own jobs publish their job_finished here directly (checked by worker id too:
+        # between a job's end and its finish in the queue it is no longer in running_here)
+        here, mine = set(self.state.running_here()), f"{HOST}:{os.getpid()}:"
+        running = {j.id for j in self.state.queue.list(["running"])
+                   if j.id not in here and not (j.worker or "").startswith(mine)}
         for job_id in self.remote - running:
             self.leaving.setdefault(job_id, now)
         self.remote = running
