@@ -173,7 +173,7 @@ def test_event_table_round_trip_and_strict_payloads(queue):
     assert [(r[1], r[2], r[3], r[4]) for r in rows] == [("j1", "progress", {"step": 1, "loss": None}, b"\x00\xffpng"),
                                                         ("j1", "job_finished", {"status": "done"}, None)]
     assert rows[0][0] < rows[1][0] == queue.last_event_seq() and queue.events_after(rows[1][0]) == []
-    assert queue.prune_events(-1.0) == 2 and queue.events_after(start) == []
+    assert queue.prune_events(-1.0) >= 2 and queue.events_after(0) == []  # (other tests may share the database)
     with pytest.raises(StablekitError, match="finite numbers"):
         queue.submit("sleep", {"seconds": float("inf")})
     job = queue.submit("sleep", {})
