@@ -10,11 +10,15 @@ img2img/async) and ComfyUI (POST /prompt with the default workflow on the embedd
 routes are missing (404) are left out and reported. Every request returns a job id at once ("accepted");
 a client whose request hit the dead server retries it after the restart with the same Idempotency-Key
 (a request that got no answer may have been accepted: the retry then returns that job, not a second
-one; A1111 routes that ignore the key may queue a second job, counted as "extra"). Afterwards the queue
-database is read directly: lost = accepted ids not done; duplicated = jobs run more than once to
-completion (a job completes once by construction, so this counts done jobs whose output folder holds
-more images than one run writes). Latency: submit -> done as seen by the client polling
-GET /api/v1/jobs/{id}. Throughput: done jobs / wall time from first submit to last completion.
+one; ComfyUI requests send the same key as their `prompt_id`). Every request carries its number as
+the seed. Afterwards the queue database is read directly: lost = accepted ids not done; duplicated =
+request numbers with more than one job in the queue; requests_without_job = request numbers with
+none; done_with_wrong_outputs = done jobs whose files are not exactly one run's (one image, on disk;
+a generate job clears its folder when it starts, so an attempt cut off by the kill leaves nothing
+behind). rerun_after_kill counts jobs the killed server was running, which ran again (their first
+attempt cannot complete: the queue refuses a finish from a worker that lost the job). Latency:
+submit -> done as seen by the client long-polling GET /api/v1/jobs/{id}/wait. Throughput: done
+jobs / wall time from the first submit to the last completion.
 """
 from __future__ import annotations
 
@@ -102,7 +106,27 @@ def requests_for(kind: str, i: int, steps: int) -> tuple[str, dict]:
     graph["5"]["inputs"].update(width=64, height=64)
     graph["3"]["inputs"].update(steps=steps, seed=i)
     graph["6"]["inputs"]["text"] = prompt
+    graph["9"]["inputs"]["filename_prefix"] = f"load-{i}"
     return "/prompt", {"prompt": graph, "client_id": f"load-{i}"}
+
+
+def request_number(job) -> int | None:
+    """The request number a job came from (every request carries it as its seed)."""
+    p = job.payload
+    if job.kind == "comfy.prompt":
+        return p["prompt"]["3"]["inputs"]["seed"]
+    return p.get("seed")
+
+
+def outputs_ok(job, data: Path) -> bool:
+    """A done job's files are all there, as one run writes them (one image per request here)."""
+    r = job.result or {}
+    if job.kind == "generate":
+        return len(list((data / "output" / "jobs" / job.id).glob("*.png"))) == 1
+    if job.kind.startswith("a1111."):
+        return len(r.get("files", [])) == 1 and all((data / "output" / f).is_file() for f in r["files"])
+    images = [i for out in (r.get("outputs") or {}).values() for i in out.get("images", [])]
+    return len(images) == 1 and all((data / "output" / i["subfolder"] / i["filename"]).is_file() for i in images)
 
 
 def job_id_of(body: dict) -> str | None:
@@ -141,12 +165,12 @@ class Client(threading.Thread):
                 except requests.RequestException:
                     time.sleep(0.5)
             status = None
-            while status not in ("done", "failed", "cancelled"):
-                time.sleep(0.2)
+            while status not in ("done", "failed", "cancelled"):  # long polls: the server answers when it ends
                 try:
-                    status = requests.get(f"{self.url}/api/v1/jobs/{job_id}", timeout=30).json().get("status")
+                    status = requests.get(f"{self.url}/api/v1/jobs/{job_id}/wait", params={"timeout": 20},
+                                          timeout=40).json().get("status")
                 except (requests.RequestException, ValueError):
-                    pass
+                    time.sleep(0.5)  # the server is down (killed): try again
             with self.lock:
                 self.results.append({"kind": kind, "id": job_id, "status": status, "tries": tries,
                                      "latency": time.monotonic() - start})
@@ -209,20 +233,26 @@ def main() -> None:
     jobs = {j.id: j for j in queue.list()}
     accepted = {r["id"] for r in results}
     lost = [i for i in accepted if i not in jobs or jobs[i].status != "done"]
-    duplicated = [j.id for j in jobs.values() if j.kind == "generate" and j.status == "done"
-                  and len(list((data / "output" / "jobs" / j.id).glob("*.png"))) > 1]
+    by_request: dict = {}
+    for j in jobs.values():
+        n = request_number(j)
+        if n:  # 0: the warm-up probes
+            by_request.setdefault(n, []).append(j.id)
+    duplicated = [n for n, ids in by_request.items() if len(ids) > 1]  # one request, two jobs
+    missing = [n for n in range(1, a.requests + 1) if n not in by_request]
+    bad_outputs = [i for i in accepted if i in jobs and jobs[i].status == "done" and not outputs_ok(jobs[i], data)]
     unfinished = [j.id for j in jobs.values() if j.status in ("queued", "running")]
-    extra = len(jobs) - len(accepted) - len(kinds)  # jobs nobody waits for (the probes are len(kinds))
     lat = sorted(r["latency"] for r in results)
     figures = {
         "requests": a.requests, "clients": a.clients, "kinds": kinds, "steps": a.steps, "workers": 2,
         "accepted": len(accepted), "done": sum(r["status"] == "done" for r in results),
-        "lost": len(lost), "duplicated": len(duplicated), "unfinished_in_queue": len(unfinished),
-        "rerun_after_kill": sum(j.attempts > 1 for j in jobs.values()), "extra_jobs": extra,
+        "lost": len(lost), "duplicated": len(duplicated), "requests_without_job": len(missing),
+        "done_with_wrong_outputs": len(bad_outputs), "unfinished_in_queue": len(unfinished),
+        "rerun_after_kill": sum(j.attempts > 1 for j in jobs.values()),
         "retried_requests": sum(r["tries"] > 1 for r in results),
         "wall_s": round(wall, 1), "throughput_jobs_per_s": round(len(results) / wall, 3),
         "latency_p50_s": round(statistics.median(lat), 2), "latency_p95_s": round(lat[int(0.95 * (len(lat) - 1))], 2),
-        "killed_after_jobs": killed_at,
+        "killed_after_jobs": killed_at, "per_kind": {k: sum(r["kind"] == k for r in results) for k in kinds},
     }
     print("| requests | clients | workers | accepted | done | lost | duplicated | throughput (jobs/s) | p50 (s) | p95 (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -231,7 +261,7 @@ def main() -> None:
           f"{f['throughput_jobs_per_s']} | {f['latency_p50_s']} | {f['latency_p95_s']} |")
     if a.json:
         print(json.dumps(figures, indent=2))
-    sys.exit(1 if lost or duplicated or unfinished else 0)
+    sys.exit(1 if lost or duplicated or missing or bad_outputs or unfinished else 0)
 
 
 if __name__ == "__main__":

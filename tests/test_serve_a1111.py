@@ -226,3 +226,16 @@ def test_bad_payloads_get_one_line_4xx(client, path, body):
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
     detail = r.json()["detail"]
     assert isinstance(detail, str) and detail and "\n" not in detail and "Traceback" not in detail
+
+
+def test_async_routes_take_an_idempotency_key(client):
+    key = {"Idempotency-Key": "retry-me-1"}
+    first = client.post("/sdapi/v1/txt2img/async", json={**FAST, "seed": 9}, headers=key).json()
+    again = client.post("/sdapi/v1/txt2img/async", json={**FAST, "seed": 9}, headers=key).json()
+    assert first["job_id"] == again["job_id"] == "retry-me-1" and first["number"] == again["number"]
+    other = client.post("/sdapi/v1/img2img/async", json={**FAST, "init_images": [b64png(Image.new("RGB", (64, 64)))]},
+                        headers=key)
+    assert other.status_code == 409  # the key names a job of another kind
+    bad = client.post("/sdapi/v1/txt2img/async", json=FAST, headers={"Idempotency-Key": "../x"})
+    assert bad.status_code == 422 and "Idempotency-Key" in bad.json()["detail"]
+    assert wait_done(client, "retry-me-1")["status"] == "done"

@@ -90,6 +90,22 @@ def test_post_prompt_queues_and_queue_routes(client):
     assert client.get(f"/history/{second['prompt_id']}").json() == {}
 
 
+def test_client_given_prompt_id_is_used_and_a_retry_queues_nothing_new(client):
+    wanted = "6f1c2b8e-0d55-4c4e-9a57-0f0d1b6b7c11"
+    first = client.post("/prompt", json={"prompt": default_prompt(), "prompt_id": wanted, "client_id": "c1"})
+    assert first.status_code == 200 and first.json()["prompt_id"] == wanted
+    again = client.post("/api/prompt", json={"prompt": default_prompt(), "prompt_id": wanted}).json()
+    assert (again["prompt_id"], again["number"]) == (wanted, first.json()["number"])
+    assert [q[1] for q in client.get("/queue").json()["queue_pending"]] == [wanted]
+    for bad in ("../x", "a" * 65, 5, ""):
+        r = client.post("/prompt", json={"prompt": default_prompt(), "prompt_id": bad})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_prompt", bad
+    taken = client.post("/api/v1/jobs", json={"kind": "sleep", "payload": {}, "id": "sleepy"}).json()["id"]
+    r = client.post("/prompt", json={"prompt": default_prompt(), "prompt_id": taken})
+    assert r.status_code == 409 and "another kind" in r.json()["error"]["message"]
+    assert client.get("/prompt").json() == {"exec_info": {"queue_remaining": 2}}
+
+
 def _error_type(r):
     assert r.status_code == 400, r.text
     body = r.json()

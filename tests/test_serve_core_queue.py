@@ -163,3 +163,21 @@ def test_server_and_worker_processes_share_a_postgres_queue(postgres, tmp_path):
         jobs = [c.get(f"/api/v1/jobs/{j}").json() for j in ids]
     assert [j["status"] for j in jobs] == ["done"] * 6 and [j["result"]["tag"] for j in jobs] == list(range(6))
     assert all(j["attempts"] == 1 for j in jobs) and len({j["worker"] for j in jobs}) >= 1
+
+
+def test_event_table_round_trip_and_strict_payloads(queue):
+    start = queue.last_event_seq()
+    queue.add_event("j1", "progress", {"step": 1, "loss": float("nan")}, b"\x00\xffpng")
+    queue.add_event("j1", "job_finished", {"status": "done"})
+    rows = queue.events_after(start)
+    assert [(r[1], r[2], r[3], r[4]) for r in rows] == [("j1", "progress", {"step": 1, "loss": None}, b"\x00\xffpng"),
+                                                        ("j1", "job_finished", {"status": "done"}, None)]
+    assert rows[0][0] < rows[1][0] == queue.last_event_seq() and queue.events_after(rows[1][0]) == []
+    assert queue.prune_events(-1.0) >= 2 and queue.events_after(0) == []  # (other tests may share the database)
+    with pytest.raises(StablekitError, match="finite numbers"):
+        queue.submit("sleep", {"seconds": float("inf")})
+    job = queue.submit("sleep", {})
+    queue.claim("w")
+    queue.update_progress(job.id, {"loss": float("nan")})  # a diverged loss is still reported
+    assert queue.finish(job.id, "done", result={"loss": float("inf")}, worker_id="w")
+    assert queue.get(job.id).progress == {"loss": None} and queue.get(job.id).result == {"loss": None}

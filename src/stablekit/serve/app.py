@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
-import os
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from stablekit.errors import StablekitError
 from stablekit.serve.jobs import load_kinds
 from stablekit.serve.queue import open_queue
+from stablekit.serve.relay import relay_remote_jobs
 from stablekit.serve.runner import WorkerPool, recover_orphans
 from stablekit.serve.security import SecurityMiddleware
 from stablekit.serve.settings import ServeSettings
@@ -28,8 +29,8 @@ from stablekit.serve.state import ServerState
 
 log = logging.getLogger("stablekit.serve")
 
-ROUTER_MODULES = ["stablekit.serve.ownapi", "stablekit.serve.a1111.routes", "stablekit.serve.comfy.routes"]
-REMOTE_POLL = 0.5  # seconds between looks at jobs run by other processes (their progress events)
+ROUTER_MODULES = ["stablekit.serve.ownapi", "stablekit.serve.trainpage", "stablekit.serve.a1111.routes",
+                  "stablekit.serve.comfy.routes"]
 
 
 def create_app(settings: ServeSettings, *, start_workers: bool = True) -> FastAPI:
@@ -45,7 +46,7 @@ def create_app(settings: ServeSettings, *, start_workers: bool = True) -> FastAP
         recover_orphans(state)
         pool = WorkerPool(state, settings.workers if start_workers else 0).start()
         app.state.pool = pool
-        poller = asyncio.create_task(_watch_remote_jobs(state))
+        poller = asyncio.create_task(relay_remote_jobs(state))
         try:
             yield
         finally:
@@ -106,6 +107,10 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": message, "detail": detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, exc: RecursionError):  # json.loads of absurdly nested input
+        return _error(400, "the request body is nested too deeply to read; send plain JSON objects and lists")
+
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):  # a bug: logged with its traceback, answered in one line
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -113,36 +118,17 @@ def _error_handlers(app: FastAPI) -> None:
 
 
 def _jsonable(errors: list) -> list:
+    """Validation errors as strict JSON (their "input" may hold NaN or objects JSON cannot carry)."""
     out = []
     for e in errors:
-        out.append({k: (v if isinstance(v, (str, int, float, list, type(None))) else str(v)) for k, v in e.items()
-                    if k != "ctx"})
+        row = {}
+        for k, v in e.items():
+            if k == "ctx":
+                continue
+            try:
+                json.dumps(v, allow_nan=False)
+                row[k] = v
+            except (TypeError, ValueError):
+                row[k] = str(v)[:200]
+        out.append(row)
     return out
-
-
-async def _watch_remote_jobs(state: ServerState) -> None:
-    """Publish progress and finish events for jobs that worker processes run (they write the queue
-    only), so websocket and SSE listeners see them too, at REMOTE_POLL granularity."""
-    pid = f":{os.getpid()}:"
-    seen: dict[str, dict] = {}
-    while True:
-        await asyncio.sleep(REMOTE_POLL)
-        try:
-            running = await asyncio.to_thread(state.queue.list, ["running"])
-            current = {}
-            for job in running:
-                if pid in (job.worker or ""):
-                    continue
-                current[job.id] = job.progress
-                if seen.get(job.id) != job.progress and job.progress:
-                    state.events.publish(job.id, "progress", {"job_id": job.id, **job.progress})
-            for job_id in set(seen) - set(current):
-                job = await asyncio.to_thread(state.queue.get, job_id)
-                if job is not None and job.done:
-                    state.events.publish(job_id, "job_finished", {"job_id": job_id, "status": job.status,
-                                                                  "result": job.result, "error": job.error})
-            seen = current
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("watching worker processes' jobs failed")

@@ -80,6 +80,7 @@ class EventBus:
         self._lock = threading.Lock()
         self._subs: list[Subscription] = []
         self._client_of: dict[str, str | None] = {}  # job id -> the client id that submitted it
+        self.forward = None  # worker processes: a callable(Event) storing job events for the server (relay.py)
 
     def bind(self, job_id: str, client_id: str | None) -> None:
         """Remember which client submitted a job, so its events reach that client's subscribers."""
@@ -92,6 +93,8 @@ class EventBus:
     def publish(self, job_id: str | None, event: str, data: dict, binary: bytes | None = None) -> None:
         """Send an event to every interested subscriber (callable from any thread)."""
         message = Event(job_id, event, data, binary)
+        if self.forward is not None and job_id is not None:
+            self.forward(message)
         with self._lock:
             subs = list(self._subs)
             client = self._client_of.get(job_id) if job_id is not None else None

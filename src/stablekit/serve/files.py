@@ -13,6 +13,7 @@ from fastapi import HTTPException
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]")
+MAX_NAME, MAX_PATH = 255, 1024  # what Linux file systems take (NAME_MAX); longer is refused before any syscall
 
 
 def safe_path(root: Path, relative: str) -> Path:
@@ -27,8 +28,13 @@ def safe_path(root: Path, relative: str) -> Path:
         raise HTTPException(400, f"absolute paths are not allowed ({relative!r}); give a name relative to the folder")
     if ".." in PurePosixPath(text).parts:
         raise HTTPException(403, f"path {relative!r} leaves the folder")
+    if len(text) > MAX_PATH or any(len(part) > MAX_NAME for part in text.split("/")):
+        raise HTTPException(400, f"path {relative[:60]!r}... is too long (at most {MAX_NAME} characters a name)")
     base = Path(root).resolve()
-    target = (base / text).resolve()
+    try:
+        target = (base / text).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, or a name the file system refuses
+        raise HTTPException(400, f"path {relative[:80]!r} cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
     if target != base and base not in target.parents:
         raise HTTPException(403, f"path {relative!r} leaves the folder")
     return target
@@ -37,7 +43,11 @@ def safe_path(root: Path, relative: str) -> Path:
 def existing_file(root: Path, relative: str) -> Path:
     """safe_path that must be an existing regular file (404 otherwise)."""
     path = safe_path(root, relative)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError:
+        found = False
+    if not found:
         raise HTTPException(404, f"no file {relative!r}")
     return path
 

@@ -28,6 +28,8 @@ OTHER = ("init_image", "strength", "mask", "hires_scale", "hires_steps", "hires_
 ALIASES = {"negative": "negative_prompt", "denoising_strength": "strength", "loras": "lora", "cfg_scale": "cfg"}
 IMAGE_KEYS = ("init_image", "mask")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # an input file name; anything else is base64
+PREVIEW_EVERY = 2  # sampler steps between live previews (PNG frames on the job's websocket)
+PREVIEW_DECODE_MAX = 32 * 32  # latents up to this many pixels are previewed through the VAE
 
 
 def normalize(payload: dict) -> dict:
@@ -131,6 +133,19 @@ def _store_image(value, key: str, state) -> str:
     return name
 
 
+def _preview(pipe, latents):
+    """A live preview of the sampler's current x0 estimate: small latents (the embedded model's)
+    through the VAE, which is cheap there and true to colour; large ones by ComfyUI's fixed
+    latent-to-RGB projection, since a VAE pass per preview would cost seconds at 512 px."""
+    if latents.shape[-1] * latents.shape[-2] <= PREVIEW_DECODE_MAX:
+        from stablekit.generate.steps import decode, to_pil
+
+        return to_pil(decode(pipe.components, latents[:1]))[0]
+    from stablekit.serve.comfy.preview import latent_to_image
+
+    return latent_to_image(latents)
+
+
 @job_kind("generate")
 def run_generate(ctx: JobContext, payload: dict) -> dict:
     """Run a checked generate payload; returns {"images": [{"filename", "url", "seed", "parameters"}],
@@ -152,7 +167,10 @@ def run_generate(ctx: JobContext, payload: dict) -> dict:
 
     def on_step(info: dict) -> None:
         done = info["batch"] * info["steps"] + info["step"]
-        ctx.progress(done, info["steps"] * info["batches"], batch=info["batch"], batches=info["batches"])
+        preview = None
+        if info.get("denoised") is not None and (info["step"] % PREVIEW_EVERY == 0 or info["step"] == info["steps"]):
+            preview = _preview(pipe, info["denoised"])
+        ctx.progress(done, info["steps"] * info["batches"], preview, batch=info["batch"], batches=info["batches"])
 
     prompt = opts.get("prompt", "")
     with state.models.use(opts["model"]) as pipe:

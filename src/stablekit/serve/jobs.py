@@ -108,6 +108,12 @@ class JobContext:
     def progress(self, step: int, total: int, preview=None, **extra) -> None:
         """Record progress (job.progress, the queue for other processes, a "progress" event with the
         preview as PNG bytes), then raise Interrupted if the job was cancelled or interrupted."""
+        self.report(step, total, preview, **extra)
+        self.check_interrupt()
+
+    def report(self, step: int, total: int, preview=None, **extra) -> None:
+        """Record progress as `progress` does, without the interrupt check (for code that must stop
+        at a point of its own choosing, such as training, which saves a checkpoint first)."""
         self.job.progress = {"step": int(step), "total": int(total), **extra}
         now = time.monotonic()
         if step >= total or step <= 1 or now - self._last_write >= PROGRESS_WRITE_INTERVAL:
@@ -115,7 +121,6 @@ class JobContext:
             self.state.queue.update_progress(self.job.id, self.job.progress)
         binary = _png_bytes(preview) if preview is not None else None
         self.state.events.publish(self.job.id, "progress", {"job_id": self.job.id, **self.job.progress}, binary)
-        self.check_interrupt()
 
     def emit(self, event: str, data: dict, binary: bytes | None = None) -> None:
         """A raw event to this job's listeners (e.g. ComfyUI's websocket messages, as they are)."""

@@ -65,8 +65,8 @@ def run_job(state: ServerState, job: Job, wid: str) -> str:
     try:
         result = fn(JobContext(job, state), job.payload)
         status = "done"
-    except Interrupted:
-        status, error = "cancelled", "interrupted"
+    except Interrupted as exc:  # the job may say where it stopped (training: the step, how to resume)
+        status, error = "cancelled", str(exc) if str(exc) and "was interrupted" not in str(exc) else "interrupted"
     except StablekitError as exc:
         error = str(exc)
     except Exception as exc:  # a bug: keep the traceback in the log, give the client one line
@@ -74,6 +74,8 @@ def run_job(state: ServerState, job: Job, wid: str) -> str:
         error = f"internal error: {type(exc).__name__}: {exc}"
     finally:
         state.end(job.id)
+    if job.progress:  # progress writes are throttled: keep the last one (where a cancelled run stopped)
+        state.queue.update_progress(job.id, job.progress)
     if not state.queue.finish(job.id, status, result=result, error=error, worker_id=wid):
         log.warning("job %s finished here but the queue gave it to another worker meanwhile", job.id)
         return "lost"

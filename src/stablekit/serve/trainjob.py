@@ -2,24 +2,28 @@
 
 Payload: {"method": "lora" | "finetune" | "textual-inversion" | "dreambooth", "data": a folder (or
 jsonl/csv/toml) under DATA_DIR/input, "model": a listed checkpoint (default the current one),
-"class_data": (dreambooth) a folder under DATA_DIR/input, and any other setting of
-`stablekit train METHOD` (steps, lr, rank, ...)}. Paths are never taken from the client: the
-run goes to DATA_DIR/output/train/<job id>/, so a re-run after a crash resumes from its own last
-checkpoint (the loop's exact resume). Progress comes from the run's metrics.jsonl (the loop has no
-step callback), so a running training job cannot be interrupted before it ends.
+"class_data": (dreambooth) a folder under DATA_DIR/input, "resume": the id of an earlier train job
+whose run this one continues, and any other setting of `stablekit train METHOD` (steps, lr, rank,
+...)}. Paths are never taken from the client: the run goes to DATA_DIR/output/train/<job id>/ (or
+the resumed job's folder), so a re-run after a crash resumes from its own last checkpoint.
+
+Progress and cancel use the loop's TrainHooks: every optimizer step publishes a "progress" event
+{step, total, loss, lr}; a cancel stops the run after the current step, which saves a checkpoint
+there, so the job ends "cancelled" and a job submitted with {"resume": <its id>} goes on exactly
+where it stopped.
 """
 from __future__ import annotations
 
-import json
-import threading
+import re
 from pathlib import Path
 
 from stablekit.errors import StablekitError
 from stablekit.serve.files import safe_path
-from stablekit.serve.jobs import JobContext, job_kind
+from stablekit.serve.jobs import Interrupted, JobContext, job_kind
 
 PATH_KEYS = ("data", "class_data")  # names under DATA_DIR/input
 REFUSED = ("out", "config", "device", "threads")  # the server decides these
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def check_train(payload: dict, state) -> dict:
@@ -39,9 +43,23 @@ def check_train(payload: dict, state) -> dict:
         if key in opts:
             if not isinstance(opts[key], str) or not safe_path(state.settings.input_dir, opts[key]).exists():
                 raise StablekitError(f"{key} {opts[key]!r} is not under the server's input folder; upload it there")
+    resume = opts.pop("resume", None)
+    if resume is not None:
+        _check_resume(resume, state)
     opts["model"] = state.models.resolve_name(opts.get("model"))
     resolve(method, None, **_paths(opts, state, Path("unused")))  # unknown settings, bad values: one line
-    return {"method": method, **opts}
+    return {"method": method, **opts, **({"resume": resume} if resume is not None else {})}
+
+
+def _check_resume(resume, state) -> None:
+    """A resumed run must be an earlier train job's that is not running now."""
+    if not isinstance(resume, str) or not RUN_ID.fullmatch(resume):
+        raise StablekitError(f"resume must be the id of an earlier train job (got {resume!r})")
+    job = state.queue.get(resume)
+    if job is None or job.kind != "train":
+        raise StablekitError(f"resume {resume!r}: no train job with that id; list them with GET /api/v1/jobs?kind=train")
+    if job.status in ("queued", "running"):
+        raise StablekitError(f"resume {resume!r}: that job is {job.status}; cancel it first")
 
 
 def _paths(opts: dict, state, out: Path) -> dict:
@@ -55,45 +73,38 @@ def _paths(opts: dict, state, out: Path) -> dict:
     return settings
 
 
+def run_folder(output_dir: Path, run_id: str) -> Path:
+    """Where the train job `run_id` writes (DATA_DIR/output/train/<id>/)."""
+    return safe_path(Path(output_dir) / "train", run_id)
+
+
 @job_kind("train")
 def run_train(ctx: JobContext, payload: dict) -> dict:
-    """Train; returns {"artefact", "run_dir", "step", "loss"} with paths relative to DATA_DIR/output."""
+    """Train; returns {"artefact", "run_dir", "step", "loss"} with paths relative to DATA_DIR/output.
+    A cancel stops it at the next step (checkpoint saved there) and ends the job "cancelled"."""
     import stablekit.train
+    from stablekit.train.loop import TrainHooks
+    from stablekit.train.methods import resolve
 
     opts = check_train(payload, ctx.state)
     method = opts.pop("method")
-    out = ctx.output_dir / "train" / ctx.job.id
+    out = run_folder(ctx.output_dir, opts.pop("resume", None) or ctx.job.id)
     settings = _paths(opts, ctx.state, out)
-    total = int(settings.get("steps") or 0)
-    done = threading.Event()
-    watcher = threading.Thread(target=_watch_metrics, args=(ctx, out, total, done), daemon=True)
-    watcher.start()
-    try:
-        result = stablekit.train.run(method, progress=False, **settings)
-    finally:
-        done.set()
-        watcher.join(5)
+    total = resolve(method, None, **settings)[1].steps
+
+    def on_step(step: int, row: dict, strategy) -> None:
+        # report only: raising here (as ctx.progress does on cancel) would skip the checkpoint
+        ctx.report(step, total, loss=row.get("loss"), lr=row.get("lr"), run=out.name)
+
+    hooks = TrainHooks(on_step=on_step, should_stop=lambda: ctx.state.interrupt_flag(ctx.job.id))
+    result = stablekit.train.run(method, progress=False, hooks=hooks, **settings)
     history = result.get("history") or []
+    if result.get("stopped"):
+        raise Interrupted(f"stopped at step {result.get('step')} of {total} (checkpoint saved); "
+                          f"submit {{\"kind\": \"train\", \"payload\": {{..., \"resume\": \"{out.name}\"}}}} to go on")
 
     def rel(p):
         return Path(p).resolve().relative_to(ctx.output_dir.resolve()).as_posix() if p else None
 
     return {"artefact": rel(result.get("artefact")), "run_dir": rel(result.get("run_dir")),
             "step": result.get("step"), "loss": history[-1]["loss"] if history else None}
-
-
-def _watch_metrics(ctx: JobContext, out: Path, total: int, done: threading.Event) -> None:
-    """Report the newest step and loss in the run's metrics.jsonl every second."""
-    seen = -1
-    while not done.wait(1.0):
-        for path in out.rglob("metrics.jsonl"):
-            try:
-                lines = path.read_text().strip().splitlines()
-                last = json.loads(lines[-1]) if lines else None
-            except (OSError, ValueError):
-                continue
-            if last and last.get("step", -1) != seen:
-                seen = last.get("step", -1)
-                ctx.job.progress = {"step": seen, "total": total, "loss": last.get("loss")}
-                ctx.state.queue.update_progress(ctx.job.id, ctx.job.progress)
-                ctx.emit("progress", {"job_id": ctx.job.id, **ctx.job.progress})

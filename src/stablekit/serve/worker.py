@@ -1,7 +1,8 @@
 """`stablekit worker`: a process that drains the same queue as the server (one per GPU or machine).
 
 It builds the same ServerState as the server (queue, models, job kinds) without HTTP, runs N worker
-threads until SIGTERM/SIGINT, and reports progress through the queue, where the server reads it.
+threads until SIGTERM/SIGINT, and stores its jobs' events in the queue, where the server reads
+and relays them to its websocket and SSE clients (relay.py).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 
 from stablekit.serve.jobs import JOB_KINDS, load_kinds
 from stablekit.serve.queue import open_queue
+from stablekit.serve.relay import EventForwarder
 from stablekit.serve.runner import WorkerPool, recover_orphans
 from stablekit.serve.settings import ServeSettings
 from stablekit.serve.state import ServerState
@@ -24,6 +26,7 @@ def run_worker(settings: ServeSettings, kinds: list[str] | None = None, once: bo
     is empty. kinds: only these job kinds (default: every kind this process can run)."""
     settings.make_dirs()
     state = ServerState(settings=settings, queue=open_queue(settings.resolved_queue_url))
+    state.events.forward = EventForwarder(state.queue)  # the server relays them to its listeners
     load_kinds()
     recover_orphans(state)
     pool = WorkerPool(state, max(1, settings.workers), kinds=kinds, once=once).start()

@@ -2,7 +2,7 @@
 
 A job renders its n_iter batches one after another on the shared Pipeline (held exclusively while
 it runs), reports each sampler step through ctx.progress (with a live preview every
-`show_progress_every_n_steps` steps when the pipeline passes the step's latents, and the finished
+`show_progress_every_n_steps` steps, decoded from the step callback's `denoised` latents, and the finished
 batch's first image after each batch), honours /skip (ends the current batch) and /interrupt
 (stops, keeping the images finished so far, as A1111 returns them), and saves the PNGs, carrying
 A1111's `parameters` text, under OUTPUT_DIR/a1111/. The result is JSON: the files (relative to the
@@ -89,32 +89,8 @@ def run(ctx, kind: str, payload: dict) -> dict:
                                                 interrupted=interrupted), "interrupted": interrupted}
 
 
-class _Recorder:
-    """The pipeline's denoiser, keeping its latest x0 prediction for live previews. Pipeline's step
-    callback does not pass the latents yet; the job holds the pipeline exclusively (models.use), so
-    swapping its denoiser for the call is safe. Every other attribute is the denoiser's own."""
-
-    def __init__(self, inner):
-        self.inner, self.last = inner, None
-
-    def __call__(self, *args, **kwargs):
-        self.last = self.inner(*args, **kwargs)
-        return self.last
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 def _call(pipe, plan: Plan, settings: dict, callback) -> list:
-    recorder = pipe.denoiser = _Recorder(pipe.denoiser)
-    callback.recorder = recorder
-    try:
-        return _call_mode(pipe, plan, settings, callback)
-    finally:
-        pipe.denoiser = recorder.inner
-
-
-def _call_mode(pipe, plan: Plan, settings: dict, callback) -> list:
+    """Render one batch in the plan's mode; the step callback carries the sampler's `denoised` latents."""
     if plan.mode == "txt2img":
         return pipe.generate(plan.prompt, callback=callback, hires=plan.hires, **settings)
     if plan.mode == "img2img":
@@ -125,8 +101,7 @@ def _call_mode(pipe, plan: Plan, settings: dict, callback) -> list:
 def _callback(ctx, pipe, batch: int, batches: int, every: int, preview: Path):
     def on_step(info: dict) -> None:
         image = None
-        recorder = getattr(on_step, "recorder", None)
-        latents = info.get("denoised", getattr(recorder, "last", None))
+        latents = info.get("denoised")  # the model's current x0 estimate (Pipeline's step callback)
         if latents is not None and every > 0 and info["step"] % every == 0:
             image = _latent_preview(pipe, latents)
             _write_preview(image, preview)

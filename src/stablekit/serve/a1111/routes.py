@@ -43,19 +43,34 @@ def _error(exc: Exception, status: int | None = None) -> JSONResponse:
 
 async def _body(request: Request):
     try:
-        return json.loads(await request.body() or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PayloadError(f"the request body is not valid JSON ({exc})") from None
+        return json.loads(await request.body() or b"null", parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise PayloadError(f"the request body is not valid JSON ({str(exc)[:120]})") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON; give finite numbers")
 
 
 async def _submit(request: Request, kind: str):
-    """Check a request as far as possible before queueing it; returns (state, job, normalised request)."""
+    """Check a request as far as possible before queueing it; returns (state, job, normalised request).
+    With an `Idempotency-Key` header (stablekit's addition) the job gets that id, and a retry with the
+    same key returns the job already queued instead of a second one."""
+    from stablekit.serve.ownapi import ID_PATTERN, submit_job
+
     state = _state(request)
+    key = request.headers.get("idempotency-key") or None
+    if key is not None:
+        if not ID_PATTERN.fullmatch(key):
+            raise PayloadError(f"Idempotency-Key {key[:80]!r} must be 1-64 letters, digits, '-' or '_'")
+        existing = await asyncio.to_thread(state.queue.get, key)
+        if existing is not None and existing.kind == f"a1111.{kind}":
+            return state, existing, existing.payload
     req = normalize(kind, await _body(request))
     await asyncio.to_thread(build, kind, req, state)
     if req["override_settings"] and not req["override_settings_restore_afterwards"]:
         await asyncio.to_thread(opts.set_options, state, req["override_settings"])  # A1111 keeps them
-    job = state.submit(f"a1111.{kind}", req)
+    job = await asyncio.to_thread(submit_job, state, f"a1111.{kind}", req, None, False, key)
     return state, job, req
 
 

@@ -29,6 +29,7 @@ from stablekit.serve.comfy.view import view_router
 api = APIRouter()
 MODEL_FOLDERS = ("checkpoints", "loras", "vae", "controlnet", "embeddings")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
+PROMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a uuid4 as ComfyUI's clients send, or any such name
 
 
 def _state(request: Request):
@@ -39,6 +40,10 @@ def prompt_error(kind: str, message: str, details: str = "", status: int = 400) 
     """ComfyUI's error body for a refused prompt: {"error": {type, message, details, extra_info}, "node_errors": {}}."""
     return JSONResponse({"error": {"type": kind, "message": message, "details": details, "extra_info": {}},
                          "node_errors": {}}, status_code=status)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON; give finite numbers")
 
 
 def queue_remaining(state) -> int:
@@ -56,8 +61,8 @@ def get_prompt(request: Request):
 async def post_prompt(request: Request):
     state = _state(request)
     try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = json.loads(await request.body(), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return prompt_error("invalid_prompt", "Cannot parse the request body as JSON", str(exc)[:200])
     if not isinstance(body, dict) or "prompt" not in body:
         return prompt_error("no_prompt", "No prompt provided", "the body needs a \"prompt\": {node id: node}")
@@ -69,13 +74,61 @@ async def post_prompt(request: Request):
         return prompt_error("invalid_prompt", "client_id must be a string", f"got {type(client_id).__name__}")
     if client_id:
         extra_data["client_id"] = client_id
+    prompt_id = body.get("prompt_id")  # ComfyUI lets the client choose it (server.py post_prompt)
+    if prompt_id is not None and (not isinstance(prompt_id, str) or not PROMPT_ID.fullmatch(prompt_id)):
+        return prompt_error("invalid_prompt", "prompt_id must be 1-64 letters, digits, '-' or '_'",
+                            f"got {str(prompt_id)[:80]!r}")
     prompt = body["prompt"]
     ok, error, good, node_errors, _ = await asyncio.to_thread(validate_prompt, prompt, folders_for(state.settings))
     if not ok:
         return JSONResponse({"error": error, "node_errors": node_errors}, status_code=400)
+    refused = _unsafe_prefixes(prompt, folders_for(state.settings).output)
+    if refused:
+        return JSONResponse({"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed "
+                                       "validation", "details": "", "extra_info": {}}, "node_errors": refused},
+                            status_code=400)
     payload = {"prompt": prompt, "extra_data": extra_data, "outputs": good}
-    job = await asyncio.to_thread(state.submit, KIND, payload, client_id or None, bool(body.get("front")))
+    job = await asyncio.to_thread(_submit, state, payload, client_id or None, bool(body.get("front")), prompt_id)
+    if job is None:
+        return prompt_error("invalid_prompt", f"prompt_id {prompt_id!r} belongs to another kind of job",
+                            "choose a new prompt_id (a uuid4)", status=409)
     return {"prompt_id": job.id, "number": job.number, "node_errors": node_errors}
+
+
+def _unsafe_prefixes(prompt: dict, output) -> dict:
+    """node_errors for save nodes whose filename_prefix leaves the output folder. ComfyUI refuses
+    those only when the node runs; refusing them at POST keeps a traversal attempt a 400."""
+    from stablekit.errors import StablekitError
+    from stablekit.nodes.image import save_path
+
+    errors = {}
+    for node_id, node in prompt.items():
+        prefix = node.get("inputs", {}).get("filename_prefix")
+        if isinstance(prefix, str):
+            try:
+                save_path(output, prefix)
+            except StablekitError as exc:
+                errors[node_id] = {"errors": [{"type": "invalid_input", "message": "Invalid filename_prefix",
+                                               "details": str(exc), "extra_info": {"input_name": "filename_prefix"}}],
+                                   "dependent_outputs": [node_id], "class_type": node.get("class_type")}
+    return errors
+
+
+def _submit(state, payload: dict, client_id: str | None, front: bool, prompt_id: str | None):
+    """Queue the prompt under the client's prompt_id if given. The same id again returns the prompt
+    already queued (a client retrying after a lost answer must not run it twice); None when the id
+    is taken by a job of another kind."""
+    if prompt_id is not None:
+        existing = state.queue.get(prompt_id)
+        if existing is not None:
+            return existing if existing.kind == KIND else None
+    try:
+        return state.submit(KIND, payload, client_id, front, job_id=prompt_id)
+    except Exception:  # two retries racing on one id: the database lets one in
+        existing = state.queue.get(prompt_id) if prompt_id is not None else None
+        if existing is None:
+            raise
+        return existing if existing.kind == KIND else None
 
 
 @api.get("/queue")

@@ -86,6 +86,23 @@ class JobQueue(ABC):
     def counts(self) -> dict[str, int]:
         """Number of jobs per status."""
 
+    # Events of jobs run by `stablekit worker` processes, relayed to the server's listeners. A queue
+    # without an event table (the default) relays nothing; the server then sees only the end.
+    def add_event(self, job_id: str | None, event: str, data: dict, binary: bytes | None = None) -> None:
+        """Store one event of a job run in this process, for servers in other processes to relay."""
+
+    def events_after(self, seq: int, limit: int = 500) -> list[tuple]:
+        """Stored events with a sequence number above `seq`, oldest first: (seq, job_id, event, data, binary)."""
+        return []
+
+    def last_event_seq(self) -> int:
+        """The newest stored event's sequence number (0 when none): where a new reader starts."""
+        return 0
+
+    def prune_events(self, older_than_s: float) -> int:
+        """Delete events older than this many seconds; returns how many."""
+        return 0
+
     def close(self) -> None:
         """Release connections."""
 

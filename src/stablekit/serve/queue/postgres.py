@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 from stablekit.errors import StablekitError
-from stablekit.serve.queue.sql import INDEXES, TABLE_COLUMNS, SQLQueue
+from stablekit.serve.queue.sql import EVENT_COLUMNS, EVENT_INDEXES, INDEXES, TABLE_COLUMNS, SQLQueue
 
 
 def _psycopg():
@@ -36,7 +36,8 @@ class PostgresQueue(SQLQueue):
         self._run("SELECT pg_advisory_lock(727274)")
         try:
             self._run(f"CREATE TABLE IF NOT EXISTS jobs (number BIGSERIAL PRIMARY KEY, {TABLE_COLUMNS})")
-            for sql in INDEXES:
+            self._run(f"CREATE TABLE IF NOT EXISTS events (seq BIGSERIAL PRIMARY KEY, {EVENT_COLUMNS}, body BYTEA)")
+            for sql in INDEXES + EVENT_INDEXES:
                 self._run(sql)
         finally:
             self._run("SELECT pg_advisory_unlock(727274)")

@@ -8,6 +8,7 @@ lowest queued priority, so the latest front job runs first (ComfyUI's "front": t
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Iterable
 
@@ -36,6 +37,13 @@ TABLE_COLUMNS = """
     cancel INTEGER NOT NULL DEFAULT 0,
     priority BIGINT NOT NULL DEFAULT 0"""
 INDEXES = ["CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, priority, number)"]
+# Events that worker processes relay to servers (seq is the backend's autoincrement column).
+EVENT_COLUMNS = """
+    job_id TEXT,
+    event TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created DOUBLE PRECISION NOT NULL"""
+EVENT_INDEXES = ["CREATE INDEX IF NOT EXISTS events_created ON events (created)"]
 
 
 def _row_to_job(row) -> Job:
@@ -46,10 +54,27 @@ def _row_to_job(row) -> Job:
 
 
 def _json(value) -> str:
+    # strict JSON: a NaN stored here would break every later listing that renders the job
     try:
-        return json.dumps(value)
+        return json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise StablekitError(f"job data must be JSON (numbers, text, lists, objects): {exc}") from None
+        raise StablekitError(f"job data must be JSON (finite numbers, text, lists, objects): {exc}") from None
+
+
+def _finite(value):
+    """value with NaN and infinities as None (a diverged loss must not stop a job from reporting)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_lenient(value) -> str:
+    """What a running job reports (progress, result, events): always stored, as strict JSON."""
+    return json.dumps(_finite(value), default=str)
 
 
 class SQLQueue(JobQueue):
@@ -131,7 +156,7 @@ class SQLQueue(JobQueue):
         return bool(rows) and not rows[0][0]
 
     def update_progress(self, job_id, progress):
-        self._run("UPDATE jobs SET progress = ? WHERE id = ? AND status = 'running'", (_json(progress), job_id))
+        self._run("UPDATE jobs SET progress = ? WHERE id = ? AND status = 'running'", (_json_lenient(progress), job_id))
 
     def finish(self, job_id, status, result=None, error=None, worker_id=None):
         if status not in FINISHED:
@@ -139,7 +164,7 @@ class SQLQueue(JobQueue):
         owner, params = ("AND worker = ?", (worker_id,)) if worker_id is not None else ("", ())
         _, n = self._run(f"UPDATE jobs SET status = ?, result = ?, error = ?, finished = ? "
                          f"WHERE id = ? AND status = 'running' {owner}",
-                         (status, _json(result) if result is not None else None, error, time.time(), job_id) + params)
+                         (status, _json_lenient(result) if result is not None else None, error, time.time(), job_id) + params)
         return bool(n)
 
     def requeue_stale(self, timeout_s, workers: Iterable[str] = ()):
@@ -167,3 +192,21 @@ class SQLQueue(JobQueue):
         found = {s: 0 for s in STATUSES}
         found.update({s: int(n) for s, n in rows})
         return found
+
+    # ------------------------------------------------------------------ relayed events
+    def add_event(self, job_id, event, data, binary=None):
+        self._run("INSERT INTO events (job_id, event, data, body, created) VALUES (?, ?, ?, ?, ?)",
+                  (job_id, event, _json_lenient(data), binary, time.time()))
+
+    def events_after(self, seq, limit=500):
+        rows, _ = self._run("SELECT seq, job_id, event, data, body FROM events WHERE seq > ? ORDER BY seq "
+                            f"LIMIT {int(limit)}", (int(seq),))
+        return [(int(r[0]), r[1], r[2], json.loads(r[3]), bytes(r[4]) if r[4] is not None else None) for r in rows]
+
+    def last_event_seq(self):
+        rows, _ = self._run("SELECT COALESCE(MAX(seq), 0) FROM events")
+        return int(rows[0][0])
+
+    def prune_events(self, older_than_s):
+        _, n = self._run("DELETE FROM events WHERE created < ?", (time.time() - older_than_s,))
+        return n

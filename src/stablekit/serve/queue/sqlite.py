@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from stablekit.errors import StablekitError
-from stablekit.serve.queue.sql import INDEXES, TABLE_COLUMNS, SQLQueue
+from stablekit.serve.queue.sql import EVENT_COLUMNS, EVENT_INDEXES, INDEXES, TABLE_COLUMNS, SQLQueue
 
 BUSY_TIMEOUT_MS = 30000
 
@@ -35,7 +35,9 @@ class SQLiteQueue(SQLQueue):
         self._lock = threading.Lock()
         self._run("PRAGMA journal_mode=WAL")
         self._run(f"CREATE TABLE IF NOT EXISTS jobs (number INTEGER PRIMARY KEY AUTOINCREMENT, {TABLE_COLUMNS})")
-        for sql in INDEXES:
+        self._run(f"CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, {EVENT_COLUMNS}, "
+                  "body BLOB)")
+        for sql in INDEXES + EVENT_INDEXES:
             self._run(sql)
 
     def _conn(self) -> sqlite3.Connection:
