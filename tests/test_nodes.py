@@ -120,6 +120,7 @@ def test_validation_errors_have_comfyuis_shape_and_types():
     assert error["details"] == "samples, received_type(MODEL) mismatch input_type(LATENT)"
     assert _only_error(_response(graph(**{"3__steps": 0})), "3")["type"] == "value_smaller_than_min"
     assert _only_error(_response(graph(**{"3__steps": "many"})), "3")["type"] == "invalid_input_type"
+    assert _only_error(_response(graph(**{"3__denoise": float("nan")})), "3")["type"] == "invalid_input_type"
     assert _only_error(_response(graph(**{"3__positive": ["77", 0]})), "3")["type"] == "bad_linked_input"
 
     unknown = _response(graph(**{"5": {"class_type": "EmptyLatentMagic", "inputs": {}}}))

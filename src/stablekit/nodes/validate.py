@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 from stablekit.errors import StablekitError
 from stablekit.nodes.registry import Folders, node_class
@@ -44,7 +45,10 @@ def _convert(input_type, val):
     if input_type == "INT":
         return int(val)
     if input_type == "FLOAT":
-        return float(val)
+        number = float(val)
+        if not math.isfinite(number):  # NaN passes every min/max comparison and poisons what follows
+            raise ValueError(f"{val!r} is not a finite number")
+        return number
     if input_type == "STRING":
         return str(val)
     if input_type == "BOOLEAN":
