@@ -137,4 +137,4 @@ def test_embedded_model_is_tiny_by_its_header_and_print_config_shows_the_recipe(
     assert methods.model_family(str(EMBEDDED_MODEL.parent / "diffusers")) == "tiny"
     assert main(["train", "dreambooth", "--print-config"]) == 0
     printed = tomllib.loads(capsys.readouterr().out)
-    assert printed["lr"] == 1e-4 and printed["train_text_encoder"] is True
+    assert printed["lr"] == 1e-4 and printed["steps"] == 200 and printed["num_class_images"] == 20
