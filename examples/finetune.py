@@ -1,6 +1,7 @@
 """Full fine-tune of the embedded model on a CSV of image-caption pairs: teach it `hexagon` (Keras tutorial, 000).
 
-    python examples/finetune.py [--out runs/examples/finetune] [--steps 1500]
+    python examples/finetune.py [--out runs/examples/finetune] [--steps 1500] [--prompts 56]
+    python examples/finetune.py --steps 10 --prompts 4        # a smoke run: about a minute on a quiet core
 
 1. render 300 captioned images, half hexagons and half base shapes (so the old shapes are kept),
    and list them in data.csv with the columns image_path,caption, the Keras tutorial's layout;
@@ -30,6 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/examples/finetune")
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=0, help="judge this many color/background pairs (0: all 56)")
     args = parser.parse_args()
     out = Path(args.out)
     new = render_dataset(out / "images", n=150, seed=4, shapes=("hexagon",))
@@ -42,11 +45,13 @@ def main() -> None:
 
     t = time.time()
     result = stablekit.train("finetune", data=str(out / "data.csv"), out=str(out), name="hexagon",
-                             steps=args.steps, lr=1e-4, batch_size=16, ema_decay=0.999, snr_gamma=5.0,
+                             steps=args.steps, lr=1e-4, batch_size=args.batch_size, ema_decay=0.999, snr_gamma=5.0,
                              sample_every=0, checkpoint_every=250)
     minutes = (time.time() - t) / 60
     pipe, judge = Pipeline(stablekit.load(result["artefact"]).components, progress=False), Judge.load()
     pairs = list(permutations(COLORS, 2))
+    if args.prompts and args.prompts < len(pairs):
+        pairs = pairs[::len(pairs) // args.prompts][:args.prompts]
     verdicts = judge([pipe.generate(f"a {c} hexagon on a {b} background", seed=i, steps=20)[0]
                       for i, (c, b) in enumerate(pairs)])
     report = {"hexagon": sum(v["shape"] == "hexagon" for v in verdicts) / len(pairs),

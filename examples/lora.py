@@ -1,11 +1,13 @@
 """LoRA on the embedded model from a kohya dataset TOML: the "outline" style (the lecture's kohya labs, 003).
 
-    python examples/lora.py [--out runs/examples/lora] [--steps 600]
+    python examples/lora.py [--out runs/examples/lora] [--steps 800] [--prompts 19]
+    python examples/lora.py --steps 10 --prompts 4        # a smoke run
 
 1. render 60 large shapes drawn hollow ("a large red square outline on the left") and describe
    them in a kohya dataset TOML ([general], [[datasets]], [[datasets.subsets]]), as sd-scripts reads;
-2. train a rank-4 LoRA on the UNet's attention/projection layers (stablekit.train("lora", ...),
-   the same as `stablekit train lora --data outline.toml ...`);
+2. train a LoRA on the UNet's attention/projection layers and, as LoCon, its convolutions, with
+   the embedded model's recipe (train/methods.py TINY_RECIPES: rank 8, lr 3e-3, cosine);
+   stablekit.train("lora", ...) is the same as `stablekit train lora --data outline.toml ...`;
 3. judge "a large {color} {shape} outline on a {bg} background" with the LoRA on, and check that with
    the adapter off the model draws exactly what the base model draws for the same seed.
 Target (docs/shapes-world.md): hollow >= 0.8; file <= 10 % of the UNet's size.
@@ -65,7 +67,8 @@ def set_adapters(unet, on: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/examples/lora")
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--prompts", type=int, default=0, help="judge only the first N prompts (0: all)")
     args = parser.parse_args()
     out = Path(args.out)
     images = render_dataset(out / "outline", n=60, seed=2, hollow=True)
@@ -73,11 +76,11 @@ def main() -> None:
     toml.write_text(KOHYA_TOML.format(image_dir=images.resolve()))
 
     components = load_model(stablekit.EMBEDDED_MODEL)
-    items = prompts()
+    items = prompts()[:args.prompts or None]
     base = draw(components, items)
     t = time.time()
     result = stablekit.train("lora", components=components, data=str(toml), out=str(out), name="outline",
-                             rank=4, alpha=4.0, steps=args.steps, lr=1e-3, batch_size=4, sample_every=0)
+                             steps=args.steps, sample_every=0)
     minutes = (time.time() - t) / 60
     judge = Judge.load()
     with_lora = judge(draw(components, items))

@@ -1,8 +1,10 @@
 """Textual inversion on the embedded model: teach it `<hexagon>` from 5 images (Keras tutorial, 001).
 
     python examples/textual_inversion.py [--out runs/examples/ti] [--steps 400]
+    python examples/textual_inversion.py --steps 10 --prompts 4        # a smoke run
 
-1. render 5 hexagons (a shape the embedded model never saw) with captions that use the new word,
+1. render 5 large hexagons (a shape the embedded model never saw; at 14-18 px a hexagon differs
+   from a circle by about a pixel) with captions that use the new word,
    e.g. "a large red <hexagon> on a blue background";
 2. train only the new word's embedding vectors (every other weight stays bit-identical);
 3. draw "a {color} <hexagon> on a {bg} background" for every color/background pair and let the
@@ -57,7 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
 
-    data = render_dataset(out / "data", n=5, seed=1, shape_word="<hexagon>", shapes=("hexagon",))
+    data = render_dataset(out / "data", n=5, seed=1, shape_word="<hexagon>", shapes=("hexagon",),
+                          sizes=("large",))
     components = load_model(stablekit.EMBEDDED_MODEL)
     baseline = evaluate(components, "hexagon", args.prompts) if args.baseline else None
 

@@ -45,7 +45,7 @@ class TensorCache:
 
     kind = "tensors"
 
-    def __init__(self, root: str | Path, model: str, settings: dict | None = None):
+    def __init__(self, root: str | Path, model: str, settings: dict | None = None, memory_bytes: int = 256 << 20):
         settings = dict(settings or {})
         self.dir = Path(root) / f"{self.kind}-{model}-{_digest(json.dumps(settings, sort_keys=True, default=str), 12)}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -53,6 +53,10 @@ class TensorCache:
         if not info.exists():  # for people reading the folder; never read back
             info.write_text(json.dumps({"kind": self.kind, "model": model, "settings": settings}, indent=2, default=str))
         self._index: dict[str, Path] | None = None
+        # rows already read or computed, kept in memory up to memory_bytes: a training run asks for
+        # the same few rows every epoch, and reopening a shard per row costs more than a tiny model's step
+        self._memory: dict[str, dict[str, torch.Tensor]] = {}
+        self._memory_left = memory_bytes
 
     def _load_index(self) -> dict[str, Path]:
         if self._index is None:
@@ -70,12 +74,23 @@ class TensorCache:
         return _digest(key) in self._load_index()
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
-        shard = self._load_index().get(_digest(key))
+        digest = _digest(key)
+        if digest in self._memory:
+            return self._memory[digest]
+        shard = self._load_index().get(digest)
         if shard is None:
             return None
-        prefix = _digest(key) + "/"
+        prefix = digest + "/"
         with safe_open(shard, "pt") as f:
-            return {n[len(prefix):]: f.get_tensor(n) for n in f.keys() if n.startswith(prefix)}
+            row = {n[len(prefix):]: f.get_tensor(n) for n in f.keys() if n.startswith(prefix)}
+        self._remember(digest, row)
+        return row
+
+    def _remember(self, digest: str, row: dict[str, torch.Tensor]) -> None:
+        size = sum(t.numel() * t.element_size() for t in row.values())
+        if size <= self._memory_left:
+            self._memory[digest] = row
+            self._memory_left -= size
 
     def put(self, entries: dict[str, dict[str, torch.Tensor]]) -> None:
         """Store {content key: {name: tensor}} as one new shard (atomic)."""
@@ -87,8 +102,9 @@ class TensorCache:
         save_file(tensors, str(tmp))
         os.replace(tmp, path)
         index = self._load_index()
-        for k in entries:
+        for k, row in entries.items():
             index[_digest(k)] = path
+            self._remember(_digest(k), {n: t.detach().cpu().clone() for n, t in row.items()})
 
     def get_or_compute(self, keys: list[str], compute: Callable[[list[int]], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Batched tensors for `keys`: cached rows read, the missing ones computed in one call

@@ -6,7 +6,9 @@ paper's recipe and diffusers' train_dreambooth.py), once: they are cached as PNG
 captions in <out>/class-images/<key>/, keyed by the model, prompt, size, count, seed and sampler
 settings, and reused by the next run. Instance and class items are mixed in one dataset with
 `is_reg` set on class items; the strategy weights their loss by prior_loss_weight (kohya's rule),
-so every batch may hold both.
+so every batch may hold both. Buckets are honoured as in every other method: each batch comes
+from one bucket of the instance dataset (its batch_order), the class positions are shared out
+over the buckets and class images are resized to the bucket of the batch they land in.
 """
 from __future__ import annotations
 
@@ -82,18 +84,51 @@ class PriorPreservationData:
         n_class = 0 if class_pixels is None else len(class_pixels)
         self.half = max(len(instance), n_class)
         self.total = self.half * (2 if n_class else 1)
+        self._buckets = self._share_buckets()
 
     def __len__(self) -> int:
         return self.total
+
+    def _share_buckets(self) -> list[np.ndarray]:
+        """Positions grouped by the instance dataset's buckets: instance position i goes with the
+        bucket of item i % len(instance); class positions are dealt out in proportion to the
+        buckets' sizes (round robin over the instance positions' buckets)."""
+        groups = self.instance.buckets() if hasattr(self.instance, "buckets") else [np.arange(len(self.instance))]
+        bucket_of = np.zeros(len(self.instance), dtype=np.int64)
+        for b, members in enumerate(groups):
+            bucket_of[np.asarray(members, dtype=np.int64)] = b
+        inst_bucket = bucket_of[np.arange(self.half) % len(self.instance)]
+        positions = [list(np.flatnonzero(inst_bucket == b)) for b in range(len(groups))]
+        for j in range(self.total - self.half):
+            positions[inst_bucket[j % self.half]].append(self.half + j)
+        self._class_bucket = inst_bucket  # class position half + j belongs to bucket _class_bucket[j % half]
+        self._bucket_member = [int(np.asarray(m)[0]) for m in groups]
+        self._bucket_size: dict[int, tuple[int, int]] = {}
+        return [np.array(sorted(p), dtype=np.int64) for p in positions if p]
+
+    def batch_order(self, seed: int, batch_size: int):
+        """Bucket-aware order (data/buckets.py): every batch holds one bucket's positions."""
+        from stablekit.data.buckets import BucketBatchOrder
+
+        return BucketBatchOrder(self._buckets, seed, batch_size)
+
+    def _class_size(self, position: int) -> tuple[int, int]:
+        """(h, w) of the bucket a class position belongs to (read once per bucket)."""
+        b = int(self._class_bucket[(position - self.half) % self.half])
+        if b not in self._bucket_size:
+            item = _get(self.instance, np.array([self._bucket_member[b]]), None)
+            self._bucket_size[b] = tuple(item["pixels"].shape[-2:])
+        return self._bucket_size[b]
 
     def get_batch(self, indices: np.ndarray, generator: torch.Generator | None = None) -> dict:
         indices = np.asarray(indices)
         is_reg = indices >= self.half
         inst = indices[~is_reg] % len(self.instance)
-        parts = {}
+        parts, inst_keys = {}, []
         if len(inst):
-            parts["inst"] = _get(self.instance, inst, generator)["pixels"]
-        h, w = (parts["inst"] if parts else self.class_pixels).shape[-2:]
+            got = _get(self.instance, inst, generator)
+            parts["inst"], inst_keys = got["pixels"], list(got.get("keys", []))
+        h, w = parts["inst"].shape[-2:] if parts else self._class_size(int(indices[is_reg][0]))
         pixels = torch.empty(len(indices), 3, h, w)
         if len(inst):
             pixels[torch.from_numpy(~is_reg)] = parts["inst"]
@@ -103,7 +138,9 @@ class PriorPreservationData:
                 cls = torch.nn.functional.interpolate(cls, size=(h, w), mode="bilinear", antialias=True)
             pixels[torch.from_numpy(is_reg)] = cls
         captions = [self.class_prompt if r else self.instance_prompt for r in is_reg]
-        keys = [f"class:{i - self.half}" if r else f"instance:{i}" for i, r in zip(indices, is_reg)]
+        inst_keys = iter(inst_keys or [f"instance:{i}" for i in inst])
+        keys = [f"class:{(i - self.half) % len(self.class_pixels)}-{h}x{w}" if r else next(inst_keys)
+                for i, r in zip(indices, is_reg)]
         return {"pixels": pixels, "captions": captions, "is_reg": torch.from_numpy(is_reg), "keys": keys}
 
 

@@ -1,9 +1,10 @@
 """The user-facing training methods and their settings: one flat, typed configuration per method.
 
 A run's settings are the method's dataclass (model, data, output, what trains) plus TrainConfig
-(steps, lr, schedule, ...), read in this order, later winning: the method's defaults, a TOML file
-(flat keys, `batch_size` or `batch-size`), keyword arguments / CLI flags. Unknown keys are an
-error that names them. `resolve()` returns the typed pair; `as_record()` the flat dict written
+(steps, lr, schedule, ...), read in this order, later winning: the method's defaults, the
+model family's recipe (TINY_RECIPES: for the embedded shapes model and other tiny models; SD 1.x,
+2.x and SDXL keep the reference trainers' defaults), a TOML file (flat keys, `batch_size` or
+`batch-size`), keyword arguments / CLI flags. Unknown keys are an error that names them. `resolve()` returns the typed pair; `as_record()` the flat dict written
 beside every checkpoint and printed by `--print-config`.
 """
 from __future__ import annotations
@@ -91,6 +92,56 @@ METHODS: dict[str, tuple[type, dict]] = {
 }
 
 
+# What measured best on the embedded shapes model (docs/reports/teach.md; each row names its run).
+# A tiny UNet needs learning rates 10-100x the reference trainers' (which are tuned for an 860 M
+# parameter SD UNet), so these apply when the model is a tiny one (model_family == "tiny").
+TINY_UNET_PARAMS = 100_000_000
+TINY_RECIPES: dict[str, dict] = {
+    # locon-r8-lr3e-3-cos800: hollow 0.50 (constant lr at 500 steps: 0.21)
+    "lora": dict(lr=3e-3, steps=800, lr_schedule="cosine", warmup_steps=20, rank=8, alpha=8.0, conv=True),
+    # ft-lr1e-4: hexagon adherence 0.68 after 150 steps at lr 1e-4 (1e-5 barely moves the tiny UNet)
+    "finetune": dict(lr=1e-4, steps=300, lr_schedule="cosine", warmup_steps=20),
+    # textual inversion: no recipe measured better than the defaults at teaching the shape (report)
+    # db-prior: class 0.63 (subject 0.00) -- the best of three measured; training the text encoder
+    # too at this lr broke the class prompts (db-prior-te: class 0.17), so it stays off
+    "dreambooth": dict(lr=1e-4, steps=200, num_class_images=20),
+}
+
+
+def model_family(model: str) -> str:
+    """"tiny" for the embedded shapes model or any model whose UNet has under 100 M parameters
+    (read from the file header, no weights loaded); "reference" otherwise (SD 1.x/2.x/SDXL) or when
+    the model cannot be read here (loading it later gives the real error)."""
+    from pathlib import Path
+
+    if not model:
+        return "tiny"  # "" = the embedded shapes model
+    try:
+        return "tiny" if _unet_parameters(Path(model)) < TINY_UNET_PARAMS else "reference"
+    except Exception:  # unreadable / missing / not safetensors: no recipe; load_model reports it
+        return "reference"
+
+
+def _unet_parameters(path) -> int:
+    import math
+
+    from safetensors import safe_open
+
+    if path.is_dir():
+        files, prefix = sorted((path / "unet").glob("*.safetensors"))[:1], ""
+    else:
+        files, prefix = [path], "model.diffusion_model."
+    if not files:
+        raise FileNotFoundError(path)
+    with safe_open(str(files[0]), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(prefix))
+
+
+def recipe(method: str, model: str) -> dict:
+    """The family recipe's settings for `method` on `model` ({} for SD 1.x/2.x/SDXL)."""
+    return dict(TINY_RECIPES.get(check_method(method), {})) if model_family(model) == "tiny" else {}
+
+
 def method_names() -> list[str]:
     return list(METHODS)
 
@@ -128,6 +179,7 @@ def resolve(method: str, config_path=None, check: bool = True, **overrides) -> t
     unknown = sorted(set(given) - own_names - loop_names)
     if unknown:
         raise StablekitError(f"unknown setting(s) {unknown} for {method}; valid ones: {sorted(own_names | loop_names)}")
+    given = {**recipe(method, given.get("model", "")), **given}  # the model family's recipe, below the user's
     settings = cls(**{k: v for k, v in given.items() if k in own_names})
     loop_values = {**loop_defaults, **{k: v for k, v in given.items() if k in loop_names}}
     if "betas" in loop_values:

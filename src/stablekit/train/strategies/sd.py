@@ -7,7 +7,8 @@ SD 1.x last hidden state, SD 2.x its (already penultimate) last hidden state, SD
 encoders' penultimate states concatenated plus the second encoder's pooled embedding and the
 size/crop ids. Captions are truncated to one 77-token chunk, as diffusers' and kohya's trainers
 do by default. Methods differ only in which parameters train (`trainable_parameters`) and what
-they save.
+they save. Latents, and text conditioning while no text-encoder weight trains, come from the
+on-disk encoder cache (encoder_cache.py; `cache_dir=""` turns it off).
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class SDStrategy:
     prior_loss_weight: float = 1.0  # weight of is_reg items (DreamBooth class images, kohya reg subsets)
     sample: SampleSettings = field(default_factory=SampleSettings)
     caption_hook: Callable[[str], str] | None = None  # rewrites each caption (textual inversion)
+    cache_dir: str | None = None  # encoder cache folder; None: $STABLEKIT_TRAIN_CACHE or ~/.cache/stablekit/train; "": off
     name: str = "sd"
 
     def __post_init__(self):
@@ -106,8 +108,26 @@ class SDStrategy:
         for module in self.modules():
             module.train(training and any(p.requires_grad for p in module.parameters()))
 
+    def encoder_cache(self):
+        """The EncoderCache (built on first use, when every trainable flag is set), or None when off."""
+        from stablekit.train.strategies.encoder_cache import EncoderCache, cache_root
+
+        if getattr(self, "_cache", False) is False:
+            root = cache_root(self.cache_dir)
+            c = self.components
+            frozen_text = self.caption_hook is None and not any(
+                p.requires_grad for te in self.text_encoders() for p in te.parameters())
+            settings = {"sdxl": bool(c.is_sdxl), "layer": "penultimate" if c.is_sdxl else "last",
+                        "max_length": c.tokenizer.model_max_length, "vocab": len(c.tokenizer)}
+            self._cache = None if root is None else EncoderCache(
+                root, c.vae, self.text_encoders() if frozen_text else None, settings)
+        return self._cache
+
     @torch.no_grad()
     def latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        cache = self.encoder_cache()
+        if cache is not None:
+            return cache.encode_latents(pixels)
         vae = self.components.vae
         dtype = next(vae.parameters()).dtype
         z = vae.encode(pixels.to(dtype)).latent_dist.mean.float()
@@ -118,6 +138,19 @@ class SDStrategy:
 
     def encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Context [B, 77, D] (and SDXL's pooled [B, D2]) with gradients where the encoder trains."""
+        cache = self.encoder_cache()
+        if cache is not None and cache.text is not None:
+            def fresh(texts):
+                with torch.no_grad():
+                    context, pooled = self._encode_captions(texts)
+                return {"context": context} if pooled is None else {"context": context, "pooled": pooled}
+
+            device = next(self.components.text_encoder.parameters()).device
+            out = {k: v.to(device) for k, v in cache.encode_text(list(captions), fresh).items()}
+            return out["context"], out.get("pooled")
+        return self._encode_captions(captions)
+
+    def _encode_captions(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         c = self.components
         if c.is_sdxl:
             h1, _ = _encode(c.text_encoder, c.tokenizer, captions, "penultimate")
