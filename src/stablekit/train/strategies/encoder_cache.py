@@ -9,7 +9,7 @@ their text. Each cache folder is keyed by a fingerprint of the encoder's weights
 that change its output (dtype; which hidden layer; tokenizer size), as data/caches.py describes.
 
 Where: `cache_dir` of the strategy; None means the environment's $STABLEKIT_TRAIN_CACHE (a folder,
-or "off"), else ~/.cache/stablekit/train; "" turns caching off. Random crops make a new crop every step: those
+or "off"), else $STABLEKIT_CACHE_DIR/train (~/.cache/stablekit/train); "" turns caching off. Random crops make a new crop every step: those
 entries are written but never read again (the latents of a 64-px image are 4 KB; of a 512-px
 SD image 64 KB).
 """
@@ -27,7 +27,9 @@ from stablekit.data.caches import LatentCache, TextCache, scale_latents
 def cache_root(cache_dir: str | None) -> Path | None:
     """The folder the caches live in (None: caching off)."""
     if cache_dir is None:
-        cache_dir = os.environ.get("STABLEKIT_TRAIN_CACHE", str(Path.home() / ".cache" / "stablekit" / "train"))
+        from stablekit.formats.hashes import cache_dir as stablekit_cache
+
+        cache_dir = os.environ.get("STABLEKIT_TRAIN_CACHE", str(stablekit_cache() / "train"))
         if cache_dir.lower() in ("off", "0", "no", "false"):
             cache_dir = ""
     return Path(cache_dir) if cache_dir else None
