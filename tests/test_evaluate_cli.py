@@ -52,6 +52,10 @@ def test_report_builder_writes_json_html_and_markdown(tmp_path):
     # plots of metric vs checkpoint step and vs sampler steps, plus the sample grid, all inline
     assert "metrics vs checkpoint step" in page and "metrics vs sampler steps" in page
     assert page.count("data:image/png;base64,") >= 3 and "step-100 steps=10" in page
+    from PIL import Image as _Image
+
+    for name in ("metrics-vs-checkpoint-step.png", "metrics-vs-sampler-steps.png"):  # also as files
+        assert _Image.open(tmp_path / name).size[0] > 200
     md = paths["markdown"]
     assert md.splitlines()[0].startswith("| model | settings | fid |")
     assert "| step-400 | steps=20 | 14.5 |" in md

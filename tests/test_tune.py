@@ -72,6 +72,7 @@ def test_tune_two_trials_then_resume_adds_one(setup, capsys):
     assert main(args[:-1] + ["3"]) == 0
     again = json.loads((r / "t" / "tune.json").read_text())["trials"]
     assert len(again) == 3 and again[:2] == trials and again[2]["state"] == "complete"
+    assert again[2]["params"] != trials[1]["params"]  # the resumed session draws new settings
     assert main(args[:-1] + ["3"]) == 0  # nothing left to do
     assert len(json.loads((r / "t" / "tune.json").read_text())["trials"]) == 3
 
@@ -79,7 +80,7 @@ def test_tune_two_trials_then_resume_adds_one(setup, capsys):
 def test_tune_errors_are_one_line(setup, capsys):
     r = setup
     base = ["tune", "lora", "--data", str(r / "data"), "--out", str(r / "e"), "--metric", "loss"]
-    assert main(base + ["--space", "lr=abc"]) == 2
+    assert main(base + ["--space", "lr=1e-4..abc"]) == 2
     assert "bad --space" in capsys.readouterr().err
     assert main(base + ["--space", "lr=1e-4..1e-3", "--prune"]) == 2
     assert "eval_every" in capsys.readouterr().err

@@ -174,8 +174,7 @@ def open_study(cfg: TuneConfig):
         raise StablekitError(f"cannot open the study storage {url!r}: {str(exc).splitlines()[0]}") from None
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if cfg.prune else optuna.pruners.NopPruner()
     return optuna.create_study(storage=storage, study_name=cfg.study_name or f"{cfg.method}-{cfg.metric}",
-                               direction=study_direction(cfg.metric), load_if_exists=True, pruner=pruner,
-                               sampler=optuna.samplers.TPESampler(seed=cfg.seed))
+                               direction=study_direction(cfg.metric), load_if_exists=True, pruner=pruner)
 
 
 def trial_folder(cfg: TuneConfig, trial) -> Path:
@@ -239,6 +238,8 @@ def tune(cfg: TuneConfig, log=print) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, retries
     study = open_study(cfg)
+    # a resumed (or second-machine) session must not replay the first session's random draws
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials))
     if cfg.baseline:
         defaults = baseline_params(cfg)
         for p in cfg.space:  # the default is always a candidate, or Optuna could not replay the baseline
