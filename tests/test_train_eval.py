@@ -48,10 +48,10 @@ def test_evaluation_does_not_change_the_training_run(tmp_path, reference):
     # alike before both runs; evaluation must then leave the dropout masks unchanged
     torch.manual_seed(0)
     plain = stablekit.train("lora", components=tiny_components("sd1"), dataset=TinyImages(), out=tmp_path / "a",
-                            steps=3, dropout=0.2, **COMMON)
+                            steps=2, dropout=0.2, **COMMON)
     torch.manual_seed(0)
     evald = stablekit.train("lora", components=tiny_components("sd1"), dataset=TinyImages(), out=tmp_path / "b",
-                            steps=3, dropout=0.2, eval_every=1, eval_metrics="loss", eval_reference=str(reference),
+                            steps=2, dropout=0.2, eval_every=1, eval_metrics="loss", eval_reference=str(reference),
                             eval_n=2, **COMMON)
     assert [h["loss"] for h in evald["history"]] == [h["loss"] for h in plain["history"]]
     a, b = load_file(plain["artefact"]), load_file(evald["artefact"])
