@@ -87,3 +87,22 @@ def test_tune_errors_are_one_line(setup, capsys):
     assert main(base + ["--space", "lr=1e-4..1e-3", "--storage", "nosuchdb://x"]) == 2
     err = capsys.readouterr().err
     assert "cannot open the study storage" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_retried_trial_reuses_the_dead_trials_folder(tmp_path):
+    """A trial whose process died is re-run (Optuna's heartbeat retry marks it "failed_trial");
+    it must train in the dead trial's folder, so the training resumes from its checkpoint."""
+    import optuna
+
+    from stablekit.evaluate.tune import trial_folder
+
+    study = optuna.create_study()
+    fresh = study.ask()
+    study.tell(fresh, 1.0)
+    dist = optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, params={"lr": 1e-3},
+                                        distributions={"lr": dist}, system_attrs={"failed_trial": 0}))
+    retry = study.ask()
+    cfg = TuneConfig("lora", [Param("lr", 1e-4, 1e-2, True)], "loss", out=str(tmp_path))
+    assert retry.number == 1 and trial_folder(cfg, retry) == tmp_path / "trials" / "trial-0000"
+    assert trial_folder(cfg, study.ask()) == tmp_path / "trials" / "trial-0002"
