@@ -28,10 +28,11 @@ def test_shipped_extractor_reads_the_attributes():
     from safetensors.torch import load_file
 
     net = ShapesFeatureNet()
-    net.load_state_dict({k: v.float() for k, v in load_file(str(WEIGHTS_PATH)).items()})
+    net.load_state_dict({k: v.float() for k, v in load_file(str(WEIGHTS_PATH)).items() if k != "feature_scale"})
     acc = check(net, seed=99, n=300)
-    # shipped round: shape is the weak head (7 classes, 14 px small objects); chance is 0.14
-    assert acc["shape"] > 0.45 and min(v for k, v in acc.items() if k != "shape") > 0.95, acc
+    # shape is the weak head (7 classes, 14 px small objects; chance 0.14): 0.55 in round 1, 0.69 in round 2
+    assert acc["shape"] > 0.6 and min(v for k, v in acc.items() if k != "shape") > 0.95, acc
+    assert ShapesFeatures().name == "shapes-features-v2"
     assert WEIGHTS_PATH.stat().st_size < 600_000
 
 
