@@ -16,7 +16,7 @@ from stablekit.errors import StablekitError
 
 # Modules under stablekit.cli that contribute sub-commands, in help order. Every one must import:
 # a module that fails to is a broken install or a bug, and is reported, never skipped.
-COMMAND_MODULES = ["generate", "formats", "lora", "pnginfo", "data", "train", "eval", "workflow", "shapes", "serve"]
+COMMAND_MODULES = ["generate", "formats", "lora", "pnginfo", "data", "train", "eval", "tune", "workflow", "shapes", "serve"]
 DESCRIPTION = ("Stable Diffusion in one offline toolkit: generate images (txt2img, img2img, inpainting), "
                "inspect and convert models and LoRAs, read images' generation parameters, prepare and caption datasets, train (fine-tune, LoRA, textual inversion, DreamBooth), evaluate (FID, KID, CLIP score, held-out loss), run ComfyUI workflows, and the shapes world.")
 

@@ -45,6 +45,18 @@ _HELP = {
     "keep_checkpoints": "checkpoints kept on disk", "sample_every": "steps between validation grids (0: never)",
     "log_every": "steps between log lines", "tensorboard": "write TensorBoard event files (needs tensorboard)",
     "threads": "torch CPU threads (0: torch's default)",
+    "eval_every": "evaluate the model being trained every N steps and at the end (0: never); "
+                  "metrics are logged as eval/<metric> beside the loss",
+    "eval_metrics": "metrics evaluated in training: comma-separated subset of fid,kid,clip,loss,judge",
+    "eval_prompts": "prompt file for evaluation in training (.txt or .jsonl; .jsonl rows with a \"named\" "
+                    "attribute dict are scored by the shapes judge)",
+    "eval_reference": "reference images for fid/kid/loss in training (default in the shapes world: rendered)",
+    "eval_n": "images per evaluation for fid/kid/clip and the held-out loss",
+    "eval_steps": "sampler steps of evaluation images", "eval_cfg": "CFG of evaluation images (0: the model's)",
+    "eval_clip": "local CLIP model folder for --eval-metrics clip",
+    "eval_judge_limit": "judge only the first N eval prompts (0: all)",
+    "keep_best": "keep the best artefact by this eval metric (fid, kid, loss, clip, adherence, accuracy_<attr>): "
+                 "OUT/NAME-best.safetensors",
     "resolution": "ControlNet / inpainting: training size of a folder dataset (0: the model's native size)",
     "conditioning_dir": "ControlNet: folder of same-name condition images (default: DATA/conditioning)",
     "caption_dropout": "ControlNet: share of captions dropped to empty", "sample_conditions":

@@ -155,6 +155,8 @@ def write_report(result: dict, out_dir: str | Path) -> dict:
     data = {"models": metric_table(rows), "rows": rows, "config": result.get("config", {})}
     (out / "report.json").write_text(json.dumps(data, indent=1, default=str))
     (out / "report.html").write_text(html_report(result))
+    for name, fig in plots(rows):  # the same plots as PNG files, for docs and terminals
+        fig.save(out / f"{name.replace(' ', '-')}.png")
     md = markdown_summary(rows)
     (out / "report.md").write_text(md)
     return {"json": out / "report.json", "html": out / "report.html", "markdown": md}

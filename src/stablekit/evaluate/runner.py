@@ -94,13 +94,15 @@ def generate(pipe, prompts: list[str], seeds: list[int], settings: dict, per_pro
 class Evaluation:
     """Holds what is shared between models (reference, its features, scorers) while rows are made."""
 
-    def __init__(self, config: EvalConfig, log=print):
+    def __init__(self, config: EvalConfig, log=print, prompt_hook=None):
         unknown = set(config.metrics) - set(METRICS)
         if unknown:
             raise StablekitError(f"unknown metric(s) {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
         if "clip" in config.metrics and not config.clip:
             raise StablekitError("the clip metric needs a local CLIP model: pass --clip DIR (a transformers CLIPModel folder)")
         self.config, self.log = config, log
+        # rewrites every prompt before generation (textual inversion expands its token into its vectors)
+        self.prompt_hook = prompt_hook or (lambda p: p)
         self._reference, self._ref_features, self._extractor, self._clip = None, None, None, None
         if "clip" in config.metrics:  # fail before any generation if the model folder is wrong
             from stablekit.evaluate.clip_score import ClipScorer
@@ -207,7 +209,8 @@ class Evaluation:
         images = np.zeros((0, 8, 8, 3), np.uint8)
         if {"fid", "kid", "clip"} & set(c.metrics):
             prompts, seeds = self.prompts(shapes)
-            images, row["seconds_per_image"] = generate(pipe, prompts, seeds, settings, c.images_per_prompt)
+            images, row["seconds_per_image"] = generate(pipe, [self.prompt_hook(p) for p in prompts], seeds,
+                                                        settings, c.images_per_prompt)
             images = images[:c.n]
             row["n"] = len(images)
             if {"fid", "kid"} & set(c.metrics):
@@ -235,8 +238,9 @@ class Evaluation:
         from stablekit.shapes.evaluate import evaluate_images
         from stablekit.shapes.prompts import load_prompt_set
 
-        items = load_prompt_set(self.config.judge_prompt_set)[:self.config.judge_limit]
-        images, seconds = generate(pipe, [i.prompt for i in items], [i.seed for i in items], settings)
+        items = judge_items(self.config.prompts) or load_prompt_set(self.config.judge_prompt_set)
+        items = items[:self.config.judge_limit]
+        images, seconds = generate(pipe, [self.prompt_hook(i.prompt) for i in items], [i.seed for i in items], settings)
         report = evaluate_images(items, images)
         out = {"adherence": report["adherence"], "diversity": report["diversity_overall"],
                "judge_n": report["n"], "no_object": report["no_object"], "judge_seconds_per_image": seconds}
@@ -250,6 +254,30 @@ class Evaluation:
         n = min(self.config.loss_n, len(ref.images))
         rep = heldout_loss(components, ref.images[:n], ref.captions[:n], timesteps=self.config.loss_timesteps)
         return {"loss": rep.loss, "loss_per_timestep": rep.per_timestep, "loss_n": rep.n}
+
+
+@dataclass(frozen=True)
+class JudgedPrompt:
+    """A prompt the judge can score: what evaluate_images reads of a shapes PromptItem."""
+
+    id: int
+    prompt: str
+    seed: int
+    named: dict
+
+
+def judge_items(path) -> list[JudgedPrompt]:
+    """Judge prompts from a .jsonl whose rows carry "named" attributes, e.g.
+    {"prompt": "a red outline circle", "seed": 3, "named": {"shape": "circle", "color": "red", "hollow": true}};
+    [] for any other prompt file (the judge then uses the eval-v1 set)."""
+    if not path or Path(path).suffix != ".jsonl" or not Path(path).is_file():
+        return []
+    import json
+
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not rows or not all(isinstance(r, dict) and isinstance(r.get("named"), dict) for r in rows):
+        return []
+    return [JudgedPrompt(i, str(r["prompt"]), int(r.get("seed", 1000 + i)), dict(r["named"])) for i, r in enumerate(rows)]
 
 
 def row_key(row: dict) -> str:

@@ -69,8 +69,16 @@ class ShapesFeatures:
         if not path.is_file():
             raise StablekitError(f"shapes feature weights not found at {path}; "
                                  f"run `python -m stablekit.evaluate.shapes_features` to train them")
+        from safetensors import safe_open
+
+        state = {k: v.float() for k, v in load_file(str(path)).items()}
+        # v2 files carry the features' RMS on renders: dividing by it puts KID's cubic kernel
+        # (x.y/d + 1)^3 on an Inception-like scale (v1's raw features gave KIDs in the thousands)
+        self.scale = float(state.pop("feature_scale")) if "feature_scale" in state else 1.0
+        with safe_open(str(path), "pt") as f:
+            self.name = (f.metadata() or {}).get("name", ShapesFeatures.name)
         self.model = ShapesFeatureNet()
-        self.model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+        self.model.load_state_dict(state)
         self.model.eval()
         self.batch_size = batch_size
 
@@ -82,7 +90,7 @@ class ShapesFeatures:
         if images.ndim != 4 or images.shape[1:] != (64, 64, 3):
             raise StablekitError(f"the shapes feature extractor reads 64x64 RGB images, got shape "
                                  f"{images.shape[1:]}; use --features inception for other sizes")
-        out = [self.model.features(_to_input(images[s:s + self.batch_size])).double().numpy()
+        out = [self.model.features(_to_input(images[s:s + self.batch_size])).double().numpy() / self.scale
                for s in range(0, len(images), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM))
 
@@ -178,6 +186,50 @@ def check(model: ShapesFeatureNet, seed: int, n: int = 1000) -> dict:
     return {k: round(float((lg.argmax(1).numpy() == labels[:, j]).mean()), 4) for j, (k, lg) in enumerate(zip(HEADS, logits))}
 
 
+def finalize(path: Path, out: Path, name: str = "shapes-features-v2", n: int = 1000) -> dict:
+    """Store the features' RMS on fresh renders as `feature_scale` (see ShapesFeatures) under `name`."""
+    from safetensors.torch import load_file, save_file
+
+    state = {k: v for k, v in load_file(str(path)).items() if k != "feature_scale"}
+    net = ShapesFeatureNet()
+    net.load_state_dict({k: v.float() for k, v in state.items()})
+    net.eval()
+    images, _, _ = _render_pool(n, 4242)
+    with torch.no_grad():
+        rms = float(net.features(_to_input(images)).pow(2).mean().sqrt())
+    acc = check(net, seed=99, n=n)
+    save_file({**state, "feature_scale": torch.tensor(rms, dtype=torch.float32)}, str(out),
+              metadata={"name": name, "accuracy": str(acc), "feature_scale": f"{rms:.6g}"})
+    return {"feature_scale": rms, "accuracy": acc}
+
+
+def sensitivity(path: Path | None = None, n: int = 1000) -> dict:
+    """FID of shifted rendered sets against a rendered reference, relative to the floor (two
+    disjoint rendered sets): what the extractor notices. Ratios, so v1 and v2 compare."""
+    from stablekit.evaluate.data import REFERENCE_SEED, shapes_reference
+    from stablekit.evaluate.fid import fid
+    from stablekit.shapes.captions import make_batch
+    from stablekit.shapes.render import BASE_SHAPES
+
+    feats = ShapesFeatures(path)
+    a, b = shapes_reference(n).images, shapes_reference(n, seed=REFERENCE_SEED + 1).images
+    fa = feats(a)
+    floor = fid(fa, feats(b))
+    no_star = tuple(x for x in BASE_SHAPES if x != "star")
+    shifts = {
+        "circles only": make_batch(n, seed=5, shapes=("circle",))[0],
+        "no stars": make_batch(n, seed=8, shapes=no_star)[0],  # one base shape of the mix missing
+        "hexagons mixed in": make_batch(n, seed=9, shapes=(*BASE_SHAPES, "hexagon"))[0],
+        "small only": make_batch(n, seed=10, sizes=("small",))[0],
+        "red only": make_batch(n, seed=6, colors=("red",))[0],
+        "6 px off place": np.roll(b, 6, axis=2),
+        "noise std 20/255": np.clip(b + np.random.default_rng(0).normal(0, 20, b.shape), 0, 255).astype(np.uint8),
+    }
+    out = {"name": feats.name, "floor": floor}
+    out.update({k: round(fid(fa, feats(v)) / floor, 2) for k, v in shifts.items()})
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Train the shapes-world feature extractor for in-domain FID.")
     p.add_argument("--out", type=Path, default=WEIGHTS_PATH)
@@ -187,8 +239,15 @@ def main(argv=None) -> int:
     p.add_argument("--init", type=Path, default=None, help="continue from these weights")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=1, help="torch threads (one is fastest on a shared CPU)")
+    p.add_argument("--finalize", type=Path, default=None, metavar="WEIGHTS",
+                   help="only add the feature scale to trained WEIGHTS and write --out (name shapes-features-v2)")
+    p.add_argument("--sensitivity", type=Path, default=None, metavar="WEIGHTS",
+                   help="only print FID of shifted rendered sets / the floor for WEIGHTS")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.finalize or args.sensitivity:
+        print(finalize(args.finalize, args.out) if args.finalize else sensitivity(args.sensitivity))
+        return 0
     train(args.out, n_images=args.images, steps=args.steps, seed=args.seed, init=args.init, lr=args.lr)
     return 0
 

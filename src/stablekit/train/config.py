@@ -47,6 +47,17 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = True  # TensorBoard event files in <out_dir>/logs (metrics.jsonl is always written)
     threads: int = 0  # torch threads; 0 leaves torch's default
+    # evaluation inside training (stablekit.evaluate.in_training); 0 disables it
+    eval_every: int = 0
+    eval_metrics: str = "loss,judge"  # comma-separated subset of fid,kid,clip,loss,judge
+    eval_prompts: str = ""  # prompt file (.txt, .jsonl; .jsonl rows with "named" are judged); "" = defaults
+    eval_reference: str = ""  # reference image folder for fid/kid/loss ("" = rendered, shapes world only)
+    eval_n: int = 32  # images for fid/kid/clip and the held-out loss
+    eval_steps: int = 20  # sampler steps of the eval images
+    eval_cfg: float = 0.0  # CFG of the eval images (0: the model's default)
+    eval_clip: str = ""  # local CLIP model folder for the clip metric
+    eval_judge_limit: int = 0  # judge only the first N prompts (0: all)
+    keep_best: str = ""  # export <out>/<name>-best.safetensors whenever this eval metric improves
 
     def validate(self) -> "TrainConfig":
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -59,6 +70,11 @@ class TrainConfig:
                                  f"(got {self.lr}, {self.warmup_steps}, {self.lr_cycles}, {self.min_lr_ratio})")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise StablekitError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+        if self.eval_every < 0 or self.eval_n < 0 or self.eval_steps < 1 or self.eval_judge_limit < 0:
+            raise StablekitError(f"need eval_every >= 0, eval_n >= 0, eval_steps >= 1, eval_judge_limit >= 0 (got "
+                                 f"{self.eval_every}, {self.eval_n}, {self.eval_steps}, {self.eval_judge_limit})")
+        if self.keep_best and not self.eval_every:
+            raise StablekitError(f"--keep-best {self.keep_best} needs evaluation during training: add --eval-every N")
         return self
 
     def to_dict(self) -> dict:

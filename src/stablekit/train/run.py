@@ -42,6 +42,7 @@ def run(method: str, *, config=None, dataset=None, components=None, progress: bo
         dataset = load_conditioning_data(s, components) if method == "controlnet" else \
             load_sized_data(s, components) if method == "inpainting" else load_data(s.data, native_size(components))
     strategy, dataset = build(method, s, tc, components, dataset)
+    hooks = with_eval(method, s, tc, strategy, components, record, hooks)
     result = train_loop(tc, strategy, dataset, progress=progress, record=record, hooks=hooks)
     out = Path(s.out)
     artefact = None
@@ -50,6 +51,51 @@ def run(method: str, *, config=None, dataset=None, components=None, progress: bo
         artefact = export(method, s, strategy, components, out, record)
         (out / f"{s.name}.toml").write_text(to_toml(record))
     return {"artefact": str(artefact) if artefact else None, "config": record, **result}
+
+
+def with_eval(method: str, s, tc, strategy, components, record: dict, hooks=None):
+    """`hooks` plus evaluation every tc.eval_every steps (and keep-best) when asked for.
+
+    The one call from train/ up into evaluate/: imported lazily and only when eval_every > 0,
+    so training without evaluation never loads the evaluation code.
+    """
+    if not tc.eval_every:
+        return hooks
+    from stablekit.evaluate import in_training
+    from stablekit.train.loop import TrainHooks
+
+    settings = in_training.settings_from(tc)
+    evaluation = in_training.build_evaluation(settings, shapes=components.arch == "shapes",
+                                              prompt_hook=in_training.token_expander(strategy))
+    save_best = None
+    if settings.keep_best:
+        def save_best():
+            return export_best(method, s, strategy, components, record)
+    hook = in_training.EvalHook(settings, evaluation, tc.out_dir, tc.steps, save_best)
+    inner = hooks.on_step if hooks is not None else None
+
+    def on_step(step: int, row: dict, strat) -> None:
+        if inner is not None:
+            inner(step, row, strat)
+        hook(step, row, strat)
+
+    return TrainHooks(on_step=on_step, should_stop=hooks.should_stop if hooks is not None else None)
+
+
+def export_best(method: str, s, strategy, components, record: dict) -> Path:
+    """Export the current weights as <out>/<name>-best.* (written aside, then moved into place)."""
+    import shutil
+
+    from stablekit.evaluate.in_training import move_into_place
+    from stablekit.train.export import export
+
+    out = Path(s.out)
+    tmp = out / f".{s.name}-best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    export(method, s, strategy, components, tmp, {**record, "best_of_run": True})
+    move_into_place(tmp, out, lambda name: name.replace(s.name, f"{s.name}-best", 1))
+    return out / f"{s.name}-best.safetensors"
 
 
 def _is_main_process() -> bool:
