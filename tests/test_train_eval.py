@@ -44,7 +44,7 @@ def test_eval_every_logs_metrics_beside_the_loss_and_keeps_the_best(tmp_path, re
 
 
 def test_evaluation_does_not_change_the_training_run(tmp_path, reference):
-    # LoRA dropout draws from torch's global generator (the loop does not seed it), so seed it
+    # LoRA dropout draws from torch's global generator (the loop seeds it per step); seed it
     # alike before both runs; evaluation must then leave the dropout masks unchanged
     torch.manual_seed(0)
     plain = stablekit.train("lora", components=tiny_components("sd1"), dataset=TinyImages(), out=tmp_path / "a",

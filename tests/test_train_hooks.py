@@ -27,7 +27,8 @@ class _Strategy:
 
     def loss(self, batch, rng):
         noise = rng.randn(batch["x"].shape[0], 1)  # the step's randomness must resume exactly too
-        return ((self.w - batch["x"] * 0.1 - 0.01 * noise) ** 2).mean(), {}
+        keep = (torch.rand(batch["x"].shape[0], 1) > 0.3).float()  # dropout-like: torch's global generator
+        return ((self.w - batch["x"] * 0.1 * keep - 0.01 * noise) ** 2).mean(), {}
 
     def state_dict(self):
         return {"w": self.w.detach().clone()}

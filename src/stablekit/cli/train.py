@@ -30,6 +30,8 @@ _HELP = {
     "snr_gamma": "Min-SNR-gamma loss weighting (0: off)", "noise_offset": "noise offset (0: off)",
     "sample_prompts": "prompts of the validation grid", "sample_steps": "sampler steps of the validation grid",
     "sample_cfg": "CFG scale of the validation grid", "sample_seed": "seed of the validation grid",
+    "cache_dir": "folder of the latent / text-state cache reused across runs (default: the stablekit cache "
+    "folder's train/; 'off': no cache)",
     "train_text_encoder": "also train the text encoder(s)", "rank": "LoRA rank", "alpha": "LoRA alpha (scale alpha/rank)",
     "dropout": "LoRA dropout", "conv": "also adapt 3x3 convolutions (LoCon)",
     "num_class_images": "DreamBooth: class images to draw when --class-data has fewer",

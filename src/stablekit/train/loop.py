@@ -198,6 +198,9 @@ def train(cfg: TrainConfig, strategy: Strategy, dataset: Dataset, progress: bool
             batch = _to_device(read(indices, data_generator), accelerator.device)
             rng = BatchRandom(generator, rank * cfg.batch_size, (rank + 1) * cfg.batch_size, micro_batch,
                               accelerator.device)
+            # torch's global generator too (dropout in LoRA / text encoders draws from it): seeded by
+            # (seed, step, micro, rank) so a resumed run draws what an unbroken one would have
+            torch.manual_seed((cfg.seed * 1_000_003 + step * 1_009 + micro + 7_919 * (rank + 1)) % (2**63))
             with accelerator.autocast():
                 loss, logs = strategy.loss(batch, rng)
             (loss / cfg.grad_accum).backward()

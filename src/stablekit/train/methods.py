@@ -32,6 +32,7 @@ class MethodConfig:
     sample_steps: int = 20
     sample_cfg: float = 7.0
     sample_seed: int = 0
+    cache_dir: str = ""  # encoder cache of latents / text states ("" = $STABLEKIT_CACHE_DIR/train; "off" = none)
 
 
 @dataclass

@@ -160,8 +160,10 @@ def build(method: str, s, tc, components, dataset):
     from stablekit.train.strategies.lora import LoraStrategy
     from stablekit.train.strategies.textual_inversion import TextualInversionStrategy
 
+    # the strategies' cache_dir: None = the default folder, "" = off (encoder_cache.cache_root)
+    cache_dir = None if not s.cache_dir else "" if s.cache_dir.lower() in ("off", "none", "0") else s.cache_dir
     common = dict(components=components, snr_gamma=s.snr_gamma, noise_offset=s.noise_offset,
-                  prior_loss_weight=s.prior_loss_weight,
+                  prior_loss_weight=s.prior_loss_weight, cache_dir=cache_dir,
                   sample=SampleSettings(list(s.sample_prompts), s.sample_seed, s.sample_steps, s.sample_cfg))
     lora = dict(rank=getattr(s, "rank", 8), alpha=getattr(s, "alpha", 8.0), dropout=getattr(s, "dropout", 0.0),
                 conv=getattr(s, "conv", False), train_text_encoder=getattr(s, "train_text_encoder", False))
