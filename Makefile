@@ -17,4 +17,4 @@ demo: $(STAMP)
 	$(VENV)/bin/stablekit generate "a large red star on a blue background" --out out/demo.png --overwrite
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=30
