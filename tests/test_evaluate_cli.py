@@ -85,6 +85,7 @@ def tiny_setup(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # 80 s: the full Inception network on CPU (the other eval tests cover the CLI quickly)
 def test_eval_cli_two_checkpoints_with_inception_fid_and_loss(tiny_setup, tmp_path, capsys):
     r = tiny_setup
     code = main(["eval", "--model", str(r / "step-100"), "--model", str(r / "step-200"),

@@ -27,7 +27,10 @@ def test_parse_space_and_settings():
 
 def test_baseline_is_the_method_defaults_and_bad_names_fail():
     cfg = TuneConfig("lora", parse_space(["lr=1e-5..1e-2:log", "rank=2,4"]), "adherence", base={"steps": 7})
-    assert baseline_params(cfg) == {"lr": 1e-4, "rank": 8}
+    # the embedded model is a tiny model: its LoRA recipe (train/methods.py TINY_RECIPES) is the baseline
+    assert baseline_params(cfg) == {"lr": 3e-3, "rank": 8}
+    sd15 = TuneConfig("lora", cfg.space, "adherence", base={"steps": 7, "model": "runs/sd15.safetensors"})
+    assert baseline_params(sd15) == {"lr": 1e-4, "rank": 8}  # an SD model keeps the reference defaults
     with pytest.raises(StablekitError, match="unknown training setting"):
         check(TuneConfig("lora", parse_space(["learning_rate=1..2"]), "loss"))
     with pytest.raises(StablekitError, match="keep the best"):
@@ -61,7 +64,8 @@ def test_tune_two_trials_then_resume_adds_one(setup, capsys):
     summary = json.loads((r / "t" / "tune.json").read_text())
     trials = summary["trials"]
     assert [t["state"] for t in trials] == ["complete", "complete"] and summary["direction"] == "minimize"
-    assert trials[0]["baseline"] and trials[0]["params"] == {"lr": 1e-4, "rank": 8}  # the defaults come first
+    # the defaults come first (the tiny model's LoRA recipe: TINY_RECIPES)
+    assert trials[0]["baseline"] and trials[0]["params"] == {"lr": 3e-3, "rank": 8}
     assert trials[0]["value"] != trials[1]["value"] and trials[1]["params"]["rank"] in (1, 2, 8)
     assert summary["best"]["value"] == min(t["value"] for t in trials)
     for t in trials:
