@@ -4,7 +4,7 @@ Renders large shapes (seed 21), masks the object's bounding box + 4 px, asks for
 shape in a different colour on the same background, and counts with the judge how often the new
 object appears and whether every pixel outside the mask is unchanged.
 
-    .venv/bin/python benchmarks/inpaint_replace.py [--n 40]
+    .venv/bin/python benchmarks/inpaint_replace.py [--n 40] [--model PATH]
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from stablekit.shapes.judge import Judge
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=40)
+    ap.add_argument("--model", default=None, help="checkpoint (default: the embedded model)")
     args = ap.parse_args()
-    pipe = stablekit.load(progress=False)
+    pipe = stablekit.load(args.model, progress=False)
     images, _, specs = make_batch(args.n, seed=21, sizes=("large",))
     judge = Judge.load()
     hits, unchanged = 0, True
