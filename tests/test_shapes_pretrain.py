@@ -33,6 +33,7 @@ def test_pretrain_recipe_runs_resumes_and_exports(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     record = json.loads((out / "model" / "training.json").read_text())
     assert record["default_cfg"] == 5.5 and record["config"]["vae_edge_weight"] == 8.0
+    assert single.extra["defaults"] == folder.extra["defaults"] == {"cfg": 5.5}  # what generate uses
     assert json.loads((out / "vae" / "config.json").read_text())["strategy"] == "vae-edge"
 
 

@@ -30,7 +30,7 @@ def register(subparsers) -> None:
                         "leave out for the embedded shapes model")
     p.add_argument("--negative", default=None, metavar="TEXT", help="negative prompt (default empty)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="sampling steps (default 20)")
-    p.add_argument("--cfg", type=float, default=None, metavar="X", help="classifier-free guidance scale (default 7)")
+    p.add_argument("--cfg", type=float, default=None, metavar="X", help="classifier-free guidance scale (default: the model's recorded default, else 7)")
     p.add_argument("--sampler", default=None, metavar="NAME",
                    help=f"A1111 or ComfyUI sampler name: {', '.join(SAMPLER_NAMES)} (default DPM++ 2M)")
     p.add_argument("--schedule", default=None, metavar="NAME",
@@ -338,6 +338,8 @@ def run(args) -> int:
     pipe = stablekit.load(model, device=args.device, dtype=args.dtype, arch=args.arch, allow_pickle=args.allow_pickle,
                           progress=not args.no_progress, compile=args.compile)
     _set_trace(pipe, args.trace)
+    if args.cfg is None and not args.from_png and "cfg" in pipe.model_defaults:
+        params.cfg = pipe.model_defaults["cfg"]  # the model's own default when the user gives none
     if replay.model.get("hash") and pipe.components.hash and replay.model["hash"] != pipe.components.hash:
         print(f"note: the PNG was made with model hash {replay.model['hash']}, this model is {pipe.components.hash}")
     images = _generate(pipe, params, args, replay, networks)

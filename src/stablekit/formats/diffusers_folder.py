@@ -5,7 +5,8 @@ Read: each component's config.json and weights (`diffusion_pytorch_model[.fp16].
 allow_pickle). Text encoder weights with or without transformers' old `text_model.` prefix load.
 Written: the layout `DiffusionPipeline.from_pretrained` reads, text encoders with the `text_model.`
 prefix (readable by every transformers version), CLIP tokenizers as vocab.json + merges.txt, and the
-stablekit arch in model_index.json under "_stablekit" (diffusers ignores keys starting with "_"),
+stablekit arch (and generation defaults, formats/model_defaults.py) in model_index.json under
+"_stablekit" (diffusers ignores keys starting with "_"),
 and what only an LDM single file can hold in `stablekit_extra.safetensors` (see side_file.py).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from stablekit.errors import StablekitError
 from stablekit.formats.archs import CONFIG_FILES, check_arch, module_configs, read_configs, tokenizers_for
 from stablekit.formats.assemble import empty_modules, fill, make_components, set_prediction_type
 from stablekit.formats.ldm import layout_for
+from stablekit.formats.model_defaults import read_defaults
 from stablekit.formats.side_file import load_extra, save_extra
 from stablekit.formats.weights import cast, open_weights, write_safetensors
 from stablekit.formats.tokenizer import save_clip_tokenizer
@@ -114,7 +116,8 @@ def load_folder(path, arch=None, dtype=torch.float32, allow_pickle=False, predic
     fill(modules, state_dicts, dtype)
     tokenizers = _load_tokenizers(path, arch, configs)
     unet_file = weight_files(path / "unet", "unet", allow_pickle)[0]
-    extra = {"format": "diffusers", **load_extra(path, layout_for(arch, configs), dtype)}
+    extra = {"format": "diffusers", **load_extra(path, layout_for(arch, configs), dtype),
+             "defaults": read_defaults(_read_index(path).get("_stablekit"), str(path))}
     return make_components(arch, modules, configs, tokenizers, name=path.name, hash_file=str(unet_file),
                            source=str(path), extra=extra)
 
@@ -207,7 +210,8 @@ def _out_dtype(tensor: torch.Tensor, dtype):
 def _model_index(components: Components, scheduler_class: str) -> dict:
     index = {
         "_class_name": "StableDiffusionXLPipeline" if components.is_sdxl else "StableDiffusionPipeline",
-        "_stablekit": {"arch": components.arch},
+        "_stablekit": {"arch": components.arch, **({"defaults": components.extra["defaults"]}
+                                                     if components.extra.get("defaults") else {})},
         "scheduler": ["diffusers", scheduler_class],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],

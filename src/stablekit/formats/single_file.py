@@ -1,8 +1,8 @@
 """Single-file checkpoints in the LDM layout: load (safetensors, or pickles when allowed) and save.
 
 What stablekit writes also carries, under the safetensors metadata key "stablekit", a JSON record
-{"format": 1, "arch", "layout", "configs"} with the full diffusers config of every component and
-the scheduler, so models of any width (the embedded shapes model, tiny test models) load back
+{"format": 1, "arch", "layout", "configs"[, "defaults"]} with the full diffusers config of every
+component and the scheduler (and generation defaults, formats/model_defaults.py), so models of any width (the embedded shapes model, tiny test models) load back
 exactly; files without it are matched against the four reference architectures.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from stablekit.formats.archs import ARCHS, module_configs, shipped_configs, toke
 from stablekit.formats.assemble import empty_modules, fill, make_components, set_prediction_type
 from stablekit.formats.detect import detect_arch
 from stablekit.formats.hashes import a1111_legacy_hash
+from stablekit.formats.model_defaults import read_defaults
 from stablekit.formats.weights import cast, open_weights, write_safetensors
 
 META_KEY = "stablekit"
@@ -80,6 +81,7 @@ def load_single_file(path, arch=None, dtype=torch.float32, allow_pickle=False, p
         "ldm_extra": {k: weights.get(k, dtype) for k in unmapped},
         "ldm_renamed": renamed,  # old-style key names, written back as found
         "file_metadata": {k: v for k, v in weights.metadata.items() if k != META_KEY},
+        "defaults": read_defaults(read_record(weights), str(path)),
     }
     return make_components(arch, modules, configs, tokenizers_for(arch, configs), name=path.stem,
                            hash_file=str(path), source=str(path), extra=extra)
@@ -100,6 +102,8 @@ def save_single_file(components: Components, path, dtype: torch.dtype | None = N
             out = tensor.dtype if dtype is None or not tensor.is_floating_point() else dtype
             items.append((key, (lambda t=tensor, d=out: cast(t, d)), tuple(tensor.shape), out))
     record = {"format": META_FORMAT, "arch": components.arch, "layout": layout, "configs": configs}
+    if components.extra.get("defaults"):
+        record["defaults"] = components.extra["defaults"]
     metadata = dict(components.extra.get("file_metadata", {}))
     metadata.update({"format": "pt", META_KEY: json.dumps(record, sort_keys=True)})
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,11 @@ class Pipeline:
         return self.components.device
 
     @property
+    def model_defaults(self) -> dict:
+        """Generation defaults the model records (formats/model_defaults.py), e.g. {"cfg": 7.0}."""
+        return self.components.extra.get("defaults") or {}
+
+    @property
     def native_size(self) -> int:
         c = self.components
         return int(c.unet.config.sample_size) * c.vae_scale_factor
@@ -180,6 +185,8 @@ class Pipeline:
         if unknown:
             raise StablekitError(f"unknown setting {unknown[0]!r}; use one of: "
                                  f"{', '.join(SETTINGS + ExtraNetworks.SETTINGS + Accelerators.SETTINGS)}")
+        if "cfg" not in settings and "cfg" in self.model_defaults:
+            settings["cfg"] = self.model_defaults["cfg"]  # the CFG the model's figures were measured at
         params = GenerationParams(prompt=prompt, denoising_strength=strength, **settings).validate()
         sampling = resolve_sampling(params.sampler, params.schedule)
         params.sampler, params.schedule = sampling.sampler.name, sampling.schedule

@@ -49,7 +49,7 @@ class PretrainConfig:
     unet_lr: float = 5e-4
     caption_dropout: float = 0.1
     snr_gamma: float = 5.0
-    default_cfg: float = 7.0  # CFG scale written to the model's record (training.json) for generate
+    default_cfg: float = 7.0  # CFG scale written to the model's record; generate uses it when none is given
     threads: int = 0
 
 
@@ -238,6 +238,7 @@ def stage_export(cfg: PretrainConfig, out: Path, vae, te, cache, dest: Path):
 
     unet, step = load_unet_from_checkpoint(out)
     comps = build_components(vae, te, unet, float(cache["scaling_factor"]))
+    comps.extra["defaults"] = {"cfg": cfg.default_cfg}  # generate uses it when no CFG is given
     dest.mkdir(parents=True, exist_ok=True)
     save_model(comps, dest / "diffusers", to="diffusers", dtype=torch.float16)
     save_model(comps, dest / "shapes.safetensors", to="single-file", dtype=torch.float16)
