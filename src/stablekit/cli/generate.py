@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stablekit.cli import generate_guidance
+from stablekit.cli import generate_control, generate_guidance
 from stablekit.cli.formats import DTYPE_CHOICES
 from stablekit.errors import StablekitError
 from stablekit.formats.archs import ARCHS
@@ -98,92 +98,9 @@ def register(subparsers) -> None:
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow .ckpt/.pt pickles (loaded with torch.load(weights_only=True))")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _control_flags(p)
+    generate_control.add_arguments(p)
     generate_guidance.add_arguments(p)
     p.set_defaults(func=run)
-
-
-# ----------------------------------------------------------------------------- ControlNet / hires flags
-class _UnitFlag(argparse.Action):
-    """--controlnet starts a ControlNet unit; the --control-* flags after it set that unit's fields."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        units = getattr(namespace, "control_units", None) or []
-        if self.dest == "net":
-            units.append({"net": values})
-        elif not units:
-            parser.error(f"{option_string} belongs to a ControlNet unit: give --controlnet PATH before it")
-        elif self.dest in units[-1]:
-            parser.error(f"{option_string} given twice for ControlNet unit {len(units) - 1}; repeat --controlnet "
-                         "PATH to start another unit")
-        else:
-            units[-1][self.dest] = values
-        namespace.control_units = units
-
-
-def _control_flags(p) -> None:
-    from stablekit.generate.control import CONTROL_MODES
-    from stablekit.generate.hires import UPSCALERS
-    from stablekit.generate.preprocess import PREPROCESSORS
-
-    p.set_defaults(control_units=[])
-    unit = dict(action=_UnitFlag, default=argparse.SUPPRESS)
-    p.add_argument("--controlnet", dest="net", metavar="PATH", **unit,
-                   help="a ControlNet (diffusers folder or single .safetensors); starts a unit, repeat for several")
-    p.add_argument("--control-image", dest="image", metavar="FILE", **unit,
-                   help="the unit's conditioning image (needed for every --controlnet)")
-    p.add_argument("--control-scale", dest="scale", type=float, metavar="X", **unit,
-                   help="the unit's weight 0..2 (default 1)")
-    p.add_argument("--control-start", dest="start", type=float, metavar="F", **unit,
-                   help="fraction of the steps where the unit starts (default 0)")
-    p.add_argument("--control-end", dest="end", type=float, metavar="F", **unit,
-                   help="fraction of the steps where the unit ends (default 1)")
-    p.add_argument("--control-mode", dest="mode", metavar="MODE", **unit,
-                   help=f"balanced, prompt or controlnet (A1111: {', '.join(CONTROL_MODES)}; default balanced)")
-    p.add_argument("--control-preprocessor", "--preprocessor", dest="preprocessor", metavar="NAME", **unit,
-                   help=f"preprocess the image: {', '.join(PREPROCESSORS)} (default none: use it as given)")
-    p.add_argument("--save-preprocessed", action="store_true",
-                   help="write each unit's preprocessed control image beside the first output (NAME-controlN.png)")
-    p.add_argument("--outpaint", default=None, metavar="L,T,R,B",
-                   help="outpainting: pad --init-image by LEFT,TOP,RIGHT,BOTTOM pixels and inpaint the border")
-    p.add_argument("--hires-scale", type=float, default=None, metavar="X",
-                   help="hires fix (txt2img): generate, upscale by X, then a second img2img pass (A1111's Hires upscale)")
-    p.add_argument("--hires-steps", type=int, default=None, metavar="N",
-                   help="steps of the hires pass (default 0: as many as --steps)")
-    p.add_argument("--hires-denoise", "--hires-strength", type=float, default=None, metavar="X",
-                   help="denoising strength of the hires pass, 0..1 (default 0.7)")
-    p.add_argument("--hires-upscaler", default=None, metavar="NAME",
-                   help=f"{', '.join(UPSCALERS)} (any case; default Latent)")
-
-
-def _hires(args, replay):
-    """The HiresFix of the flags over the PNG's (None: no hires fix); flags without a scale are one line."""
-    from stablekit.generate.hires import HiresFix
-
-    given = {k: v for k, v in (("scale", args.hires_scale), ("steps", args.hires_steps), ("denoise", args.hires_denoise),
-                               ("upscaler", args.hires_upscaler)) if v is not None}
-    if replay.hires is None and given and "scale" not in given:
-        raise StablekitError(f"--hires-{next(iter(given))} needs --hires-scale X "
-                             "(the hires fix's upscale factor)")
-    if replay.hires is None and not given:
-        return None
-    base = replay.hires or HiresFix()
-    hires = HiresFix(**{**base.record(), **given}).validate()
-    if args.init_image is not None:
-        raise StablekitError("the hires fix is for txt2img; leave out --hires-* flags with --init-image")
-    return hires
-
-
-def _control_units(args) -> list:
-    """The ControlUnits of --controlnet groups; a unit without --control-image is one line."""
-    from stablekit.generate.control import ControlUnit
-
-    units = []
-    for i, fields in enumerate(args.control_units):
-        if "image" not in fields:
-            raise StablekitError(f"ControlNet unit {i} ({fields['net']}) has no --control-image FILE")
-        units.append(ControlUnit(**fields))
-    return units
 
 
 def _replay_png(path: str):
@@ -233,7 +150,7 @@ def _check_inputs(args, params, replay) -> None:
                              "(or leave out --strength for txt2img)")
     if args.mask and args.init_image is None:
         raise StablekitError("--mask needs --init-image FILE: the image to inpaint")
-    _hires(args, replay)  # hires flags checked before the model loads
+    generate_control.hires_from_args(args, replay)  # hires flags checked before the model loads
     if replay.controlnet and not args.control_units:
         raise StablekitError(f"{args.from_png} was made with {len(replay.controlnet)} ControlNet unit(s): give them "
                              "again with --controlnet PATH --control-image FILE ...")
@@ -247,12 +164,12 @@ def _generate(pipe, params, args, replay, networks: dict) -> list:
 
     settings = {k: v for k, v in params.to_dict().items() if k not in ("prompt", "denoising_strength")}
     settings.update(networks)
-    settings["controlnets"] = _control_units(args) or None
+    settings["controlnets"] = generate_control.control_units(args) or None
     settings["guidance"] = generate_guidance.options_from_args(args, replay)
     if args.deepcache is not None:
         settings["deepcache"] = args.deepcache
     if args.init_image is None:
-        return pipe.generate(params.prompt, hires=_hires(args, replay), **settings)
+        return pipe.generate(params.prompt, hires=generate_control.hires_from_args(args, replay), **settings)
     if args.outpaint:  # the padded image at its own size, the border as the mask (generate/outpaint.py)
         from stablekit.generate.outpaint import outpaint_inputs
 
@@ -351,7 +268,7 @@ def run(args) -> int:
     if args.save_preprocessed and args.control_units and paths:
         from stablekit.generate.control import control_map_of, save_control_maps
 
-        maps = [control_map_of(u, images[0].width, images[0].height, i)[1] for i, u in enumerate(_control_units(args))]
+        maps = [control_map_of(u, images[0].width, images[0].height, i)[1] for i, u in enumerate(generate_control.control_units(args))]
         for path in save_control_maps(maps, paths[0]):
             print(path)
     return 0
