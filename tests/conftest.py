@@ -18,3 +18,34 @@ os.environ.setdefault("STABLEKIT_DTYPE", "fp32")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+from fixtures import one_thread, tiny_components  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts on one torch thread: training (train/loop.py) and pretraining set the
+    count from their config, and a test after them must not inherit it."""
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    """A Pipeline on tiny random SD1 components (tests/fixtures.py), one per test module."""
+    from stablekit.generate.pipeline import Pipeline
+
+    with one_thread():
+        return Pipeline(tiny_components("sd1"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    """Tiny random SD1 components saved as a single .safetensors file, one per test module."""
+    from stablekit.formats import save_model
+
+    path = tmp_path_factory.mktemp("tiny_model") / "tiny.safetensors"
+    with one_thread():
+        save_model(tiny_components("sd1"), path, to="single-file")
+    return path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 from PIL import Image
 
 import stablekit
@@ -25,12 +25,6 @@ def model(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_model(tiny_components("sd1"), path, to="single-file")
     return str(path)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 
 import stablekit
 from stablekit.cli import main
@@ -31,12 +31,6 @@ CPU_BY_DESIGN = {
     "generate/noise.py": "noise is drawn on the CPU generator per image (A1111's CPU RNG) and moved",
 }
 CREATORS = {"tensor", "zeros", "ones", "empty", "full", "arange", "linspace", "randn", "rand", "randint", "eye"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def test_resolve_device_names():

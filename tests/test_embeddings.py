@@ -5,19 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from adapter_fixtures import diffusers_pipe
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 
 from stablekit.adapters import expand_embeddings, load_embeddings
 from stablekit.errors import StablekitError
 from stablekit.formats.embeddings_a1111 import load_embedding, save_a1111_embedding, save_diffusers_embedding
 
 PROMPT = "a photo of shapeemb on a table"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def _vectors(n, dim, seed=0):

@@ -13,12 +13,6 @@ from stablekit.formats import save_model
 from stablekit.metadata import read_png_info
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"

@@ -5,9 +5,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 
 from stablekit.cli import main
 from stablekit.errors import StablekitError
@@ -17,12 +16,6 @@ from stablekit.generate.pipeline import Pipeline
 from stablekit.metadata import read_png_info
 
 PROMPT, NEGATIVE = "a photo of a cat on a sofa", "blurry, low quality"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def _diffusers_pipe(c):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from adapter_fixtures import random_peft_lora
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 
 from stablekit.adapters import expand_embeddings
 from stablekit.errors import StablekitError
@@ -20,12 +20,6 @@ from stablekit.metadata import parse_parameters
 
 PROMPT = "a photo of a cat"
 SETTINGS = dict(steps=3, seed=1, sampler="Euler", output="np")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture

@@ -25,12 +25,6 @@ from stablekit.metadata import read_png_info
 FLAGS = ("--steps", 3, "--seed", 7, "--sampler", "Euler")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny SD1 single file, a LoRA folder with a kohya LoRA, and an embeddings folder."""

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from fixtures import one_thread, tiny_components
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -15,23 +14,10 @@ from stablekit.cli.generate_guidance import add_arguments, options_from_args
 from stablekit.errors import StablekitError
 from stablekit.generate.guidance import GuidanceOptions
 from stablekit.generate.inpaint_options import InpaintOptions
-from stablekit.generate.pipeline import Pipeline
 from stablekit.generate.replay import inpaint_options, replay
 from stablekit.metadata import read_png_info, save_png
 
 SETTINGS = dict(steps=3, cfg=5.0, sampler="Euler", seed=5, width=64, height=64)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    with one_thread():
-        return Pipeline(tiny_components("sd1"), progress=False)
 
 
 def _saved(image, path):
@@ -46,12 +32,12 @@ def _a1111(tmp_path, text):
     return read_png_info(png)
 
 
-def test_stablekit_png_replays_its_guidance_exactly(pipe, tmp_path):
+def test_stablekit_png_replays_its_guidance_exactly(tiny_pipe, tmp_path):
     options = GuidanceOptions(cfg_rescale=0.6, freeu=(1.2, 1.3, 0.9, 0.2), pag_scale=2.0, pag_layers=("down_blocks.1",))
-    image = pipe.generate("a red circle", guidance=options, **SETTINGS)[0]
+    image = tiny_pipe.generate("a red circle", guidance=options, **SETTINGS)[0]
     found = replay(_saved(image, tmp_path / "g.png"))
     assert found.guidance == options.validate() and "guidance" not in found.ignored
-    again = pipe.generate(found.params.prompt, guidance=found.guidance,
+    again = tiny_pipe.generate(found.params.prompt, guidance=found.guidance,
                           **{k: v for k, v in found.params.to_dict().items() if k not in ("prompt", "denoising_strength")})[0]
     assert np.array_equal(np.asarray(image), np.asarray(again))
 
@@ -67,17 +53,17 @@ def test_a1111_guidance_fields_are_applied_not_ignored(tmp_path):
     assert plain.guidance is None
 
 
-def test_inpainting_settings_replay_from_the_record_and_from_a1111_text(pipe, tmp_path):
+def test_inpainting_settings_replay_from_the_record_and_from_a1111_text(tiny_pipe, tmp_path):
     rng = np.random.default_rng(0)
     init = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     mask = np.zeros((64, 64), np.float32)
     mask[16:48, 8:40] = 1
     options = InpaintOptions(mask_blur=3, fill="latent noise", invert=True)
-    image = pipe.inpaint(init, mask, "a cat", strength=0.9, inpaint_options=options, **SETTINGS)[0]
+    image = tiny_pipe.inpaint(init, mask, "a cat", strength=0.9, inpaint_options=options, **SETTINGS)[0]
     found = replay(_saved(image, tmp_path / "i.png"))
     assert found.inpaint == options.validate() and "inpaint" not in found.ignored
     settings = {k: v for k, v in found.params.to_dict().items() if k not in ("prompt", "denoising_strength")}
-    again = pipe.inpaint(init, mask, "a cat", strength=found.params.denoising_strength, inpaint_options=found.inpaint,
+    again = tiny_pipe.inpaint(init, mask, "a cat", strength=found.params.denoising_strength, inpaint_options=found.inpaint,
                          **settings)[0]
     assert np.array_equal(np.asarray(image), np.asarray(again))
     # A1111's inpainting text: every mask setting read; flags override it

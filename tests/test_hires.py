@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -20,12 +20,6 @@ from stablekit.samplers import resolve_sampling
 
 SETTINGS = dict(negative_prompt="blurry", steps=4, cfg=5.0, sampler="Euler", schedule="Normal", seed=11, width=64,
                 height=64)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def _by_hand(pipe, hires: HiresFix, prompt="a red circle"):

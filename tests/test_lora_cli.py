@@ -3,22 +3,15 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from adapter_fixtures import random_peft_lora
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 
 from stablekit.adapters import apply_adapters
 from stablekit.cli import main
 from stablekit.formats import load_model, save_model
 from stablekit.formats.lora_kohya import save_kohya_lora
 from stablekit.formats.lora_peft import save_peft_lora
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def test_inspect(tmp_path, capsys):

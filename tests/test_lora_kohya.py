@@ -4,19 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 from adapter_fixtures import IDS, diffusers_pipe, random_peft_lora, text_out, unet_inputs, unet_out
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 
 from stablekit.adapters import apply_adapters
 from stablekit.errors import StablekitError
 from stablekit.formats.lora_keys import load_lora_file
 from stablekit.formats.lora_kohya import read_kohya_lora, save_kohya_lora, write_kohya_lora
 from stablekit.formats.weights import open_weights
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
 
 def _peft_layers(module) -> int:
     return sum(1 for _, m in module.named_modules() if hasattr(m, "lora_A") and len(m.lora_A))

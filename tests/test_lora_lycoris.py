@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 
 from stablekit.adapters import apply_adapters
 from stablekit.formats.lora_keys import AdapterFile, LayerPatch, load_lora_file
@@ -21,12 +21,6 @@ FC1 = ("text_encoder", "encoder.layers.0.mlp.fc1")  # Linear 32 -> 64
 NAMES = {Q: "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
          FF: "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj",
          CONV: "lora_unet_down_blocks_0_resnets_0_conv1", FC1: "lora_te_text_model_encoder_layers_0_mlp_fc1"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def _r(gen, *shape):

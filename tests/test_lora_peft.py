@@ -6,19 +6,13 @@ import json
 import pytest
 import torch
 from adapter_fixtures import IDS, UNET_LAYERS, diffusers_pipe, random_peft_lora, text_out, unet_inputs, unet_out
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 
 from stablekit.adapters import apply_adapters
 from stablekit.formats.lora_keys import load_lora_file
 from stablekit.formats.lora_kohya import adapter_to_kohya, write_kohya_lora
 from stablekit.formats.lora_peft import read_peft_lora, save_peft_lora, write_peft_lora
 from stablekit.formats.weights import open_weights
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.mark.parametrize("arch", ["sd1", "sdxl"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fixtures import one_thread, tiny_controlnet, tiny_ldm_file
+from fixtures import tiny_controlnet, tiny_ldm_file
 from PIL import Image
 
 from stablekit.formats import load_model
@@ -19,12 +19,6 @@ from stablekit.nodes.image import to_uint8
 
 PROMPT, NEGATIVE = "a photo of a cat", "blurry"
 STEPS, CFG, SEED = 4, 5.0, 11
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

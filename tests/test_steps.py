@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 from PIL import Image
 
 from stablekit.errors import StablekitError
@@ -18,61 +18,49 @@ from stablekit.prompts import ParsedPrompt
 from stablekit.samplers import resolve_sampling
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    with one_thread():
-        return Pipeline(tiny_components("sd1"), progress=False)
-
-
 def _image(seed=0, size=(64, 64)):
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
 
 
-def test_ksampler_style_call_without_pipeline_equals_generate(pipe):
+def test_ksampler_style_call_without_pipeline_equals_generate(tiny_pipe):
     """What a ComfyUI KSampler node does: given latents + conditioning, sample() then decode()."""
-    c = pipe.components
+    c = tiny_pipe.components
     sampling = resolve_sampling("euler_ancestral", "karras")
-    sigmas = sampling.sigmas(5, pipe.denoiser)
-    cond = steps.condition(pipe.prompts, "a red circle", "blurry", 5, 1, 6.0, size=(64, 64))
-    latents = steps.sample(pipe.denoiser, steps.empty_latents(c, 64, 64), sigmas, sampling, cond, ImageNoise([4, 5]))
+    sigmas = sampling.sigmas(5, tiny_pipe.denoiser)
+    cond = steps.condition(tiny_pipe.prompts, "a red circle", "blurry", 5, 1, 6.0, size=(64, 64))
+    latents = steps.sample(tiny_pipe.denoiser, steps.empty_latents(c, 64, 64), sigmas, sampling, cond, ImageNoise([4, 5]))
     ours = steps.decode(c, latents)
-    ref = pipe.generate("a red circle", negative_prompt="blurry", steps=5, cfg=6, sampler="Euler a",
+    ref = tiny_pipe.generate("a red circle", negative_prompt="blurry", steps=5, cfg=6, sampler="Euler a",
                         schedule="Karras", seed=4, batch_size=2, width=64, height=64, output="np")
     assert np.array_equal(ours, np.stack(ref))
 
 
-def test_sample_on_already_noisy_latents(pipe):
+def test_sample_on_already_noisy_latents(tiny_pipe):
     """A hires-fix-style second pass adds its own noise: add_noise=False takes latents as they are."""
-    c = pipe.components
+    c = tiny_pipe.components
     sampling = resolve_sampling("Euler")
-    sigmas = sampling.sigmas(4, pipe.denoiser)
-    cond = steps.condition(pipe.prompts, "a cat", "", 4, 1, 5.0)
+    sigmas = sampling.sigmas(4, tiny_pipe.denoiser)
+    cond = steps.condition(tiny_pipe.prompts, "a cat", "", 4, 1, 5.0)
     clean = steps.empty_latents(c, 64, 64)
-    a = steps.sample(pipe.denoiser, clean, sigmas, sampling, cond, ImageNoise([9]))
+    a = steps.sample(tiny_pipe.denoiser, clean, sigmas, sampling, cond, ImageNoise([9]))
     noisy = clean + ImageNoise([9]).first(tuple(clean.shape[1:])) * sigmas[0]
-    b = steps.sample(pipe.denoiser, noisy, sigmas, sampling, cond, ImageNoise([9]), add_noise=False)
+    b = steps.sample(tiny_pipe.denoiser, noisy, sigmas, sampling, cond, ImageNoise([9]), add_noise=False)
     assert torch.equal(a, b)
     with pytest.raises(StablekitError, match="resolved sampler"):
-        steps.sample(pipe.denoiser, clean, sigmas, "Euler", cond, ImageNoise([9]))
+        steps.sample(tiny_pipe.denoiser, clean, sigmas, "Euler", cond, ImageNoise([9]))
 
 
-def test_sample_reports_steps_and_keeps_latents_outside_mask(pipe):
-    c = pipe.components
+def test_sample_reports_steps_and_keeps_latents_outside_mask(tiny_pipe):
+    c = tiny_pipe.components
     sampling = resolve_sampling("DPM++ 2M")
-    sigmas = sampling.sigmas(3, pipe.denoiser)
-    cond = steps.condition(pipe.prompts, "a cat", "", 3, 1, 7.0)
+    sigmas = sampling.sigmas(3, tiny_pipe.denoiser)
+    cond = steps.condition(tiny_pipe.prompts, "a cat", "", 3, 1, 7.0)
     start = steps.encode_image(c, InitImage.load(_image(1)))
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 2:5, 2:5] = 1
     seen = []
-    out = steps.sample(pipe.denoiser, start, sigmas, sampling, cond, ImageNoise([1]), seen.append, mask=mask)
+    out = steps.sample(tiny_pipe.denoiser, start, sigmas, sampling, cond, ImageNoise([1]), seen.append, mask=mask)
     assert [info.i for info in seen] == [0, 1, 2]
     keep = mask.expand_as(out) == 0
     assert torch.allclose(out[keep], start.expand_as(out)[keep], atol=1e-5)
@@ -98,24 +86,23 @@ def test_conditioning_schedule_and_sdxl_size_ids():
     assert not c.at(0)[1].hidden_states.any()  # SDXL: an empty negative is zeros
 
 
-def test_one_pairing_rule_for_plain_and_edited_prompts():
+def test_one_pairing_rule_for_plain_and_edited_prompts(tiny_pipe):
     """encode_pair_schedule (prompt editing) pads and zeroes exactly as encode_pair does."""
-    pipe = Pipeline(tiny_components("sd1"), progress=False)
     long_negative = "word " * 90  # two chunks: the prompt is padded to match
-    conds, unconds = pipe.prompts.encode_pair_schedule("a [cat|dog]", long_negative, 4)
-    cat, neg = pipe.prompts.encode_pair("a cat", long_negative)
+    conds, unconds = tiny_pipe.prompts.encode_pair_schedule("a [cat|dog]", long_negative, 4)
+    cat, neg = tiny_pipe.prompts.encode_pair("a cat", long_negative)
     assert conds[0][1].hidden_states.shape[1] == unconds[0][1].hidden_states.shape[1] == 154
     assert torch.equal(conds[0][1].hidden_states, cat.hidden_states)
     assert torch.equal(unconds[0][1].hidden_states, neg.hidden_states)
 
 
-def test_extra_network_tags_parsed_once_per_prompt(pipe, monkeypatch, capsys):
+def test_extra_network_tags_parsed_once_per_prompt(tiny_pipe, monkeypatch, capsys):
     import stablekit.prompts.parse as parse
 
     calls = []
     real = parse.extract_extra_networks
     monkeypatch.setattr(parse, "extract_extra_networks", lambda p: calls.append(p) or real(p))
-    pipe.generate("a [cat:dog:0.5] <hypernet:watercolor:0.8>", negative_prompt="ugly", steps=2, seed=1, output="np")
+    tiny_pipe.generate("a [cat:dog:0.5] <hypernet:watercolor:0.8>", negative_prompt="ugly", steps=2, seed=1, output="np")
     assert sorted(calls) == ["a [cat:dog:0.5] <hypernet:watercolor:0.8>", "ugly"]
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "<hypernet:watercolor:0.8>" in err and "not applied" in err

@@ -2,20 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 
 from stablekit.generate.noise import ImageNoise, batch_seeds, paste_centered, slerp
 from stablekit.generate.params import GenerationParams
 from stablekit.generate.pipeline import Pipeline
 from stablekit.metadata import parse_parameters
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def _draw(seed, shape):
