@@ -112,14 +112,15 @@ def probe_wordings(te, n: int = 300, seed: int = 777) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None)
-    ap.add_argument("--state", default=None, help="a text-encoder state dict (runs/<run>/text/final.pt)")
+    ap.add_argument("--state", default=None, help="a text-encoder state dict (runs/<run>/text/final.pt) or a text-stage checkpoint")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--wordings", action="store_true", help="colour-binding accuracy per word order instead")
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.state:
         te = build_text_encoder()
-        te.load_state_dict(torch.load(args.state, weights_only=True))
+        state = torch.load(args.state, weights_only=True)
+        te.load_state_dict(state["strategy"]["text_encoder"] if "strategy" in state else state)  # or a checkpoint
     else:
         te = stablekit.load(args.model).components.text_encoder.float()
     if args.wordings:
