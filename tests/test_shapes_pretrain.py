@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from fixtures import one_thread
 
@@ -47,3 +48,43 @@ def test_edge_weight_is_on_outlines_only():
     c = local_contrast(x)[0, 0]
     assert c[32, 32] == 0 and c[2, 2] == 0  # interior, background
     assert c[32, 21:24].max() > 0.8 and float(c.max()) <= 1.0  # the left edge (half-width about 10.6 px)
+
+
+@pytest.mark.slow
+def test_warm_start_reuses_stages_and_starts_from_init_weights(tmp_path):
+    """--init-from: images, autoencoder and latents are the init run's; the text encoder and UNet
+    start from its weights (at a negligible learning rate they end where the init run ended)."""
+    import numpy as np
+
+    from stablekit.shapes.pretrain import load_unet_from_checkpoint
+    from stablekit.shapes.pretrain_init import text_strategy_state
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    with one_thread():
+        assert main(["shapes", "pretrain", "--out", str(first), "--until", "cache", *TOY]) == 0
+        assert main(["shapes", "pretrain", "--out", str(first), "--until", "unet", *TOY]) == 0
+        assert main(["shapes", "pretrain", "--out", str(second), "--init-from", str(first), *TOY,
+                     "--text-lr", "1e-12", "--unet-lr", "1e-12"]) == 0
+    a, b = np.load(first / "data.npz"), np.load(second / "data.npz")
+    assert np.array_equal(a["images"], b["images"])
+    assert (first / "vae" / "final.pt").read_bytes() == (second / "vae" / "final.pt").read_bytes()
+    ca, cb = (torch.load(p / "cache.pt", weights_only=True) for p in (first, second))
+    assert torch.equal(ca["latents"], cb["latents"])
+    init_te = text_strategy_state(first)["text_encoder"]
+    new_te = torch.load(second / "text" / "final.pt", weights_only=True)
+    assert all(torch.allclose(init_te[k], new_te[k], atol=1e-6) for k in init_te)
+    ua, ub = load_unet_from_checkpoint(first)[0].state_dict(), load_unet_from_checkpoint(second)[0].state_dict()
+    assert all(torch.allclose(ua[k], ub[k], atol=1e-5) for k in ua)
+    assert json.loads((second / "model" / "training.json").read_text())["config"]["init_from"] == str(first)
+
+
+def test_warm_start_refuses_another_stream(tmp_path, capsys):
+    first = tmp_path / "first"
+    for name in ("data.npz", "vae/final.pt", "cache.pt"):
+        (first / name).parent.mkdir(parents=True, exist_ok=True)
+        (first / name).write_bytes(b"")
+    (first / "pretrain.json").write_text(json.dumps({"seed": 0, "n_images": 200}))
+    assert main(["shapes", "pretrain", "--out", str(tmp_path / "b"), "--init-from", str(first), *TOY, "--seed", "3"]) != 0
+    assert "seed/n_images 0/200 differ from this run's 3/200" in capsys.readouterr().err
+    assert main(["shapes", "pretrain", "--out", str(tmp_path / "c"), "--init-from", str(tmp_path), *TOY]) != 0
+    assert "not a finished pretrain run" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`stablekit shapes pretrain`: the embedded model from nothing, in Stable Diffusion's two stages.
 
-    data   render the captioned training set (base shapes only), cached as one .npz
+    data   render the captioned training set (base shapes only), cached as one .npz; captions in
+           generated word orders (shapes.wordings, recipe v3) or fixed templates (v1, extended)
     vae    stage 1: KL autoencoder, 64x64x3 <-> 16x16x4
     text   CLIP-architecture text encoder, contrastive image-text pretraining with hard-negative
            captions (one attribute changed), then frozen
@@ -10,6 +11,7 @@
 
 Every stage trains through stablekit.train (atomic checkpoints, exact resume), so the command can
 be killed and rerun at any time: finished stages are skipped, the running one resumes.
+`--init-from RUN` warm-starts from a finished run (shapes.pretrain_init).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ class PretrainConfig:
     out: str = "runs/shapes-pretrain"
     seed: int = 0
     n_images: int = 100_000
-    caption_templates: str = "extended"  # shapes.captions.TEMPLATE_SETS: "v1" (5 word orders) or "extended" (10)
+    caption_templates: str = "generated"  # "generated" (shapes.wordings, recipe v3) or a captions.TEMPLATE_SETS name
     vae_steps: int = 3000
     vae_batch: int = 32
     vae_lr: float = 1e-3
@@ -44,6 +46,7 @@ class PretrainConfig:
     text_batch: int = 256
     text_lr: float = 1e-3
     text_negatives: int = 6  # hard-negative captions per caption (one attribute changed); 0 = plain CLIP
+    text_reworded_negatives: int = 2  # more, each in another generated word order (colours swapped)
     unet_steps: int = 5500
     unet_batch: int = 64
     unet_lr: float = 5e-4
@@ -51,13 +54,15 @@ class PretrainConfig:
     snr_gamma: float = 5.0
     default_cfg: float = 7.0  # CFG scale written to the model's record; generate uses it when none is given
     threads: int = 0
+    init_from: str = ""  # warm start from a finished run's stages (shapes.pretrain_init)
 
 
 HELP = {
     "out": "run folder: stages, checkpoints and the exported model (rerun with the same folder to resume)",
     "seed": "seed of the data stream, initial weights and batch order",
     "n_images": "rendered training images (base shapes, captioned)",
-    "caption_templates": "caption word orders: v1 (the first model's 5) or extended (10)",
+    "caption_templates": "caption word orders: generated (clause grammar + the 10 extended templates, recipe v3), "
+                         "v1 (model 1's 5) or extended (model 2's 10)",
     "vae_steps": "autoencoder optimizer steps",
     "vae_batch": "autoencoder batch size (images)",
     "vae_lr": "autoencoder learning rate",
@@ -67,6 +72,8 @@ HELP = {
     "text_batch": "text-encoder batch size (image-caption pairs)",
     "text_lr": "text-encoder learning rate",
     "text_negatives": "hard-negative captions per caption (one attribute changed); 0 = plain CLIP",
+    "text_reworded_negatives": "extra hard negatives per caption in other generated word orders (object and "
+                               "background colours swapped, else another shape)",
     "unet_steps": "UNet optimizer steps",
     "unet_batch": "UNet batch size (latents)",
     "unet_lr": "UNet learning rate (cosine schedule, EMA 0.999)",
@@ -74,6 +81,8 @@ HELP = {
     "snr_gamma": "Min-SNR loss weighting gamma (0 = off)",
     "default_cfg": "CFG scale stored in the exported model's record as its default",
     "threads": "torch threads (0 = torch's default)",
+    "init_from": "warm start: a finished pretrain run of the same seed/n_images whose images, autoencoder and "
+                 "latents are reused and whose text encoder and UNet are the starting points (empty = from nothing)",
 }
 
 
@@ -88,10 +97,20 @@ def stage_data(cfg: PretrainConfig, out: Path) -> None:
     path = out / "data.npz"
     if path.exists():
         return
-    if cfg.caption_templates not in TEMPLATE_SETS:
-        raise StablekitError(f"unknown --caption-templates {cfg.caption_templates!r}; use one of {', '.join(TEMPLATE_SETS)}")
+    if cfg.caption_templates not in (*TEMPLATE_SETS, "generated"):
+        raise StablekitError(f"unknown --caption-templates {cfg.caption_templates!r}; "
+                             f"use generated or one of {', '.join(TEMPLATE_SETS)}")
     t = time.time()
-    images, captions, _ = make_batch(cfg.n_images, seed=cfg.seed, templates=TEMPLATE_SETS[cfg.caption_templates])
+    if cfg.caption_templates == "generated":
+        from stablekit.shapes.wordings import generated_batch
+
+        images, captions, specs = generated_batch(cfg.n_images, seed=cfg.seed, render_images=not cfg.init_from)
+        if cfg.init_from:  # same stream: the images (and later the latents) are the init run's
+            from stablekit.shapes.pretrain_init import init_run, reuse_images
+
+            images = reuse_images(init_run(cfg.init_from), cfg.seed, cfg.n_images, specs)
+    else:
+        images, captions, _ = make_batch(cfg.n_images, seed=cfg.seed, templates=TEMPLATE_SETS[cfg.caption_templates])
     unique, index = np.unique(np.array(captions), return_inverse=True)
     tmp = out / "data.tmp.npz"
     np.savez(tmp, images=images, captions=unique, caption_index=index.astype(np.int64))
@@ -108,6 +127,12 @@ def stage_vae(cfg: PretrainConfig, out: Path):
     final = out / "vae" / "final.pt"
     vae = arch.build_vae(cfg.seed)
     if final.exists():
+        vae.load_state_dict(torch.load(final, weights_only=True))
+        return vae
+    if cfg.init_from:
+        from stablekit.shapes.pretrain_init import copy_vae, init_run
+
+        copy_vae(init_run(cfg.init_from), final)
         vae.load_state_dict(torch.load(final, weights_only=True))
         return vae
     images, _, caption_index = load_data(out)
@@ -143,15 +168,23 @@ def stage_text(cfg: PretrainConfig, out: Path):
 
     images, captions, caption_index = load_data(out)
     tok = clip_tokenizer()
-    negatives = [n for c in captions for n in hard_negatives(c, k=cfg.text_negatives, seed=cfg.seed)]
+    from stablekit.shapes.wordings import reworded_negatives
+
+    k = cfg.text_negatives + cfg.text_reworded_negatives
+    negatives = [n for c in captions for n in hard_negatives(c, k=cfg.text_negatives, seed=cfg.seed)
+                 + (reworded_negatives(c, k=cfg.text_reworded_negatives, seed=cfg.seed)
+                    if cfg.text_reworded_negatives else [])]
     # Padded to the longest caption, not 77: the pooled (end-of-text) state sees only the tokens
     # before it (causal mask), so it is the same and training is ~4x cheaper.
     ids = tok(captions + negatives, padding="longest", truncation=True, max_length=77, return_tensors="pt").input_ids
-    negative_ids = (ids[len(captions):].reshape(len(captions), cfg.text_negatives, -1)
-                    if cfg.text_negatives else None)
+    negative_ids = ids[len(captions):].reshape(len(captions), k, -1) if k else None
     ids = ids[:len(captions)]
     strategy = ContrastiveTextStrategy(te, SmallImageEncoder(arch.TEXT_CONFIG["projection_dim"] * 2),
                                        embed_dim=arch.TEXT_CONFIG["projection_dim"] * 2)
+    if cfg.init_from:  # starting point only: the stage's own checkpoints take over on resume
+        from stablekit.shapes.pretrain_init import init_run, text_strategy_state
+
+        strategy.load_state_dict(text_strategy_state(init_run(cfg.init_from)))
     tc = TrainConfig(out_dir=str(out / "text"), steps=cfg.text_steps, batch_size=cfg.text_batch, lr=cfg.text_lr,
                      warmup_steps=50, seed=cfg.seed, checkpoint_every=200, sample_every=0, threads=cfg.threads,
                      weight_decay=0.1, log_every=10)
@@ -168,14 +201,20 @@ def stage_cache(cfg: PretrainConfig, out: Path, vae, te):
         return torch.load(path, weights_only=True)
     images, captions, caption_index = load_data(out)
     t = time.time()
-    latents = encode_latents(vae, (to_pixels(images[i:i + 500]) for i in range(0, len(images), 500)))
-    scale = float(1.0 / latents.std())
+    if cfg.init_from:  # same images through the same autoencoder (stage_data / stage_vae checked)
+        from stablekit.shapes.pretrain_init import init_run, latents as init_latents
+
+        scaled, scale = init_latents(init_run(cfg.init_from))
+    else:
+        latents = encode_latents(vae, (to_pixels(images[i:i + 500]) for i in range(0, len(images), 500)))
+        scale = float(1.0 / latents.std())
+        scaled = latents * scale
     tok = clip_tokenizer()
-    cache = {"latents": latents * scale, "scaling_factor": torch.tensor(scale),
+    cache = {"latents": scaled, "scaling_factor": torch.tensor(scale),
              "text": encode_text(te, tok, captions), "uncond": encode_text(te, tok, [""])[0],
              "caption_index": torch.from_numpy(caption_index)}
     save_atomic(cache, path)
-    print(f"cache: latents {tuple(latents.shape)} scale {scale:.4f}, text {tuple(cache['text'].shape)}, {time.time() - t:.0f} s")
+    print(f"cache: latents {tuple(scaled.shape)} scale {scale:.4f}, text {tuple(cache['text'].shape)}, {time.time() - t:.0f} s")
     return cache
 
 
@@ -193,6 +232,10 @@ def stage_unet(cfg: PretrainConfig, out: Path, vae, te, cache):
     from stablekit.train.strategies import DiffusionStrategy
 
     unet = arch.build_unet(cfg.seed)
+    if cfg.init_from:  # starting point only: the stage's own checkpoints take over on resume
+        from stablekit.shapes.pretrain_init import init_run
+
+        unet.load_state_dict(load_unet_from_checkpoint(init_run(cfg.init_from))[0].state_dict())
     data = LatentData(cache["latents"], cache["caption_index"].numpy(), cache["text"], cache["uncond"])
     # Validation grids by the public generation API on the modules as they train (Euler, CFG 5).
     comps = build_components(vae, te, unet, float(cache["scaling_factor"]))
