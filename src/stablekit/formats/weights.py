@@ -13,6 +13,7 @@ import math
 import os
 import struct
 import threading
+import weakref
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -72,6 +73,7 @@ class WeightFile:
         self._reader = reader
         self.kind = kind  # "safetensors" or "pickle"
         self._cast_reader: Callable | None = None  # safetensors: (key, dtype) -> tensor read without the map
+        self._caches: dict = {}  # dtype -> CastCache or None (formats/weight_cache.py)
 
     def keys(self) -> list[str]:
         return list(self.entries)
@@ -88,12 +90,32 @@ class WeightFile:
     def get(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         try:
             if self._cast_reader is not None and needs_cast(self.entries[key][1], dtype):
-                return self._cast_reader(key, dtype)  # not through the map: no file page stays resident
+                cache = self._cast_cache(dtype)
+                cached = cache.get(key, self.entries[key][0]) if cache is not None else None
+                if cached is not None:
+                    return cached  # cast by an earlier load, mapped from the cache
+                out = self._cast_reader(key, dtype)  # not through the map: no file page stays resident
+                if cache is not None:
+                    cache.put(key, out)
+                return out
             return cast(self._reader(key), dtype)
         except StablekitError:
             raise
         except Exception as exc:  # the data behind a valid header can still be damaged
             raise StablekitError(f"{self.path}: cannot read tensor {key!r} ({exc}); the file is damaged") from None
+
+
+    def _cast_cache(self, dtype: torch.dtype):
+        if dtype not in self._caches:
+            from stablekit.formats.weight_cache import MIN_FILE_BYTES, CastCache, cache_root
+
+            root = cache_root()
+            big = self.kind == "safetensors" and self.path.stat().st_size >= MIN_FILE_BYTES
+            try:
+                self._caches[dtype] = CastCache(self.path, dtype, root) if root is not None and big else None
+            except OSError:
+                self._caches[dtype] = None
+        return self._caches[dtype]
 
 
 def needs_cast(stored: torch.dtype, dtype: torch.dtype | None) -> bool:
@@ -165,6 +187,10 @@ def _open_safetensors(path: Path) -> WeightFile:
         raise StablekitError(f"{path} is not a valid safetensors file ({exc}); it is corrupt or truncated") from None
     weights = WeightFile(path, entries, dict(metadata), handle.get_tensor, "safetensors")
     weights._cast_reader = _CastReader(path, header)
+    from stablekit.formats.weight_cache import finish_all
+
+    # the cast tensors written during this load become a cache entry once the file is let go
+    weakref.finalize(weights, finish_all, weights._caches)
     return weights
 
 

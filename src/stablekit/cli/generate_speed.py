@@ -1,0 +1,23 @@
+"""`stablekit generate` flags for the opt-in lossy speed-ups that are not in cli/generate.py itself:
+--tiny-vae PATH (a TAESD decoder, generate/tiny_vae.py). cli/generate.py adds them with
+`add_arguments(parser)` and copies them into the generate() settings with `apply(args, settings)`.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags, in their own help group."""
+    g = p.add_argument_group("lossy speed-ups (off unless given)")
+    g.add_argument("--tiny-vae", default=None, metavar="PATH",
+                   help="decode with a tiny autoencoder (TAESD: taesd_decoder.safetensors or a diffusers "
+                        "AutoencoderTiny folder) instead of the model's VAE: much faster decoding, softer "
+                        "details; encoding (img2img) keeps the model's VAE. Recorded as 'Tiny VAE' in the PNG")
+
+
+def apply(args, settings: dict) -> dict:
+    """The given flags into a generate() settings dict (validated there: a bad path is a one-line error)."""
+    if getattr(args, "tiny_vae", None):
+        settings["tiny_vae"] = args.tiny_vae
+    return settings
