@@ -20,6 +20,7 @@ import math
 import mmap
 import os
 import threading
+import weakref
 from pathlib import Path
 
 import torch
@@ -74,7 +75,7 @@ class CastCache:
             with open(self.data_path, "rb") as f:
                 self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes stay in memory
             self.entries = index["entries"]
-            _MAPS.append((ctypes.addressof(ctypes.c_char.from_buffer(self.map)), len(self.map), self.map))
+            _MAPS.append((ctypes.addressof(ctypes.c_char.from_buffer(self.map)), len(self.map), weakref.ref(self.map)))
             os.utime(self.index_path)  # recently used: evicted last
         except (OSError, ValueError, KeyError, TypeError):
             self.entries, self.map = {}, None
@@ -164,7 +165,7 @@ def finish_all(caches: dict) -> None:
             cache.finish()
 
 
-_MAPS: list[tuple[int, int, mmap.mmap]] = []  # (address, length, map) of the entries in use
+_MAPS: list[tuple[int, int, weakref.ref]] = []  # (address, length, map) of mapped entries (weak: tensors own them)
 
 
 def release(tensor: torch.Tensor) -> None:
@@ -173,8 +174,10 @@ def release(tensor: torch.Tensor) -> None:
     other tensor of the same entry lives. Only for tensors nobody changed in place: the mapping is
     private, so dropped pages come back from the file as they were."""
     ptr, nbytes = tensor.data_ptr(), tensor.numel() * tensor.element_size()
-    for base, length, mapped in _MAPS:
-        if base <= ptr < base + length:
+    _MAPS[:] = [m for m in _MAPS if m[2]() is not None]
+    for base, length, ref in _MAPS:
+        mapped = ref()
+        if mapped is not None and base <= ptr < base + length:
             page = mmap.PAGESIZE
             start = -(-(ptr - base) // page) * page  # whole pages inside the tensor only
             stop = (ptr - base + nbytes) // page * page
