@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 import threading
@@ -195,17 +196,21 @@ def _open_safetensors(path: Path) -> WeightFile:
 
 
 class _CastReader:
-    """Reads one safetensors tensor with pread, a few MiB at a time through one buffer kept for the
-    file's lifetime, casting each piece into the output: the only memory a read leaves behind is its
-    output. (A fresh fp32 temporary per tensor, or a fresh chunk buffer, fragmented glibc's heap so
-    that every 4 MiB tensor cast to bf16 kept 4 MiB resident: measured.)"""
+    """Reads one safetensors tensor cast to another dtype, a few MiB at a time, from a private map of
+    the file whose pages are dropped (madvise DONTNEED) as soon as they are cast: the only memory a
+    read leaves behind is its output. Through safetensors' own map every fp32 page touched stayed
+    resident while the file was open; a fresh fp32 temporary per tensor fragmented glibc's heap
+    (every 4 MiB tensor cast to bf16 kept 4 MiB resident: measured). Against reading with pread
+    through one reused buffer (the previous way, still used for misaligned data), the map saves a
+    copy: SD 1.5's UNet cast to bf16 in 2.4-2.7 s vs 3.7-5.7 s, same process, taking turns."""
 
-    CHUNK = 4 * 1024 * 1024
+    CHUNK = 8 * 1024 * 1024
 
     def __init__(self, path: Path, header: dict):
         self.path, self.header = path, header
         with open(path, "rb") as f:
             self.data_start = 8 + struct.unpack("<Q", f.read(8))[0]
+        self.map: mmap.mmap | None = None
         self.buf: torch.Tensor | None = None
         self.lock = threading.Lock()
 
@@ -215,22 +220,43 @@ class _CastReader:
         stored = _ST_DTYPES[entry["dtype"]]
         out = torch.empty(entry["shape"], dtype=dtype)
         flat = out.view(-1)
-        with self.lock, open(self.path, "rb", buffering=0) as f:
-            if self.buf is None:
-                self.buf = torch.empty(self.CHUNK, dtype=torch.uint8)
-            view = memoryview(self.buf.numpy())
-            step = self.CHUNK // stored.itemsize * stored.itemsize
+        step = self.CHUNK // stored.itemsize * stored.itemsize
+        base = self.data_start + start
+        with self.lock:
+            if base % stored.itemsize:
+                self._pread(flat, base, stop - start, stored, step)
+                return out
+            if self.map is None:
+                with open(self.path, "rb") as f:  # private and never written: dropped pages read back as they were
+                    self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            page = mmap.PAGESIZE
             for at in range(0, stop - start, step):
                 n = min(step, stop - start - at)
+                src = torch.frombuffer(self.map, dtype=stored, count=n // stored.itemsize, offset=base + at)
+                first = at // stored.itemsize
+                flat[first:first + n // stored.itemsize].copy_(src)
+                del src
+                lo = (base + at) // page * page
+                hi = min(len(self.map), -(-(base + at + n) // page) * page)
+                self.map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        return out
+
+    def _pread(self, flat: torch.Tensor, base: int, nbytes: int, stored: torch.dtype, step: int) -> None:
+        """Misaligned data (an old writer without safetensors' 8-byte header padding): pread into one buffer."""
+        if self.buf is None:
+            self.buf = torch.empty(self.CHUNK, dtype=torch.uint8)
+        view = memoryview(self.buf.numpy())
+        with open(self.path, "rb", buffering=0) as f:
+            for at in range(0, nbytes, step):
+                n = min(step, nbytes - at)
                 done = 0
                 while done < n:
-                    got = os.preadv(f.fileno(), [view[done:n]], self.data_start + start + at + done)
+                    got = os.preadv(f.fileno(), [view[done:n]], base + at + done)
                     if got <= 0:
-                        raise OSError(f"file ended at byte {self.data_start + start + at + done}")
+                        raise OSError(f"file ended at byte {base + at + done}")
                     done += got
                 first = at // stored.itemsize
                 flat[first:first + n // stored.itemsize].copy_(self.buf[:n].view(stored))
-        return out
 
 
 def _open_pickle(path: Path, allow_pickle: bool) -> WeightFile:
