@@ -132,3 +132,19 @@ def test_misaligned_data_is_read_exactly(tmp_path, monkeypatch):
     except Exception as exc:  # noqa: BLE001 - if the safetensors library refuses such files, so do we
         pytest.skip(f"safetensors refuses misaligned files: {exc}")
     assert torch.equal(wf.get("w", BF16), t.to(BF16))
+
+
+def test_stale_partial_entry_does_not_block_caching(tmp_path, cache_dir):
+    src = tmp_path / "m.safetensors"
+    _file(src)
+    _load(src)
+    index = next(cache_dir.glob("*.json"))
+    for f in cache_dir.iterdir():
+        f.unlink()
+    partial = cache_dir / (index.stem + ".bin.partial")
+    partial.write_bytes(b"left by a killed load")
+    _load(src)
+    assert not list(cache_dir.glob("*.json"))  # a fresh partial may be another live load's: left alone
+    os.utime(partial, (1, 1))
+    _load(src)
+    assert len(list(cache_dir.glob("*.json"))) == 1 and not partial.exists()

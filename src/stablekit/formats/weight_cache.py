@@ -20,6 +20,7 @@ import math
 import mmap
 import os
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -99,6 +100,7 @@ class CastCache:
             try:
                 if self.writer is None:
                     self.root.mkdir(parents=True, exist_ok=True)
+                    _drop_stale(self._partial())  # left by a process that was killed while loading
                     fd = os.open(self._partial(), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # another writer: skip
                     self.writer = os.fdopen(fd, "wb")
                 pad = -self.size % ALIGN
@@ -141,8 +143,22 @@ class CastCache:
                 self.data_path.unlink(missing_ok=True)
 
 
+STALE_SECONDS = 3600  # a partial entry untouched this long belongs to no live load
+
+
+def _drop_stale(path: Path) -> None:
+    try:
+        if time.time() - path.stat().st_mtime > STALE_SECONDS:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def evict(root: Path, room: int) -> None:
-    """Delete least recently used entries until the others take at most `room` bytes."""
+    """Delete least recently used entries until the others take at most `room` bytes (and leftovers
+    of interrupted loads: data without an index, stale partial files)."""
+    for leftover in list(root.glob("*.partial")) + [b for b in root.glob("*.bin") if not b.with_suffix(".json").exists()]:
+        _drop_stale(leftover)
     entries = []
     for index in root.glob("*.json"):
         data = index.with_suffix(".bin")
