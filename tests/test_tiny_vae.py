@@ -84,6 +84,13 @@ def test_bad_tiny_vae_paths_are_one_line_errors(pipe, tiny, tmp_path):
     save_file({"0.weight": torch.zeros(16, 3, 3, 3)}, tmp_path / "taesd_encoder.safetensors")
     with pytest.raises(StablekitError, match="TAESD encoder"):
         load_tiny_vae(tmp_path / "taesd_encoder.safetensors")
+    from diffusers import AutoencoderTiny
+
+    AutoencoderTiny(decoder_block_out_channels=(8, 8, 8), encoder_block_out_channels=(8, 8, 8),
+                    num_encoder_blocks=(1, 1, 1), num_decoder_blocks=(1, 1, 1)).save_pretrained(tmp_path / "x4")
+    with pytest.raises(StablekitError, match="upscales latents 4x but this model's VAE 8x"):
+        with tiny_vae_decoding(pipe.components, tmp_path / "x4"):
+            pass
     save_file({"decoder.layers.0.weight": torch.zeros(16, 16, 3, 3)}, tmp_path / "wide.safetensors")
     with pytest.raises(StablekitError, match="not a complete TAESD decoder|latent"):
         with tiny_vae_decoding(pipe.components, tmp_path / "wide.safetensors"):

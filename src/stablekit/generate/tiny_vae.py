@@ -135,6 +135,11 @@ def tiny_vae_decoding(components, path):
     if tiny.config.latent_channels != base.config.latent_channels:
         raise StablekitError(f"tiny VAE {path} decodes {tiny.config.latent_channels}-channel latents but this model "
                              f"makes {base.config.latent_channels}-channel ones; use the TAESD made for this model")
+    factor = tiny.config.upsampling_scaling_factor ** (len(tiny.config.decoder_block_out_channels) - 1)
+    base_factor = 2 ** (len(base.config.block_out_channels) - 1)
+    if factor != base_factor:
+        raise StablekitError(f"tiny VAE {path} upscales latents {factor}x but this model's VAE {base_factor}x "
+                             "(the images would come out the wrong size); use a tiny VAE made for this model")
     components.vae = TinyDecodingVAE(base, tiny)
     try:
         yield tiny
