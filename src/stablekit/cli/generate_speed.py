@@ -21,9 +21,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def apply(args, settings: dict) -> dict:
-    """The given flags into a generate() settings dict (validated there: a bad path is a one-line error)."""
+    """The given flags into a generate() settings dict, validated at once (a bad path or ratio is a
+    one-line StablekitError before any model loads)."""
+    from pathlib import Path
+
+    from stablekit.generate.tiny_vae import decoder_file
+    from stablekit.generate.tome import check_ratio
+
     if getattr(args, "tiny_vae", None):
+        decoder_file(Path(args.tiny_vae))
         settings["tiny_vae"] = args.tiny_vae
     if getattr(args, "tome", None):
-        settings["tome"] = args.tome
+        settings["tome"] = check_ratio(args.tome)
     return settings
