@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from stablekit.errors import StablekitError
 from stablekit.generate.pipeline import Pipeline
 from stablekit.generate.steps import decode
-from stablekit.generate.tiny_vae import load_tiny_vae, tiny_vae_decoding
+from stablekit.generate.tiny_vae import load_tiny_vae, preview, tiny_vae_decoding
 
 SETTINGS = dict(steps=3, cfg=5.0, sampler="Euler", schedule="Normal", seed=11, width=64, height=64)
 
@@ -58,7 +58,8 @@ def test_decode_equals_diffusers_autoencoder_tiny(pipe, tiny, layout):
     reference = _reference(model, latents)
     assert reference.std() > 0.01  # a decoder whose output depends on its input
     np.testing.assert_allclose(ours, reference, atol=1e-6)  # 1e-7: stablekit divides by the SD scaling factor first
-    assert not isinstance(pipe.components.vae, type(None)) and type(pipe.components.vae).__name__ != "TinyDecodingVAE"
+    assert type(pipe.components.vae).__name__ != "TinyDecodingVAE"  # the model's VAE is back
+    np.testing.assert_allclose(preview(pipe.components, latents, root / layout), reference, atol=1e-6)
 
 
 def test_generate_with_tiny_vae_is_opt_in_and_recorded(pipe, tiny):

@@ -16,10 +16,14 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
 
 from stablekit.errors import StablekitError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DECODER_FILES = ("taesd_decoder.safetensors", "taesdxl_decoder.safetensors", "diffusion_pytorch_model.safetensors")
 _LOADED: dict[tuple, torch.nn.Module] = {}  # (real path, mtime, dtype, device) -> AutoencoderTiny
@@ -145,3 +149,17 @@ def tiny_vae_decoding(components, path):
         yield tiny
     finally:
         components.vae = base
+
+
+def preview(components, latents: torch.Tensor, path) -> "np.ndarray":
+    """Float images [B, H, W, 3] in [0, 1] from UNet-space latents (e.g. the `denoised` latents a
+    generate() step callback receives) through the tiny decoder at `path`: a live preview for about
+    the cost of one small convolution stack, without touching the model's VAE."""
+    from stablekit.components import module_dtype
+
+    base = components.vae
+    tiny = load_tiny_vae(path, module_dtype(base), next(base.parameters()).device)
+    param = next(tiny.decoder.parameters())
+    with torch.no_grad():
+        x = tiny.decode(latents.to(param.device, param.dtype)).sample.float()
+    return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
