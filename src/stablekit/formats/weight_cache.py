@@ -189,6 +189,8 @@ def release(tensor: torch.Tensor) -> None:
     copy): otherwise every page it touched stays counted in the process's memory for as long as any
     other tensor of the same entry lives. Only for tensors nobody changed in place: the mapping is
     private, so dropped pages come back from the file as they were."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return  # Windows: no madvise; the pages go when the entry is unmapped
     ptr, nbytes = tensor.data_ptr(), tensor.numel() * tensor.element_size()
     _MAPS[:] = [m for m in _MAPS if m[2]() is not None]
     for base, length, ref in _MAPS:

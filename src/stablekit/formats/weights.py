@@ -223,7 +223,7 @@ class _CastReader:
         step = self.CHUNK // stored.itemsize * stored.itemsize
         base = self.data_start + start
         with self.lock:
-            if base % stored.itemsize:
+            if base % stored.itemsize or not hasattr(mmap, "MADV_DONTNEED"):  # misaligned, or no madvise (Windows)
                 self._pread(flat, base, stop - start, stored, step)
                 return out
             if self.map is None:
