@@ -148,3 +148,11 @@ def test_stale_partial_entry_does_not_block_caching(tmp_path, cache_dir):
     os.utime(partial, (1, 1))
     _load(src)
     assert len(list(cache_dir.glob("*.json"))) == 1 and not partial.exists()
+
+
+def test_file_larger_than_the_cache_is_not_written(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("STABLEKIT_WEIGHT_CACHE_GB", str(1000 / 1024**3))  # 1,000 bytes: less than the file's casts
+    src = tmp_path / "m.safetensors"
+    tensors = _file(src)
+    assert torch.equal(_load(src)["a"], tensors["a"].to(BF16))
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())

@@ -108,12 +108,16 @@ class WeightFile:
 
     def _cast_cache(self, dtype: torch.dtype):
         if dtype not in self._caches:
-            from stablekit.formats.weight_cache import MIN_FILE_BYTES, CastCache, cache_root
+            from stablekit.formats.weight_cache import MIN_FILE_BYTES, CastCache, cache_root, limit_bytes
 
             root = cache_root()
             big = self.kind == "safetensors" and self.path.stat().st_size >= MIN_FILE_BYTES
+            # an entry larger than the whole cache would be written only to be deleted
+            size = sum(math.prod(shape) * dtype.itemsize for shape, stored in self.entries.values()
+                       if stored.is_floating_point)
             try:
-                self._caches[dtype] = CastCache(self.path, dtype, root) if root is not None and big else None
+                fits = root is not None and big and size <= limit_bytes()
+                self._caches[dtype] = CastCache(self.path, dtype, root) if fits else None
             except OSError:
                 self._caches[dtype] = None
         return self._caches[dtype]
