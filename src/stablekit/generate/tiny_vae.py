@@ -91,8 +91,12 @@ def load_tiny_vae(path, dtype: torch.dtype = torch.float32, device="cpu"):
         width = first.shape[0]
         config = {"latent_channels": first.shape[1], "decoder_block_out_channels": (width,) * 4,
                   "encoder_block_out_channels": (width,) * 4}
+    import inspect
+
+    accepted = inspect.signature(AutoencoderTiny.__init__).parameters
+    config = {k: v for k, v in config.items() if k in accepted}  # save_pretrained also writes derived keys
     with torch.device("meta"):
-        module = AutoencoderTiny.from_config(config)  # from_config drops keys __init__ does not take
+        module = AutoencoderTiny.from_config(config)
     try:
         missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:
