@@ -8,6 +8,8 @@ Configurations (every one ends with a usable pipeline in memory, weights on the 
   stablekit-nocache    the default with the cast-weights cache off (STABLEKIT_WEIGHT_CACHE_GB=0): every
                        load reads and casts the fp32 file (the loader before the cache)
   stablekit-fp32       stablekit.load(folder, dtype="fp32")
+  stablekit-baseline   the default from another source tree (--baseline-src, e.g. `git archive main src`):
+                       before/after in one run
   stablekit-single     stablekit.load(single file): the LDM-layout file, converted while read
   diffusers-pretrained StableDiffusionPipeline.from_pretrained(folder) (fp32, its defaults)
   diffusers-bf16       the same with torch_dtype=torch.bfloat16
@@ -31,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = ("stablekit", "stablekit-nocache", "stablekit-fp32", "stablekit-single", "diffusers-pretrained", "diffusers-bf16",
-           "diffusers-single")
+CONFIGS = ("stablekit", "stablekit-nocache", "stablekit-baseline", "stablekit-fp32", "stablekit-single",
+           "diffusers-pretrained", "diffusers-bf16", "diffusers-single")
 
 
 def _load(config: str, folder: str, single: str):
@@ -86,11 +88,18 @@ def worker(config: str, folder: str, single: str, profile: bool) -> None:
     print("RESULT " + json.dumps(out))
 
 
+BASELINE_SRC = ""
+
+
 def run(config: str, folder: Path, single: Path, profile: bool = False) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     if config == "stablekit-nocache":
         env["STABLEKIT_WEIGHT_CACHE_GB"] = "0"
+    if config == "stablekit-baseline":
+        if not BASELINE_SRC:
+            return {"error": "give --baseline-src PATH (a src folder of the code to compare with)"}
+        env["PYTHONPATH"] = BASELINE_SRC
     proc = subprocess.run([sys.executable, __file__, "--worker", config, "--folder", str(folder), "--single-file",
                            str(single)] + (["--profile", config] if profile else []),
                           capture_output=True, text=True, env=env)
@@ -113,11 +122,14 @@ def main() -> None:
     ap.add_argument("--workdir", default="/tmp/stablekit-peers")
     ap.add_argument("--profile", default=None, metavar="CONFIG", help="one cProfile'd process of CONFIG, then stop")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--baseline-src", default=None, help="src folder for the stablekit-baseline configuration")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         return worker(a.worker, a.folder, a.single_file, a.profile is not None)
+    global BASELINE_SRC
+    BASELINE_SRC = str(Path(a.baseline_src).resolve()) if a.baseline_src else ""
     if a.model == "sd15":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from peers import make_sd15
