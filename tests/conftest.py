@@ -14,6 +14,9 @@ if "STABLEKIT_CACHE_DIR" not in os.environ:  # model-hash cache: never the user'
 # it may differ between machines; equality tests need the same computation everywhere. The
 # automatic choice itself is tested in test_acceleration.py, which clears this.
 os.environ.setdefault("STABLEKIT_DTYPE", "fp32")
+# Converted-weight cache (formats/weight_cache.py): its own tests turn it on; elsewhere a full-size
+# test must not write gigabytes into temp folders.
+os.environ.setdefault("STABLEKIT_WEIGHT_CACHE_GB", "0")
 
 import torch  # noqa: E402
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from stablekit.cli import generate_control, generate_guidance
+from stablekit.cli import generate_control, generate_guidance, generate_speed
 from stablekit.cli.formats import DTYPE_CHOICES
 from stablekit.errors import StablekitError
 from stablekit.formats.archs import ARCHS
@@ -100,6 +100,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     generate_control.add_arguments(p)
     generate_guidance.add_arguments(p)
+    generate_speed.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -155,6 +156,7 @@ def _check_inputs(args, params, replay) -> None:
         raise StablekitError(f"{args.from_png} was made with {len(replay.controlnet)} ControlNet unit(s): give them "
                              "again with --controlnet PATH --control-image FILE ...")
     generate_guidance.options_from_args(args, replay)  # bad values refused before the model loads
+    generate_speed.apply(args, {})
 
 
 def _generate(pipe, params, args, replay, networks: dict) -> list:
@@ -168,6 +170,7 @@ def _generate(pipe, params, args, replay, networks: dict) -> list:
     settings["guidance"] = generate_guidance.options_from_args(args, replay)
     if args.deepcache is not None:
         settings["deepcache"] = args.deepcache
+    generate_speed.apply(args, settings)
     if args.init_image is None:
         return pipe.generate(params.prompt, hires=generate_control.hires_from_args(args, replay), **settings)
     if args.outpaint:  # the padded image at its own size, the border as the mask (generate/outpaint.py)

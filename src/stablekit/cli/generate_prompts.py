@@ -13,7 +13,8 @@ from stablekit.errors import StablekitError
 # generate() settings a command-line flag can give for every line (flag attribute -> setting)
 COMMON = {"negative": "negative_prompt", "steps": "steps", "cfg": "cfg", "sampler": "sampler", "schedule": "schedule",
           "width": "width", "height": "height", "batch_size": "batch_size", "batch_count": "batch_count",
-          "clip_skip": "clip_skip", "deepcache": "deepcache"}
+          "clip_skip": "clip_skip", "deepcache": "deepcache",
+          "tome": "tome", "tiny_vae": "tiny_vae"}
 
 
 def _processes():
@@ -38,7 +39,7 @@ def run_prompts(args) -> int:
                              "--from-png and --init-image")
     plan = plan_outputs(args.out if args.out is None or args.out.endswith("/") else args.out + "/", args.format)
     allowed = tuple(f for f in GenerationParams.__dataclass_fields__ if f not in ("prompt", "denoising_strength"))
-    entries = read_prompt_file(args.prompts, allowed + ("deepcache",))
+    entries = read_prompt_file(args.prompts, allowed + ("deepcache", "tome", "tiny_vae"))
     common = {setting: getattr(args, flag) for flag, setting in COMMON.items() if getattr(args, flag) is not None}
     base = args.seed if args.seed not in (None, -1) else file_seed(args.prompts)
     jobs = plan_jobs(entries, common, base)
