@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +46,22 @@ def run_variant(pipe, fill: str | None, items, judge) -> tuple[dict, list[np.nda
             "n": n}, outs
 
 
+def load_inpainting(path: str, base: str | None):
+    """A Pipeline of a 9-channel model file / folder, or of a `stablekit train inpainting` checkpoint
+    step-NNNNNN.pt (its UNet put into a 9-channel copy of `base`'s; read with weights_only)."""
+    if not str(path).endswith(".pt"):
+        return stablekit.load(path, progress=False)
+    from stablekit.generate.pipeline import Pipeline
+    from stablekit.train.checkpoint import load_checkpoint
+    from stablekit.train.strategies.inpainting import to_inpainting_unet
+
+    pipe = stablekit.load(base, progress=False)
+    unet = to_inpainting_unet(pipe.components.unet)
+    unet.load_state_dict(load_checkpoint(Path(path))["strategy"]["unet"])
+    pipe.components.unet = unet.eval()
+    return Pipeline(pipe.components, progress=False)
+
+
 def grid(rows: list[list[np.ndarray]], columns: int) -> Image.Image:
     """Items as columns (the first `columns`), one row per input / variant."""
     tiles = [[r[i] for i in range(min(columns, len(r)))] for r in rows]
@@ -55,7 +72,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--model", default=None, help="plain checkpoint (default: the embedded model)")
-    ap.add_argument("--inpaint-model", default=None, help="a 9-channel inpainting model (stablekit train inpainting)")
+    ap.add_argument("--inpaint-model", default=None, help="a 9-channel inpainting model (stablekit train inpainting), or "
+                    "a checkpoint step-NNNNNN.pt of that training")
     ap.add_argument("--fills", nargs="*", default=["original"],
                     help="masked-content choices for the plain model: original, fill, 'latent noise', 'latent nothing'")
     ap.add_argument("--json", default=None, help="write the figures here")
@@ -79,7 +97,7 @@ def main() -> None:
         print(f"{label}: {json.dumps(results[label])}", flush=True)
     if args.inpaint_model:
         label = "inpainting model (9-channel)"
-        results[label], outs = run_variant(stablekit.load(args.inpaint_model, progress=False), None, items, judge)
+        results[label], outs = run_variant(load_inpainting(args.inpaint_model, args.model), None, items, judge)
         rows.append(outs)
         print(f"{label}: {json.dumps(results[label])}", flush=True)
     if args.json:
