@@ -72,8 +72,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--model", default=None, help="plain checkpoint (default: the embedded model)")
-    ap.add_argument("--inpaint-model", default=None, help="a 9-channel inpainting model (stablekit train inpainting), or "
-                    "a checkpoint step-NNNNNN.pt of that training")
+    ap.add_argument("--inpaint-model", default=None,
+                    help="a 9-channel model (stablekit train inpainting) or a step-NNNNNN.pt checkpoint of that run")
     ap.add_argument("--fills", nargs="*", default=["original"],
                     help="masked-content choices for the plain model: original, fill, 'latent noise', 'latent nothing'")
     ap.add_argument("--json", default=None, help="write the figures here")

@@ -78,7 +78,8 @@ def test_controlnet_with_an_inpainting_model_equals_diffusers(monkeypatch):
     image, control = _random_image(0), _random_image(1)
     mask, inside = _mask()
     pipe = Pipeline(c, progress=False)
-    ours = pipe.inpaint(image, mask, PROMPT, strength=0.5, controlnets=[ControlUnit(net, control, scale=0.7)], **OURS)[0]
+    units = [ControlUnit(net, control, scale=0.7)]
+    ours = pipe.inpaint(image, mask, PROMPT, strength=0.5, controlnets=units, **OURS)[0]
     plain = pipe.inpaint(image, mask, PROMPT, strength=0.5, **OURS)[0]
     monkeypatch.setattr(inpaint_module, "retrieve_latents", _mean)
     theirs = _diffusers(StableDiffusionControlNetInpaintPipeline, c, net)(
