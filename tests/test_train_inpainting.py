@@ -9,7 +9,7 @@ from train_fixtures import write_folder
 
 from stablekit.generate.inpaint_unet import is_inpainting_unet
 from stablekit.train.parallel import BatchRandom
-from stablekit.train.strategies.inpainting import MASK_KINDS, object_mask, random_masks, to_inpainting_unet
+from stablekit.train.strategies.inpainting import MASK_KINDS, box_mask, object_mask, random_masks, to_inpainting_unet
 
 
 def test_extra_channels_start_at_zero():
@@ -35,7 +35,10 @@ def test_masks_cover_every_kind_and_find_the_object():
     masks = random_masks(pixels.expand(64, 3, 32, 32), rng)
     full = masks.flatten(1).mean(1)
     assert (full == 1).any() and ((full > 0) & (full < 1)).float().mean() > 0.5
-    assert len(MASK_KINDS) == 4
+    assert len(MASK_KINDS) == 5
+    box = box_mask(object_mask(pixels[0], grow=0), 3)
+    assert box[5:19, 7:23].all() and box.sum() == 14 * 16  # the object's box grown by 3 px
+    assert box_mask(m, 40).all()  # clipped to the frame
 
 
 def test_trained_model_exports_as_an_inpainting_checkpoint(tmp_path):

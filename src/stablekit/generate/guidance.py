@@ -9,7 +9,11 @@ and the img2img schedule (steps.img2img_schedule):
   the model's own prediction (eps or v), only when CFG runs.
 - FreeU (Si et al. 2023), exactly diffusers' `UNet2DConditionModel.enable_freeu(s1, s2, b1, b2)`
   for the duration of each UNet call: backbone features of the first two up-block stages scaled by
-  b1/b2, their skip features' low frequencies by s1/s2.
+  b1/b2, their skip features' low frequencies by s1/s2. `freeu_v2`: ComfyUI's FreeU_V2 node instead
+  (comfy_extras/nodes_freelunch.py): at every output block whose incoming features have 4x / 2x the
+  UNet's first channel count, the first half of the channels is scaled by (b - 1) * m + 1, m the
+  channel-mean map min-max normalised per image (b where the features are strongest, 1 where
+  weakest), and the skip features Fourier-filtered by s as in FreeU.
 - Perturbed-Attention Guidance (Ahn et al. 2024), as diffusers' PAG pipelines: one more copy of the
   conditional batch whose self-attention in the chosen layers is the identity (softmax(QK^T) -> I,
   so the output is to_out(to_v(x))); the guided prediction gains pag_scale * (cond - perturbed).
@@ -20,7 +24,8 @@ and the img2img schedule (steps.img2img_schedule):
 
 PNG text keys are the ones web UIs use: "CFG Rescale" (A1111's CFG Rescale extension; "CFG Rescale
 phi" and Forge's "Rescale CFG" are read too), Forge's "freeu_enabled"/"freeu_b1".."freeu_s2", and
-"PAG Scale" / "PAG Applied Layers" (sd-webui-incantations, SD.Next). A1111 writes no text for fix
+"PAG Scale" / "PAG Applied Layers" (sd-webui-incantations, SD.Next); FreeU_V2 adds "freeu_version: 2"
+(stablekit's own key: web UIs write none for it). A1111 writes no text for fix
 steps (it is a setting); stablekit keeps it in its JSON record.
 """
 from __future__ import annotations
@@ -41,20 +46,22 @@ FREEU_DEFAULTS = {"sd1": (1.5, 1.6, 0.9, 0.2), "sd2": (1.4, 1.6, 0.9, 0.2), "sd2
 RESCALE_KEYS = ("CFG Rescale", "CFG Rescale phi", "CFG Rescale φ", "Rescale CFG")
 FREEU_KEYS = ("freeu_b1", "freeu_b2", "freeu_s1", "freeu_s2")
 PAG_KEYS = ("PAG Scale", "PAG scale")
-TEXT_KEYS = frozenset({*RESCALE_KEYS, *FREEU_KEYS, "freeu_enabled", *PAG_KEYS, "PAG Applied Layers"})
+TEXT_KEYS = frozenset({*RESCALE_KEYS, *FREEU_KEYS, "freeu_enabled", "freeu_version", *PAG_KEYS, "PAG Applied Layers"})
 
 
 @dataclass(frozen=True)
 class GuidanceOptions:
     """cfg_rescale: phi in [0, 1] (0: off); freeu: (b1, b2, s1, s2), True for the architecture's
     defaults, or None (off); pag_scale: >= 0 (0: off) with pag_layers (diffusers' layer names);
-    fix_steps: img2img runs exactly `steps` steps (A1111's img2img_fix_steps)."""
+    fix_steps: img2img runs exactly `steps` steps (A1111's img2img_fix_steps); freeu_v2: FreeU's values
+    applied with ComfyUI's FreeU_V2 math (needs freeu)."""
 
     cfg_rescale: float = 0.0
     freeu: tuple | bool | None = None
     pag_scale: float = 0.0
     pag_layers: tuple = ("mid",)
     fix_steps: bool = False
+    freeu_v2: bool = False
 
     def validate(self) -> "GuidanceOptions":
         """A checked copy (tuples, floats); a bad value is a one-line StablekitError."""
@@ -78,8 +85,11 @@ class GuidanceOptions:
             except re.error as exc:
                 raise StablekitError(f"PAG layer {layer!r} is not a valid pattern ({exc}); use names such as mid, "
                                      "down_blocks.1, up_blocks.0.attentions.1") from None
-        if not isinstance(self.fix_steps, bool):
-            raise StablekitError(f"fix_steps must be true or false (got {self.fix_steps!r})")
+        if not isinstance(self.fix_steps, bool) or not isinstance(self.freeu_v2, bool):
+            raise StablekitError(f"fix_steps and freeu_v2 must be true or false (got {self.fix_steps!r}, "
+                                 f"{self.freeu_v2!r})")
+        if self.freeu_v2 and freeu is None:
+            raise StablekitError("FreeU_V2 needs FreeU on: give freeu=True or its 4 values (CLI: --freeu)")
         return replace(self, cfg_rescale=rescale, freeu=freeu, pag_scale=pag, pag_layers=tuple(map(str, layers)))
 
     @property
@@ -106,6 +116,8 @@ class GuidanceOptions:
         if self.freeu:
             out["freeu_enabled"] = True
             out.update(dict(zip(FREEU_KEYS, self.freeu)))
+            if self.freeu_v2:
+                out["freeu_version"] = 2
         if self.pag_scale:
             out["PAG Scale"] = self.pag_scale
             out["PAG Applied Layers"] = " ".join(self.pag_layers)
@@ -113,13 +125,15 @@ class GuidanceOptions:
 
     def record(self) -> dict:
         return {"cfg_rescale": self.cfg_rescale, "freeu": list(self.freeu) if self.freeu else None,
-                "pag_scale": self.pag_scale, "pag_layers": list(self.pag_layers), "fix_steps": self.fix_steps}
+                "pag_scale": self.pag_scale, "pag_layers": list(self.pag_layers), "fix_steps": self.fix_steps,
+                "freeu_v2": self.freeu_v2}
 
     @classmethod
     def from_record(cls, record: dict | None) -> "GuidanceOptions | None":
         if not record:
             return None
-        known = {k: record[k] for k in ("cfg_rescale", "freeu", "pag_scale", "pag_layers", "fix_steps") if k in record}
+        known = {k: record[k] for k in ("cfg_rescale", "freeu", "pag_scale", "pag_layers", "fix_steps", "freeu_v2")
+                 if k in record}
         if isinstance(known.get("freeu"), list):
             known["freeu"] = tuple(known["freeu"])
         return cls(**known).validate()
@@ -136,7 +150,8 @@ class GuidanceOptions:
         except ValueError as exc:
             raise StablekitError(f"the PNG's guidance fields are not numbers: {exc}") from None
         layers = tuple(str(fields.get("PAG Applied Layers", "mid")).replace(",", " ").split()) or ("mid",)
-        options = cls(rescale, freeu, pag, layers).validate()
+        v2 = freeu is not None and str(fields.get("freeu_version", "1")).strip() == "2"
+        options = cls(rescale, freeu, pag, layers, freeu_v2=v2).validate()
         return options if options.enabled else None
 
 
@@ -262,7 +277,10 @@ def patched_unet(unet, options: GuidanceOptions, perturbed_rows: int):
     """FreeU enabled and PAG processors set on `unet` for one call; everything restored afterwards."""
     with ExitStack() as stack:
         base = base_unet(unet)
-        if options.freeu:
+        if options.freeu and options.freeu_v2:
+            for handle in freeu_v2_hooks(base, *options.freeu):
+                stack.callback(handle.remove)
+        elif options.freeu:
             b1, b2, s1, s2 = options.freeu
             base.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
             stack.callback(base.disable_freeu)
@@ -272,3 +290,60 @@ def patched_unet(unet, options: GuidanceOptions, perturbed_rows: int):
                 module.processor = IdentityTailProcessor(processor, perturbed_rows)
             stack.callback(lambda: [setattr(m, "processor", p) for m, p in saved])
         yield
+
+
+# ----------------------------------------------------------------------------- FreeU_V2 (ComfyUI)
+def freeu_v2_hooks(unet, b1: float, b2: float, s1: float, s2: float) -> list:
+    """Forward pre-hooks on the up-block ResNets of a diffusers UNet doing ComfyUI's FreeU_V2 patch.
+
+    ComfyUI patches each output block before `cat([h, skip])`; in diffusers that concatenation is
+    each up-block ResNet's input, so the hook splits it at h's channel count: the previous block's
+    output channels for a block's first ResNet (the mid block's for the first), else the block's own.
+    ComfyUI keys the scales on h's channels (model_channels x 4 -> b1, s1; x 2 -> b2, s2), not on the
+    block index as diffusers' FreeU does."""
+    first = unet.config.block_out_channels[0]
+    scales = {first * 4: (b1, s1), first * 2: (b2, s2)}
+    return [resnet.register_forward_pre_hook(_v2_hook(channels, *scales[channels]))
+            for resnet, channels in up_resnet_inputs(unet) if channels in scales]
+
+
+def up_resnet_inputs(unet) -> list[tuple]:
+    """(ResNet, channels of the backbone features h in its input cat([h, skip])) for every up-block ResNet."""
+    out, previous = [], unet.config.block_out_channels[-1]
+    for block in unet.up_blocks:
+        for i, resnet in enumerate(block.resnets):
+            out.append((resnet, previous if i == 0 else resnet.out_channels))
+        previous = block.resnets[-1].out_channels
+    return out
+
+
+def _v2_hook(channels: int, backbone: float, skip: float):
+    def hook(module, args):
+        h, skip_features = freeu_v2_features(args[0][:, :channels], args[0][:, channels:], backbone, skip)
+        return (torch.cat([h, skip_features], dim=1), *args[1:])
+
+    return hook
+
+
+def freeu_v2_features(h: Tensor, skip_features: Tensor, backbone: float, skip: float) -> tuple[Tensor, Tensor]:
+    """ComfyUI's FreeU_V2 output_block_patch on (h, hsp): returns new tensors (inputs untouched)."""
+    mean = h.mean(1, keepdim=True)
+    flat = mean.view(mean.shape[0], -1)
+    low, high = flat.min(-1).values[:, None, None, None], flat.max(-1).values[:, None, None, None]
+    # ComfyUI divides by zero when the map is flat (a 1x1 feature map: NaN image); flat -> factor 1
+    mean = torch.where(high > low, (mean - low) / torch.where(high > low, high - low, 1.0), 0.0)
+    h = h.clone()
+    half = h.shape[1] // 2
+    h[:, :half] = h[:, :half] * ((backbone - 1) * mean + 1)
+    return h, fourier_filter(skip_features, 1, skip)
+
+
+def fourier_filter(x: Tensor, threshold: int, scale: float) -> Tensor:
+    """FreeU's filter (ComfyUI's Fourier_filter): the centred (2 threshold)^2 lowest frequencies scaled by `scale`."""
+    freq = torch.fft.fftshift(torch.fft.fftn(x.float(), dim=(-2, -1)), dim=(-2, -1))
+    b, c, height, width = freq.shape
+    mask = torch.ones((b, c, height, width), device=x.device)
+    row, col = height // 2, width // 2
+    mask[..., row - threshold:row + threshold, col - threshold:col + threshold] = scale
+    freq = torch.fft.ifftshift(freq * mask, dim=(-2, -1))
+    return torch.fft.ifftn(freq, dim=(-2, -1)).real.to(x.dtype)

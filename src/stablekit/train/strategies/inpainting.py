@@ -2,13 +2,16 @@
 
 runwayml/stable-diffusion-inpainting (model card): the UNet got 5 extra input channels (the
 mask at latent size and the VAE latents of the masked image), zero-initialised, and was then
-fine-tuned with synthetic masks, 25% of them masking everything. Here: `to_inpainting_unet`
-copies every weight into a UNet with in_channels = 9 whose conv_in is the old one for the first 4
-channels and 0 for the 5 new ones (so at step 0 it is the base model), and the strategy fine-tunes
-every UNet weight with, per image, one of: a random rectangle, a random ellipse, the object (pixels
-far from the border-median colour, grown by 2 px: a shapes-world image's object, a product
-photo's subject) or the whole image. The conditioning matches generation (generate/inpaint_unet.py):
-mask nearest-resized to latent size, masked pixels grey (0 in [-1, 1]).
+fine-tuned with synthetic masks, 25% of them masking everything, and 10% of the captions dropped
+(for classifier-free guidance). Here: `to_inpainting_unet` copies every weight into a UNet with
+in_channels = 9 whose conv_in is the old one for the first 4 channels and 0 for the 5 new ones (so
+at step 0 it is the base model), and the strategy fine-tunes every UNet weight with, per image, one
+of: a random rectangle, a random ellipse, the object (pixels far from the border-median colour,
+grown by 2 px: a shapes-world image's object, a product photo's subject), the object's bounding
+box grown by 0-6 px (the box a user draws around what to replace; unlike the object mask it does not
+give the shape away) or the whole image; `caption_dropout` of the captions become "". The
+conditioning matches generation (generate/inpaint_unet.py): mask nearest-resized to latent size,
+masked pixels grey (0 in [-1, 1]).
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ from stablekit.generate.inpaint_unet import INPAINT_CHANNELS, InpaintUNet, is_in
 from stablekit.train.strategies.diffusion import diffusion_loss
 from stablekit.train.strategies.finetune import FinetuneStrategy
 
-MASK_KINDS = ("rectangle", "ellipse", "object", "full")
+MASK_KINDS = ("rectangle", "ellipse", "object", "box", "full")
+MASK_WEIGHTS = (0.25, 0.15, 0.15, 0.3, 0.15)
 
 
 def to_inpainting_unet(unet):
@@ -42,7 +46,7 @@ def to_inpainting_unet(unet):
     return new.train(unet.training)
 
 
-def random_masks(pixels: torch.Tensor, rng, weights=(0.35, 0.25, 0.25, 0.15)) -> torch.Tensor:
+def random_masks(pixels: torch.Tensor, rng, weights=MASK_WEIGHTS) -> torch.Tensor:
     """float [B, 1, H, W] masks (1 = repaint), one kind per image drawn with `weights` over MASK_KINDS."""
     b, _, h, w = pixels.shape
     cumulative = np.cumsum(weights) / np.sum(weights)
@@ -60,6 +64,8 @@ def random_masks(pixels: torch.Tensor, rng, weights=(0.35, 0.25, 0.25, 0.15)) ->
             m = ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1
         elif name == "object":
             m = object_mask(pixels[i])
+        elif name == "box":
+            m = box_mask(object_mask(pixels[i], grow=0), int(float(u[i, 2]) * 7))
         else:
             m = torch.ones(h, w, dtype=torch.bool)
         masks[i, 0] = m.float()
@@ -78,9 +84,20 @@ def object_mask(pixels: torch.Tensor, distance: float = 0.3, grow: int = 2) -> t
     return m if m.any() else torch.ones_like(m)
 
 
+def box_mask(mask: torch.Tensor, grow: int) -> torch.Tensor:
+    """bool [H, W]: the bounding box of `mask`'s True pixels grown by `grow` px (clipped to the frame)."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    h, w = mask.shape
+    box = torch.zeros_like(mask)
+    box[max(0, int(ys.min()) - grow):min(h, int(ys.max()) + 1 + grow),
+        max(0, int(xs.min()) - grow):min(w, int(xs.max()) + 1 + grow)] = True
+    return box
+
+
 @dataclass
 class InpaintingStrategy(FinetuneStrategy):
     name: str = "inpainting"
+    caption_dropout: float = 0.1  # as runwayml's inpainting fine-tune: keeps the unconditional branch for CFG
 
     def __post_init__(self):
         c = self.components
@@ -95,7 +112,10 @@ class InpaintingStrategy(FinetuneStrategy):
         masks = random_masks(pixels, rng).to(pixels.device)
         masked = self.latents(pixels * (masks < 0.5))  # masked pixels 0 (grey), as generation
         small = F.interpolate(masks, size=x0.shape[-2:])  # nearest, as generation
-        context, pooled = self.encode_captions(list(batch["captions"]))
+        captions = list(batch["captions"])
+        drop = rng.rand(len(captions)).cpu() < self.caption_dropout
+        captions = ["" if d else text for d, text in zip(drop.tolist(), captions)]
+        context, pooled = self.encode_captions(captions)
         added = None
         if getattr(c.unet.config, "addition_embed_type", None) == "text_time":
             h, w = pixels.shape[-2:]
