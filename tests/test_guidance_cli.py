@@ -42,3 +42,14 @@ def test_bad_value_is_one_line_before_loading(model, tmp_path, capsys):
                  "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "rescale" in err.lower(), err
+
+
+def test_freeu_v2_flag_is_recorded_and_needs_freeu(model, tmp_path, capsys):
+    out = tmp_path / "v2.png"
+    assert main(["generate", "a cat", "--model", str(model), "--steps", "2", "--freeu", "--freeu-v2",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert read_png_info(out)["fields"]["freeu_version"] == "2"
+    code = main(["generate", "a cat", "--model", str(model), "--steps", "2", "--freeu-v2",
+                 "--out", str(tmp_path / "x.png"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "freeu" in err.lower(), err

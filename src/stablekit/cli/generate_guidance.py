@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="FreeU (as diffusers' enable_freeu): backbone scales b1,b2 and skip scales s1,s2; without "
                         "values the architecture's defaults (SD1 1.5,1.6,0.9,0.2; SD2 1.4,1.6,0.9,0.2; "
                         "SDXL 1.3,1.4,0.9,0.2)")
+    g.add_argument("--freeu-v2", action="store_true", default=None,
+                   help="apply --freeu's values with ComfyUI's FreeU_V2 math (mean-modulated backbone scale)")
     g.add_argument("--pag-scale", type=float, default=None, metavar="X",
                    help="Perturbed-Attention Guidance scale (3 is the paper's value; default 0: off); one more "
                         "UNet batch per step")
@@ -42,6 +44,8 @@ def options_from_args(args, replay=None):
         given["cfg_rescale"] = args.cfg_rescale
     if args.freeu is not None:
         given["freeu"] = True if args.freeu == "default" else _freeu_values(args.freeu)
+    if args.freeu_v2:
+        given["freeu_v2"] = True
     if args.pag_scale is not None:
         given["pag_scale"] = args.pag_scale
     if args.pag_layers is not None:
