@@ -8,7 +8,8 @@ pretraining run, with cluster-bootstrap 95% intervals; one checkpoint at a time,
 
 Model per checkpoint: the run's exported model (`RUN/model/shapes.safetensors`: its VAE and text
 encoder) with the UNet replaced by the EMA weights of `RUN/kept/step-NNNNNN.pt`, rounded to fp16 as
-the export rounds them (so the last checkpoint is the exported model bit for bit). Read-only on RUN.
+the export rounds them (so the last checkpoint is the exported model bit for bit), built in memory
+by benchmarks/export_checkpoints.py's checkpoint_pipeline. Read-only on RUN.
 
 Images: the first n / K captions of the held-out reference stream (evaluate/data.py, seed 777001),
 K seeds per caption in one batch, 20 steps, the pipeline's default sampler and CFG. FID/KID against
@@ -57,24 +58,6 @@ def reference_features(work: Path, ref_n: int, n: int) -> tuple[np.ndarray, np.n
     return z["ref"], z["floor"]
 
 
-def load_checkpoint_pipe(run: Path, step: int):
-    """The run's exported model with the UNet's weights from kept/step-NNNNNN.pt (EMA, fp16-rounded)."""
-    import torch
-
-    import stablekit
-
-    pipe = stablekit.load(str(run / "model" / "shapes.safetensors"), progress=False)
-    state = torch.load(run / "kept" / f"step-{step:06d}.pt", weights_only=True, map_location="cpu", mmap=True)
-    unet = pipe.components.unet
-    unet.load_state_dict(state["strategy"]["unet"])
-    if state.get("ema"):
-        with torch.no_grad():
-            trainable = [p for p in unet.parameters() if p.requires_grad]
-            for p, s in zip(trainable, state["ema"]["shadow"], strict=True):
-                p.copy_(s.to(torch.float16).to(p.dtype))  # the export stores fp16
-    return pipe
-
-
 def generate_cached(pipe_fn, captions, seeds, per_prompt: int, steps: int, cache: Path, chunk: int = 8):
     """Images for every caption (K each), appended to `cache` after every `chunk` captions; returns
     (uint8 images, CPU seconds, wall seconds) including the time of earlier, interrupted runs."""
@@ -99,13 +82,15 @@ def generate_cached(pipe_fn, captions, seeds, per_prompt: int, steps: int, cache
 
 
 def evaluate_checkpoint(args, step: int, ref: np.ndarray, floor: np.ndarray) -> dict:
+    from export_checkpoints import checkpoint_pipeline  # beside this file
+
     from stablekit.evaluate.bootstrap import fid_interval, kid_interval, mean_interval
     from stablekit.evaluate.shapes_features import ShapesFeatures
     from stablekit.shapes.evaluate import evaluate_images
 
     k = args.per_prompt
     items = judged_items(args.n // k)
-    images, cpu, wall = generate_cached(lambda: load_checkpoint_pipe(args.run, step), [i.prompt for i in items],
+    images, cpu, wall = generate_cached(lambda: checkpoint_pipeline(args.run, args.run / "kept" / f"step-{step:06d}.pt"), [i.prompt for i in items],
                                         [i.seed for i in items], k, args.sampler_steps,
                                         args.work / f"images-{step:06d}-{args.n}-{k}.npz")
     feats = ShapesFeatures()
