@@ -64,10 +64,7 @@ def test_report_builder_writes_json_html_and_markdown(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    """A tiny SD1 model folder, a captioned reference folder, a prompt file, random Inception weights."""
-    import torch
-
-    from stablekit.evaluate.inception import FIDInception
+    """A tiny SD1 model folder, a captioned reference folder, a prompt file."""
     from stablekit.formats import save_model
 
     root = tmp_path_factory.mktemp("evalcli")
@@ -80,18 +77,28 @@ def tiny_setup(tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(ref / f"{i:02d}.png")
         (ref / f"{i:02d}.txt").write_text(f"a photo number {i}")
     (root / "prompts.txt").write_text("# comment\na red circle\n\na blue square\na green star\n")
-    torch.manual_seed(0)
-    torch.save(FIDInception().state_dict(), root / "inception.pth")
     return root
 
 
+@pytest.fixture(scope="module")
+def inception_weights(tiny_setup):
+    """Random FID Inception weights in pytorch-fid's layout (building them costs seconds: only the slow test)."""
+    import torch
+
+    from stablekit.evaluate.inception import FIDInception
+
+    torch.manual_seed(0)
+    torch.save(FIDInception().state_dict(), tiny_setup / "inception.pth")
+    return tiny_setup / "inception.pth"
+
+
 @pytest.mark.slow  # 80 s: the full Inception network on CPU (the other eval tests cover the CLI quickly)
-def test_eval_cli_two_checkpoints_with_inception_fid_and_loss(tiny_setup, tmp_path, capsys):
+def test_eval_cli_two_checkpoints_with_inception_fid_and_loss(tiny_setup, inception_weights, tmp_path, capsys):
     r = tiny_setup
     code = main(["eval", "--model", str(r / "step-100"), "--model", str(r / "step-200"),
                  "--prompts", str(r / "prompts.txt"), "--reference", str(r / "ref"),
                  "--metrics", "fid,kid,loss", "--n", "3", "--steps", "2", "--loss-n", "2",
-                 "--inception", str(r / "inception.pth"), "--out", str(tmp_path / "rep")])
+                 "--inception", str(inception_weights), "--out", str(tmp_path / "rep")])
     out = capsys.readouterr().out
     assert code == 0, out
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
