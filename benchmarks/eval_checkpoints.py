@@ -15,12 +15,13 @@ Images: the first n / K captions of the held-out reference stream (evaluate/data
 K seeds per caption in one batch, 20 steps, the pipeline's default sampler and CFG. FID/KID against
 `--ref-n` renders of the same stream; the floor is `n` renders of a disjoint stream (seed 777002)
 against the same reference. Adherence: the judge on the same images, against the attributes each
-caption names (not eval-v1's 240 prompts). Intervals resample whole prompts (K images) and
-reference images (evaluate/bootstrap.py).
+caption names (not eval-v1's 240 prompts). 95% intervals: value +- 1.96 bootstrap standard
+deviations, resampling whole prompts (K images) of the generated set with the reference held fixed,
+since every checkpoint is scored against the same renders (evaluate/bootstrap.py).
 
 Resuming: images are cached in WORK after every chunk, and OUT/step-NNNNNN.json is written when a
-checkpoint is done (skipped on the next run); --summarize writes OUT/report.md and OUT/checkpoints.png
-from the JSON files present.
+checkpoint is done (skipped on the next run); --rescore recomputes finished checkpoints' metrics from
+their cached images; --summarize writes OUT/report.md and OUT/checkpoints.png from the JSON files present.
 """
 from __future__ import annotations
 
@@ -100,8 +101,8 @@ def evaluate_checkpoint(args, step: int, ref: np.ndarray, floor: np.ndarray) -> 
     scores = [r["score"] for r in judged["items"]]
     out = {"step": step, "n": len(images), "per_prompt": k, "prompts": len(items), "ref_n": len(ref),
            "features": feats.name, "sampler_steps": args.sampler_steps,
-           "fid": fid_interval(gen, ref, group=k, reps=args.reps).to_dict(),
-           "kid": kid_interval(gen, ref, group=k, reps=max(10, args.reps // 2)).to_dict(),
+           "fid": fid_interval(gen, ref, group=k, reps=args.reps, resample_reference=False).to_dict(),
+           "kid": kid_interval(gen, ref, group=k, reps=max(10, args.reps // 2), resample_reference=False).to_dict(),
            "adherence": mean_interval(scores, group=k).to_dict(),
            "accuracy": judged["accuracy"], "diversity": judged["diversity_overall"],
            "abstained_total": judged["abstained_total"],
@@ -114,9 +115,10 @@ def floor_figures(args, ref: np.ndarray, floor: np.ndarray) -> dict:
     from stablekit.evaluate.bootstrap import fid_interval, kid_interval
 
     path = args.out / "floor.json"
-    if not path.exists():
-        out = {"n": len(floor), "ref_n": len(ref), "fid": fid_interval(floor, ref, reps=args.reps).to_dict(),
-               "kid": kid_interval(floor, ref, reps=max(10, args.reps // 2)).to_dict()}
+    if not path.exists() or args.rescore:
+        out = {"n": len(floor), "ref_n": len(ref),
+               "fid": fid_interval(floor, ref, reps=args.reps, resample_reference=False).to_dict(),
+               "kid": kid_interval(floor, ref, reps=max(10, args.reps // 2), resample_reference=False).to_dict()}
         path.write_text(json.dumps(out, indent=1))
     return json.loads(path.read_text())
 
@@ -160,7 +162,7 @@ def summarize(out: Path) -> str:
                 ax.legend(fontsize=8)
             ax.set_xlabel("UNet step")
             ax.set_title(label, fontsize=10)
-        fig.suptitle(f"shapes-v2 checkpoints, n={rows[0]['n']} generated vs {rows[0]['ref_n']} renders, 95% bootstrap CI",
+        fig.suptitle(f"shapes-v2 checkpoints, n={rows[0]['n']} generated vs {rows[0]['ref_n']} renders, 95% bootstrap interval (prompts resampled, reference fixed)",
                      fontsize=10)
         fig.tight_layout()
         fig.savefig(out / "checkpoints.png", dpi=90)
@@ -179,6 +181,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("docs/reports/eval/checkpoints-v2"))
     p.add_argument("--work", type=Path, default=Path("/tmp/evalfid-ckpts"), help="image and feature cache")
     p.add_argument("--summarize", action="store_true", help="only write report.md and checkpoints.png")
+    p.add_argument("--rescore", action="store_true",
+                   help="recompute the metrics of finished checkpoints from the cached images (no generation)")
     args = p.parse_args()
     import torch
 
@@ -192,10 +196,15 @@ def main() -> None:
         floor_figures(args, ref, floor)
         for step in [int(s) for s in args.steps.split(",") if s.strip()]:
             dest = args.out / f"step-{step:06d}.json"
-            if dest.exists():
+            cached = args.work / f"images-{step:06d}-{args.n}-{args.per_prompt}.npz"
+            if args.rescore and not (dest.exists() and cached.exists()):
+                continue  # --rescore only recomputes finished checkpoints from their cached images
+            if dest.exists() and not args.rescore:
                 continue
             print(f"[ckpt] step {step}", flush=True)
             row = evaluate_checkpoint(args, step, ref, floor)
+            if args.rescore:  # keep when the images were made; say when they were rescored
+                row["date"], row["rescored"] = json.loads(dest.read_text())["date"], row["date"]
             dest.write_text(json.dumps(row, indent=1))
             print(f"[ckpt] step {step}: FID {fmt(row['fid'], 3)}, adherence {fmt(row['adherence'], 3)}", flush=True)
             summarize(args.out)

@@ -57,6 +57,19 @@ def test_fid_and_kid_intervals_wrap_fid_py():
     assert B.fid_interval(gen, ref, group=4, reps=30) == f
 
 
+def test_fid_interval_contains_the_value_and_a_fixed_reference_narrows_it():
+    # FID on resamples is biased upward; the normal interval is centred on the full-set value anyway
+    rng = np.random.default_rng(4)
+    gen, ref = rng.normal(0, 1, (128, 8)), rng.normal(0, 1, (256, 8))
+    both = B.fid_interval(gen, ref, group=4, reps=60)
+    gen_only = B.fid_interval(gen, ref, group=4, reps=60, resample_reference=False)
+    assert both.low < both.value < both.high and both.value == gen_only.value
+    assert gen_only.sd < both.sd  # the reference's own noise is left out
+    seen = []
+    B.bootstrap(lambda i, j: seen.append(j.copy()) or 0.0, [(8, 2), (5, 0)], reps=10)
+    assert all((j == np.arange(5)).all() for j in seen)  # group 0: the set is held fixed
+
+
 def test_bootstrap_rejects_bad_settings():
     with pytest.raises(StablekitError, match="at least 10"):
         B.mean_interval([1.0, 2.0], reps=3)
