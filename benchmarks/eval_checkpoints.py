@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-REFERENCE_SEED = 777_001
+from stablekit.evaluate.data import REFERENCE_SEED  # the held-out caption stream (777001)
 
 
 def judged_items(count: int):
@@ -40,8 +40,11 @@ def judged_items(count: int):
     from stablekit.evaluate.runner import JudgedPrompt
     from stablekit.shapes.captions import sample_item
 
-    return [JudgedPrompt(i, sample_item(REFERENCE_SEED, i)[1], REFERENCE_SEED + i, sample_item(REFERENCE_SEED, i)[2])
-            for i in range(count)]
+    items = []
+    for i in range(count):
+        _, caption, named = sample_item(REFERENCE_SEED, i)  # the captions shapes_reference renders
+        items.append(JudgedPrompt(i, caption, REFERENCE_SEED + i, named))
+    return items
 
 
 def reference_features(work: Path, ref_n: int, n: int) -> tuple[np.ndarray, np.ndarray]:
