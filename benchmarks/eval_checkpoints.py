@@ -126,6 +126,23 @@ def floor_figures(args, ref: np.ndarray, floor: np.ndarray) -> dict:
     return json.loads(path.read_text())
 
 
+def paired_figures(args, ref: np.ndarray) -> None:
+    """OUT/paired.json: FID(earlier) - FID(later) with a paired interval for consecutive finished
+    checkpoints and for the first against the last (same captions and seeds at every checkpoint)."""
+    from stablekit.evaluate.bootstrap import paired_fid_difference
+    from stablekit.evaluate.shapes_features import ShapesFeatures
+
+    steps = sorted(int(p.stem.split("-")[1]) for p in args.out.glob("step-*.json"))
+    caches = {s: args.work / f"images-{s:06d}-{args.n}-{args.per_prompt}.npz" for s in steps}
+    steps = [s for s in steps if caches[s].exists()]
+    feats = ShapesFeatures()
+    gen = {s: feats(np.load(caches[s])["images"][:args.n]) for s in steps}
+    pairs = list(zip(steps, steps[1:])) + ([(steps[0], steps[-1])] if len(steps) > 2 else [])
+    out = [{"from": a, "to": b, "fid_drop": paired_fid_difference(gen[a], gen[b], ref, group=args.per_prompt,
+                                                                  reps=args.reps).to_dict()} for a, b in pairs]
+    (args.out / "paired.json").write_text(json.dumps(out, indent=1))
+
+
 def fmt(iv: dict, digits: int) -> str:
     return f"{iv['value']:.{digits}f} [{iv['low']:.{digits}f}, {iv['high']:.{digits}f}]"
 
@@ -149,6 +166,11 @@ def summarize(out: Path) -> str:
                      f"{r['diversity']:.3f} | {r['generation_cpu_seconds']:.0f} |")
     if floor:
         lines.append(f"| renders (floor) | {floor['n']} | {fmt(floor['fid'], 3)} | {fmt(floor['kid'], 4)} | | | | | | | | |")
+    if (out / "paired.json").exists():
+        lines += ["", "FID(earlier) - FID(later), paired (same captions and seeds at both checkpoints, prompts "
+                  "resampled together; > 0: FID fell):", "", "| from step | to step | FID drop [95% interval] |",
+                  "|---|---|---|"]
+        lines += [f"| {d['from']} | {d['to']} | {fmt(d['fid_drop'], 3)} |" for d in json.loads((out / "paired.json").read_text())]
     table = "\n".join(lines)
     (out / "report.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps({"rows": rows, "floor": floor}, indent=1))
@@ -211,6 +233,7 @@ def main() -> None:
             dest.write_text(json.dumps(row, indent=1))
             print(f"[ckpt] step {step}: FID {fmt(row['fid'], 3)}, adherence {fmt(row['adherence'], 3)}", flush=True)
             summarize(args.out)
+        paired_figures(args, ref)
     print(summarize(args.out))
 
 

@@ -75,3 +75,18 @@ def test_bootstrap_rejects_bad_settings():
         B.mean_interval([1.0, 2.0], reps=3)
     with pytest.raises(StablekitError, match="level"):
         B.bootstrap(lambda i: 0.0, [(4, 1)], level=1.5)
+
+
+def test_paired_difference_cancels_shared_noise():
+    rng = np.random.default_rng(5)
+    ref = rng.normal(0, 1, (400, 6))
+    base = rng.normal(0, 1, (96, 6))  # the shared part: same prompts and seeds at both checkpoints
+    a, b = base + 0.25, base + 0.05  # a is further from the reference than b
+    same = B.paired_fid_difference(base, base, ref, group=4, reps=30)
+    assert same.value == 0 and same.sd == 0
+    d = B.paired_fid_difference(a, b, ref, group=4, reps=60)
+    assert d.value == pytest.approx(fid(a, ref) - fid(b, ref)) and d.low > 0
+    # the unpaired intervals of a and b are wider than the paired interval of their difference
+    assert B.fid_interval(a, ref, group=4, reps=60, resample_reference=False).sd > d.sd
+    with pytest.raises(StablekitError, match="same size"):
+        B.paired_fid_difference(a, b[:8], ref)

@@ -95,3 +95,18 @@ def mean_interval(values: Sequence[float], group: int = 1, reps: int = 1000, see
     """Mean of per-image values (e.g. judge scores) with a cluster-bootstrap interval."""
     v = np.asarray(values, np.float64)
     return bootstrap(lambda i: v[i].mean(), [(len(v), group)], reps=reps, seed=seed)
+
+
+def paired_fid_difference(generated_a: np.ndarray, generated_b: np.ndarray, reference: np.ndarray, group: int = 1,
+                          reps: int = 200, seed: int = 0) -> Interval:
+    """FID(a) - FID(b) against one fixed reference, for two sets generated from the same prompts and
+    seeds in the same order (two checkpoints of a run): each resample draws the same prompts for both,
+    so the noise they share (which prompts, which seeds) cancels and a smaller change is resolved
+    than by comparing two separate intervals."""
+    from stablekit.evaluate.fid import fid
+
+    if generated_a.shape != generated_b.shape:
+        raise StablekitError(f"paired FID needs two sets of the same size (got {len(generated_a)} and {len(generated_b)}); "
+                             "generate both from the same prompts and seeds")
+    return bootstrap(lambda i: fid(generated_a[i], reference) - fid(generated_b[i], reference),
+                     [(len(generated_a), group)], reps=reps, seed=seed)
