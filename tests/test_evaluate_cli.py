@@ -64,10 +64,7 @@ def test_report_builder_writes_json_html_and_markdown(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    """A tiny SD1 model folder, a captioned reference folder, a prompt file, random Inception weights."""
-    import torch
-
-    from stablekit.evaluate.inception import FIDInception
+    """A tiny SD1 model folder, a captioned reference folder, a prompt file."""
     from stablekit.formats import save_model
 
     root = tmp_path_factory.mktemp("evalcli")
@@ -80,18 +77,28 @@ def tiny_setup(tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(ref / f"{i:02d}.png")
         (ref / f"{i:02d}.txt").write_text(f"a photo number {i}")
     (root / "prompts.txt").write_text("# comment\na red circle\n\na blue square\na green star\n")
-    torch.manual_seed(0)
-    torch.save(FIDInception().state_dict(), root / "inception.pth")
     return root
 
 
+@pytest.fixture(scope="module")
+def inception_weights(tiny_setup):
+    """Random FID Inception weights in pytorch-fid's layout (building them costs seconds: only the slow test)."""
+    import torch
+
+    from stablekit.evaluate.inception import FIDInception
+
+    torch.manual_seed(0)
+    torch.save(FIDInception().state_dict(), tiny_setup / "inception.pth")
+    return tiny_setup / "inception.pth"
+
+
 @pytest.mark.slow  # 80 s: the full Inception network on CPU (the other eval tests cover the CLI quickly)
-def test_eval_cli_two_checkpoints_with_inception_fid_and_loss(tiny_setup, tmp_path, capsys):
+def test_eval_cli_two_checkpoints_with_inception_fid_and_loss(tiny_setup, inception_weights, tmp_path, capsys):
     r = tiny_setup
     code = main(["eval", "--model", str(r / "step-100"), "--model", str(r / "step-200"),
                  "--prompts", str(r / "prompts.txt"), "--reference", str(r / "ref"),
                  "--metrics", "fid,kid,loss", "--n", "3", "--steps", "2", "--loss-n", "2",
-                 "--inception", str(r / "inception.pth"), "--out", str(tmp_path / "rep")])
+                 "--inception", str(inception_weights), "--out", str(tmp_path / "rep")])
     out = capsys.readouterr().out
     assert code == 0, out
     data = json.loads((tmp_path / "rep" / "report.json").read_text())
@@ -132,3 +139,52 @@ def test_eval_cli_errors_are_one_line(tiny_setup, tmp_path, capsys):
     assert "pt_inception-2015-12-05" in err and len(err.strip().splitlines()) == 1
     assert main(base + ["--metrics", "fid"]) == 2  # no reference outside the shapes world
     assert "--reference DIR" in capsys.readouterr().err
+
+
+def test_eval_cli_resume_keeps_finished_rows_and_checks_settings(tiny_setup, tmp_path, capsys, monkeypatch):
+    r = tiny_setup
+    out = tmp_path / "res"
+    base = ["eval", "--prompts", str(r / "prompts.txt"), "--reference", str(r / "ref"), "--metrics", "fid",
+            "--n", "2", "--features", "shapes", "--steps", "1", "--out", str(out)]
+    assert main(base + ["--model", str(r / "step-100")]) == 0
+    first = json.loads((out / "report.json").read_text())["rows"]
+    assert (out / "samples.npz").is_file()
+    # the second run resumes: step-100's row is reused (not regenerated), only step-200 is computed
+    import stablekit
+
+    loaded = []
+    real_load = stablekit.load
+    monkeypatch.setattr(stablekit, "load", lambda path=None, **kw: loaded.append(path) or real_load(path, **kw))
+    assert main(base + ["--model", str(r / "step-100"), "--model", str(r / "step-200"), "--resume"]) == 0
+    assert "resuming: 1 row(s)" in capsys.readouterr().out
+    assert loaded == [str(r / "step-200")]
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    assert [x["model"] for x in rows] == ["step-100", "step-200"]
+    assert rows[0]["fid"] == first[0]["fid"] and rows[0]["seconds_per_image"] == first[0]["seconds_per_image"]
+    assert "<h3>step-100 steps=1</h3>" in (out / "report.html").read_text()  # its sample grid survived
+    # resuming with another n would mix incomparable rows: one-line error naming the setting
+    assert main([a if a != "2" else "3" for a in base] + ["--model", str(r / "step-100"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "n 2" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_writes_the_report_after_every_row(tiny_setup, tmp_path, monkeypatch):
+    # a run cut off after its first row still leaves that row on disk
+    from stablekit.evaluate import runner
+
+    r = tiny_setup
+    calls = {"n": 0}
+    real_row = runner.Evaluation._row
+
+    def dying_row(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_row(self, *a, **kw)
+
+    monkeypatch.setattr(runner.Evaluation, "_row", dying_row)
+    assert main(["eval", "--model", str(r / "step-100"), "--prompts", str(r / "prompts.txt"), "--reference",
+              str(r / "ref"), "--metrics", "fid", "--n", "2", "--features", "shapes", "--out", str(tmp_path / "cut"),
+              "--sweep", "steps=1,2"]) != 0  # the CLI reports the interrupt and exits non-zero
+    rows = json.loads((tmp_path / "cut" / "report.json").read_text())["rows"]
+    assert [x["settings"]["steps"] for x in rows] == [1]

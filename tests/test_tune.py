@@ -53,6 +53,29 @@ def setup(tmp_path, monkeypatch):
     return tmp_path
 
 
+def _tune_args(r, trials: int) -> list[str]:
+    return ["tune", "lora", "--model", str(r / "tiny.safetensors"), "--data", str(r / "data"), "--out", str(r / "t"),
+            "--metric", "loss", "--space", "lr=1e-4..1e-1:log", "rank=1,2",
+            "--set", "steps=2", "batch_size=2", "sample_every=0", "tensorboard=false", "checkpoint_every=100",
+            f"eval_reference={r / 'ref'}", "eval_n=2", "--trials", str(trials)]
+
+
+def test_tune_one_trial_writes_the_study_and_a_rerun_does_nothing(setup, capsys):
+    # the quick path (one training): the baseline trial, its artefact and the reports; the full
+    # search-and-resume test below is slow (three trainings, about 10 s of CPU)
+    r = setup
+    assert main(_tune_args(r, 1)) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    summary = json.loads((r / "t" / "tune.json").read_text())
+    assert [t["state"] for t in summary["trials"]] == ["complete"] and summary["trials"][0]["baseline"]
+    assert summary["trials"][0]["params"] == {"lr": 3e-3, "rank": 8} and summary["best"]["number"] == 0
+    assert (r / "t" / "trials" / "trial-0000" / "lora.safetensors").is_file()
+    assert "| 0 (defaults) |" in out and (r / "t" / "study.db").is_file() and (r / "t" / "tune.md").is_file()
+    assert main(_tune_args(r, 1)) == 0  # complete already: nothing runs, the summary stays
+    assert json.loads((r / "t" / "tune.json").read_text())["trials"] == summary["trials"]
+
+
+@pytest.mark.slow  # three trainings (about 10 s of CPU); the one-trial test above covers the quick path
 def test_tune_two_trials_then_resume_adds_one(setup, capsys):
     r = setup
     args = ["tune", "lora", "--model", str(r / "tiny.safetensors"), "--data", str(r / "data"), "--out", str(r / "t"),

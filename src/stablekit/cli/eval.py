@@ -1,10 +1,11 @@
 """`stablekit eval`: FID, KID, CLIP score, held-out loss and judge metrics for one or more models.
 
     stablekit eval [--model M ...] [--prompts FILE] [--reference DIR] [--metrics fid,kid,clip,loss,judge]
-                   [--n N] [--out DIR] [--sweep sampler=A,B steps=10,20 cfg=3,7]
+                   [--n N] [--out DIR] [--sweep sampler=A,B steps=10,20 cfg=3,7] [--resume]
 
 Writes DIR/report.json (metric -> value per model), DIR/report.html (tables, plots, sample grids;
-self-contained) and prints a Markdown summary.
+self-contained) and prints a Markdown summary. The report is rewritten after every row, so a long run
+that is cut off keeps what it finished; `--resume` then computes only the missing rows.
 """
 from __future__ import annotations
 
@@ -46,11 +47,14 @@ def register(subparsers) -> None:
     p.add_argument("--judge-limit", type=int, default=None,
                    help="judge only the first N prompts of eval-v1 (smoke runs; not the benchmark's figure)")
     p.add_argument("--loss-n", type=int, default=64, help="held-out images for the loss (default 64)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in --out (same settings) and compute only the missing ones; "
+                        "the report is rewritten after every row either way")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from stablekit.evaluate.report import write_report
+    from stablekit.evaluate.report import previous_rows, write_report
     from stablekit.evaluate.runner import EvalConfig, evaluate, parse_sweep
 
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
@@ -64,7 +68,10 @@ def run(args) -> int:
                         images_per_prompt=args.images_per_prompt, features=args.features,
                         inception=args.inception, clip=args.clip, judge_limit=args.judge_limit,
                         loss_n=args.loss_n, sweep=parse_sweep(args.sweep or []))
-    result = evaluate(config)
+    done = previous_rows(out, vars(config)) if args.resume else {}
+    if done:
+        print(f"resuming: {len(done)} row(s) from {out / 'report.json'}")
+    result = evaluate(config, on_progress=lambda partial: write_report(partial, out), done=done)
     paths = write_report(result, out)
     print(paths["markdown"])
     print(f"wrote {paths['json']} and {paths['html']}")

@@ -159,4 +159,36 @@ def write_report(result: dict, out_dir: str | Path) -> dict:
         fig.save(out / f"{name.replace(' ', '-')}.png")
     md = markdown_summary(rows)
     (out / "report.md").write_text(md)
+    samples = result.get("samples", {})  # the grids' images, so --resume can rebuild report.html
+    np.savez(out / "samples.tmp.npz", keys=np.array(list(samples), dtype=str),
+             **{f"s{i}": np.asarray(v, np.uint8) for i, v in enumerate(samples.values())})
+    (out / "samples.tmp.npz").replace(out / "samples.npz")
     return {"json": out / "report.json", "html": out / "report.html", "markdown": md}
+
+
+# settings that change what a row measures beyond its model and sampler settings: resuming into a
+# report made with other values would mix incomparable rows
+RESUME_KEYS = ("metrics", "n", "prompts", "reference", "images_per_prompt", "features", "inception", "clip",
+               "judge_prompt_set", "judge_limit", "loss_n", "loss_timesteps")
+
+
+def previous_rows(out_dir: str | Path, config: dict) -> dict:
+    """{row key: (row, sample images)} of an earlier report in out_dir made with the same RESUME_KEYS
+    settings ({} when there is none); a different setting is a StablekitError naming it."""
+    from stablekit.errors import StablekitError
+
+    out = Path(out_dir)
+    if not (out / "report.json").is_file():
+        return {}
+    data = json.loads((out / "report.json").read_text())
+    norm = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 (tuples vs lists, paths vs str)
+    for key in RESUME_KEYS:
+        old, new = norm(data.get("config", {}).get(key)), norm(config.get(key))
+        if old != new:
+            raise StablekitError(f"--resume: {out / 'report.json'} was made with {key} {old!r}, this run has {new!r}; "
+                                 "use the same settings or another --out")
+    images = {}
+    if (out / "samples.npz").is_file():
+        z = np.load(out / "samples.npz")
+        images = {str(k): z[f"s{i}"] for i, k in enumerate(z["keys"])}
+    return {row_key(r): (r, images.get(row_key(r), np.zeros((0, 8, 8, 3), np.uint8))) for r in data.get("rows", [])}

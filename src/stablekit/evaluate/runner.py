@@ -159,22 +159,48 @@ class Evaluation:
         count = -(-c.n // k)
         return prompts[:count], [s * k for s in seeds[:count]]  # seeds spaced so batches never overlap
 
-    def run(self) -> dict:
-        """All rows (model x sweep setting) plus the config; see write_report for the files."""
+    def run(self, on_progress=None, done: dict | None = None) -> dict:
+        """All rows (model x sweep setting) plus the config; see write_report for the files.
+
+        on_progress(result) is called after every row with the rows so far (the CLI rewrites its
+        report, so a run cut off after hours still leaves every finished row). `done` maps row
+        keys to (row, sample images) of an earlier run of the same evaluation (`--resume`): those
+        rows are kept as they were and not computed again; a model with nothing left is not loaded."""
         import stablekit
 
+        done = done or {}
         rows, samples = [], {}
+
+        def keep(row, images):
+            rows.append(row)
+            samples[row_key(row)] = images
+            if on_progress:
+                on_progress(self.result(rows, samples))
+
         for model in self.config.models:
             label = model_label(model)
+            todo = []
+            for setting in self.config.sweep:
+                key = row_key({"model": label, "settings": self._settings(setting)})
+                if key in done:
+                    keep(*done[key])
+                else:
+                    todo.append(setting)
+            if not todo:
+                self.log(f"[eval] {label}: every row done earlier (resumed)")
+                continue
             self.log(f"[eval] loading {label}")
             pipe = stablekit.load(None if model in (None, "", "embedded") else model, progress=False)
-            r, s = self.evaluate_pipeline(pipe, label, str(model or "embedded"), checkpoint_step(model))
-            rows += r
-            samples.update(s)
-        return {"config": {k: v for k, v in vars(self.config).items()}, "rows": rows, "samples": samples}
+            self.evaluate_pipeline(pipe, label, str(model or "embedded"), checkpoint_step(model), sweep=todo, on_row=keep)
+        return self.result(rows, samples)
 
-    def evaluate_pipeline(self, pipe, label: str, path: str = "", step: int | None = None) -> tuple[list, dict]:
-        """Rows (one per sweep setting) and sample images for one loaded Pipeline."""
+    def result(self, rows: list, samples: dict) -> dict:
+        return {"config": {k: v for k, v in vars(self.config).items()}, "rows": list(rows), "samples": dict(samples)}
+
+    def evaluate_pipeline(self, pipe, label: str, path: str = "", step: int | None = None, sweep: list | None = None,
+                          on_row=None) -> tuple[list, dict]:
+        """Rows (one per sweep setting; `sweep` defaults to the config's) and sample images for one
+        loaded Pipeline; on_row(row, images) after each row."""
         c = self.config
         shapes = pipe.components.arch == "shapes"
         if {"fid", "kid"} & set(c.metrics):  # fail on a missing reference or weights before generating
@@ -182,13 +208,15 @@ class Evaluation:
             self.extractor(shapes)
         loss = self._loss(pipe.components, shapes) if "loss" in c.metrics else None
         rows, samples = [], {}
-        for setting in c.sweep:
+        for setting in c.sweep if sweep is None else sweep:
             row, images = self._row(pipe, shapes, setting)
             row.update(model=label, path=path, step=step, **(loss or {}))
             rows.append(row)
             samples[row_key(row)] = images
             self.log(f"[eval] {row_key(row)}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()
                                                              if isinstance(v, float)))
+            if on_row:
+                on_row(row, images)
         return rows, samples
 
     def _settings(self, setting: dict) -> dict:
@@ -299,6 +327,6 @@ def evaluate_components(evaluation: Evaluation, components, step: int, label: st
     return {k: v for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def evaluate(config: EvalConfig, log=print) -> dict:
-    """Run the evaluation; returns {"config", "rows", "samples"} (see Evaluation.run)."""
-    return Evaluation(config, log).run()
+def evaluate(config: EvalConfig, log=print, on_progress=None, done: dict | None = None) -> dict:
+    """Run the evaluation; returns {"config", "rows", "samples"} (see Evaluation.run for the rest)."""
+    return Evaluation(config, log).run(on_progress, done)
