@@ -67,6 +67,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, default=4, help="images drawn per learned context")
     ap.add_argument("--init", default="circle", help="the word replacing the token in the starting captions")
     ap.add_argument("--out", default="runs/teach")
+    ap.add_argument("--name", default="", help="report / grid name (default ti-ceiling-MODE)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
@@ -122,7 +123,7 @@ def main(argv=None) -> dict:
         "train_seconds": train_seconds, "total_seconds": time.time() - t0,
         "command": " ".join(["benchmarks/teach_ti_ceiling.py", *(argv or sys.argv[1:])]),
     }
-    name = f"ti-ceiling-{args.mode}"
+    name = args.name or f"ti-ceiling-{args.mode}"
     te.write_report(Path(args.out) / f"{name}-report.json", report)
     GRIDS.mkdir(parents=True, exist_ok=True)
     te.grid(list(train_images) + [Image.new("RGB", train_images[0].size, (128, 128, 128))] * 3
