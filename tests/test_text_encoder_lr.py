@@ -45,6 +45,22 @@ def test_negative_text_encoder_lr_is_refused():
         TrainConfig(text_encoder_lr=-1.0).validate()
 
 
+def test_strategies_mark_the_text_encoder_parameters():
+    from stablekit.train.strategies.finetune import FinetuneStrategy
+    from stablekit.train.strategies.lora import LoraStrategy
+
+    for strategy in (LoraStrategy(tiny(), train_text_encoder=True, cache_dir=""),
+                     FinetuneStrategy(tiny(), train_text_encoder=True, cache_dir="")):
+        params = strategy.trainable_parameters()
+        text = {id(p) for p in strategy.components.text_encoder.parameters() if p.requires_grad}
+        assert text and params.text_ids == text
+        assert len(params) > len(text)  # the UNet's are there too, in the first group
+        assert len(build_optimizer(TrainConfig(text_encoder_lr=1e-6), params).param_groups) == 2
+    frozen = LoraStrategy(tiny(), cache_dir="").trainable_parameters()
+    assert not frozen.text_ids
+
+
+@pytest.mark.slow  # two short training runs per method: ~20-40 s on the shared CPU
 @pytest.mark.parametrize("method", ["lora", "finetune"])
 def test_a_tiny_text_encoder_lr_keeps_the_text_encoder_still(tmp_path, method):
     """Same run twice: the text encoder moves at lr, and (almost) not at text_encoder_lr 1e-12,
