@@ -110,7 +110,8 @@ TINY_RECIPES: dict[str, dict] = {
     # db-prior: class 0.63 (subject 0.00) -- the best of three measured; training the text encoder
     # too at this lr broke the class prompts (db-prior-te: class 0.17), so it stays off; on model 2
     # a text-encoder LoRA at lr 1e-3 (m2-dbl-te-*) re-maps whole prompts (subject 0.00, class
-    # 0.21-0.63): lower it with text_encoder_lr before turning it on
+    # 0.21-0.63): lower it with text_encoder_lr before turning it on. No DreamBooth setting reaches
+    # the teal subject on model 2: its autoencoder turns teal into blue / green (vae round trip)
     "dreambooth": dict(lr=1e-4, steps=200, num_class_images=20),
 }
 

@@ -1,0 +1,15 @@
+"""The untrained base model on the DreamBooth prompt sets (reference for the class target).
+
+    nice -n 10 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/teach_base_class.py
+"""
+import torch, stablekit
+torch.set_num_threads(1)
+from stablekit.formats import load_model
+from stablekit.generate.pipeline import Pipeline
+from stablekit.shapes import teach_eval as te
+from stablekit.shapes.judge import Judge
+pipe = Pipeline(load_model(stablekit.EMBEDDED_MODEL, dtype=torch.float32), progress=False)
+subject, plain = te.dreambooth_prompts()
+j = Judge.load()
+print("base class", te.judge_prompts(pipe, j, plain)[0])
+print("base subject", te.judge_prompts(pipe, j, subject[:8])[0])
