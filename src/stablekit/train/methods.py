@@ -99,7 +99,8 @@ METHODS: dict[str, tuple[type, dict]] = {
 TINY_UNET_PARAMS = 100_000_000
 TINY_RECIPES: dict[str, dict] = {
     # locon-r8-lr3e-3-cos800: hollow 0.50 on model 1 (constant lr at 500 steps: 0.21);
-    # m2-lora-recipe: hollow 0.69 (n 32) on model 2. Rank 16 would exceed the 10 % file target.
+    # m2-lora-recipe: hollow 0.69 (n 32) on model 2; 1600 steps overfit (m2-lora-1600: 0.56).
+    # Rank 16 would exceed the 10 % file target.
     "lora": dict(lr=3e-3, steps=800, lr_schedule="cosine", warmup_steps=20, rank=8, alpha=8.0, conv=True),
     # ft-lr1e-4: hexagon adherence 0.68 after 150 steps at lr 1e-4 (1e-5 barely moves the tiny UNet);
     # m2-ft-recipe: 0.756, base drop 0.076 on model 2 (the hexagon *shape* is what is not learned)
