@@ -103,8 +103,10 @@ TINY_RECIPES: dict[str, dict] = {
     # Rank 16 would exceed the 10 % file target.
     "lora": dict(lr=3e-3, steps=800, lr_schedule="cosine", warmup_steps=20, rank=8, alpha=8.0, conv=True),
     # ft-lr1e-4: hexagon adherence 0.68 after 150 steps at lr 1e-4 (1e-5 barely moves the tiny UNet);
-    # m2-ft-recipe: 0.756, base drop 0.076 on model 2 (the hexagon *shape* is what is not learned)
-    "finetune": dict(lr=1e-4, steps=300, lr_schedule="cosine", warmup_steps=20),
+    # on model 2, lr 1e-4 x 300 steps (m2-ft-recipe): adherence 0.756, base drop 0.076; lr 5e-5 x 600
+    # (m2-ft-lr5e-5-600): the same 0.756 with drop 0.019 (meets <= 0.05). The hexagon *shape* (0.19)
+    # is what neither learns.
+    "finetune": dict(lr=5e-5, steps=600, lr_schedule="cosine", warmup_steps=20),
     # textual inversion: no recipe measured better than the defaults at teaching the shape; on model 2
     # even a freely optimised per-image context makes the frozen UNet draw hexagons only in part
     # (teach_ti_ceiling.py), so the target is not a matter of settings (report)
