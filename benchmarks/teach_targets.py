@@ -45,11 +45,21 @@ def eval_ti(artefact: Path, args, judge) -> tuple[dict, list]:
     return {"hexagon": figures["shape"], "color": figures["color"], "both": figures["all"], "n": figures["n"]}, images
 
 
+def is_lora(artefact: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(artefact), "pt") as f:
+        return any(k.startswith("lora_") for k in f.keys())
+
+
 def eval_dreambooth(artefact: Path, args, judge) -> tuple[dict, list]:
-    pipe = Pipeline(load_model(artefact, dtype=torch.float32), progress=False)
+    # DreamBooth-LoRA (--lora) writes a kohya LoRA: applied to the base model at scale 1
+    lora = is_lora(artefact)
+    pipe = Pipeline(base_model() if lora else load_model(artefact, dtype=torch.float32), progress=False)
+    settings = {"loras": [(str(artefact), 1.0)]} if lora else {}
     subject, plain = te.dreambooth_prompts()
-    s, s_images = te.judge_prompts(pipe, judge, subject)
-    p, p_images = te.judge_prompts(pipe, judge, plain)
+    s, s_images = te.judge_prompts(pipe, judge, subject, **settings)
+    p, p_images = te.judge_prompts(pipe, judge, plain, **settings)
     return {"subject": s["all"], "subject_teal": s["color"], "subject_diamond": s["shape"], "class": p["all"],
             "n_subject": s["n"], "n_class": p["n"]}, s_images[:8] + p_images[:16]
 

@@ -21,7 +21,9 @@ _HELP = {
     "out": "output folder: the artefact is OUT/NAME.safetensors",
     "name": "artefact name (default: the method; textual inversion: the token)",
     "model": "model file or diffusers folder (default: the embedded shapes model)",
-    "steps": "optimizer updates", "lr": "learning rate", "batch_size": "images per step and process",
+    "steps": "optimizer updates", "lr": "learning rate",
+    "text_encoder_lr": "learning rate of the text encoder(s) when they train (0: the same as lr; kohya's text_encoder_lr)",
+    "batch_size": "images per step and process",
     "token": "textual inversion: the new word, e.g. '<hexagon>'", "init_word": "its starting embedding, e.g. 'shape'",
     "vectors": "embedding vectors per token", "instance_prompt": "DreamBooth: caption of the subject images",
     "class_prompt": "DreamBooth: class caption for prior preservation", "class_data": "folder of class images "

@@ -27,6 +27,9 @@ class TrainConfig:
     grad_accum: int = 1
     optimizer: str = "adamw"  # adamw | adafactor | sgd
     lr: float = 1e-4
+    # the text encoder(s)' own lr when they train (LoRA, fine-tune, DreamBooth): its own optimizer
+    # parameter group, as kohya's text_encoder_lr; 0 = the same as lr (kohya's unset)
+    text_encoder_lr: float = 0.0
     lr_schedule: str = "cosine"  # constant | linear | cosine | cosine_with_restarts | polynomial
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # the floor every decaying schedule ends at, as a fraction of lr
@@ -68,6 +71,8 @@ class TrainConfig:
         if self.lr <= 0 or self.warmup_steps < 0 or self.lr_cycles < 1 or not 0 <= self.min_lr_ratio <= 1:
             raise StablekitError(f"need lr > 0, warmup_steps >= 0, lr_cycles >= 1, 0 <= min_lr_ratio <= 1 "
                                  f"(got {self.lr}, {self.warmup_steps}, {self.lr_cycles}, {self.min_lr_ratio})")
+        if self.text_encoder_lr < 0:
+            raise StablekitError(f"need text_encoder_lr >= 0 (0: the same as lr; got {self.text_encoder_lr})")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise StablekitError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
         if self.eval_every < 0 or self.eval_n < 0 or self.eval_steps < 1 or self.eval_judge_limit < 0:

@@ -98,13 +98,23 @@ METHODS: dict[str, tuple[type, dict]] = {
 # parameter SD UNet), so these apply when the model is a tiny one (model_family == "tiny").
 TINY_UNET_PARAMS = 100_000_000
 TINY_RECIPES: dict[str, dict] = {
-    # locon-r8-lr3e-3-cos800: hollow 0.50 (constant lr at 500 steps: 0.21)
+    # locon-r8-lr3e-3-cos800: hollow 0.50 on model 1 (constant lr at 500 steps: 0.21);
+    # m2-lora-recipe: hollow 0.69 (n 32) on model 2; 1600 steps overfit (m2-lora-1600: 0.56).
+    # Rank 16 would exceed the 10 % file target.
     "lora": dict(lr=3e-3, steps=800, lr_schedule="cosine", warmup_steps=20, rank=8, alpha=8.0, conv=True),
-    # ft-lr1e-4: hexagon adherence 0.68 after 150 steps at lr 1e-4 (1e-5 barely moves the tiny UNet)
-    "finetune": dict(lr=1e-4, steps=300, lr_schedule="cosine", warmup_steps=20),
-    # textual inversion: no recipe measured better than the defaults at teaching the shape (report)
+    # ft-lr1e-4: hexagon adherence 0.68 after 150 steps at lr 1e-4 (1e-5 barely moves the tiny UNet);
+    # on model 2, lr 1e-4 x 300 steps (m2-ft-recipe): adherence 0.756, base drop 0.076; lr 5e-5 x 600
+    # (m2-ft-lr5e-5-600): the same 0.756 with drop 0.019 (meets <= 0.05). The hexagon *shape* (0.19)
+    # is what neither learns.
+    "finetune": dict(lr=5e-5, steps=600, lr_schedule="cosine", warmup_steps=20),
+    # textual inversion: no recipe measured better than the defaults at teaching the shape; on model 2
+    # even a freely optimised per-image context makes the frozen UNet draw hexagons only in part
+    # (teach_ti_ceiling.py), so the target is not a matter of settings (report)
     # db-prior: class 0.63 (subject 0.00) -- the best of three measured; training the text encoder
-    # too at this lr broke the class prompts (db-prior-te: class 0.17), so it stays off
+    # too at this lr broke the class prompts (db-prior-te: class 0.17), so it stays off; on model 2
+    # a text-encoder LoRA at lr 1e-3 (m2-dbl-te-*) re-maps whole prompts (subject 0.00, class
+    # 0.21-0.63): lower it with text_encoder_lr before turning it on. No DreamBooth setting reaches
+    # the teal subject on model 2: its autoencoder turns teal into blue / green (vae round trip)
     "dreambooth": dict(lr=1e-4, steps=200, num_class_images=20),
 }
 

@@ -38,9 +38,34 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
 
 
+class ParamGroups(list):
+    """A strategy's trainable parameters: a plain list to the loop (clipping, EMA, all-reduce),
+    which also remembers the text encoders' parameters so that `build_optimizer` can give them
+    their own learning rate (`text_encoder_lr`, kohya's name) in a second parameter group."""
+
+    def __init__(self, main, text=()):
+        main, text = list(main), list(text)
+        super().__init__(main + text)
+        self.text_ids = {id(p) for p in text}
+
+
+def param_groups(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> list[dict]:
+    """Optimizer parameter groups: everything at cfg.lr, except that with text_encoder_lr > 0 the
+    text encoders' parameters (a ParamGroups' text part) form a second group at that rate. The
+    main group comes first, so the loop's logged lr (group 0) stays the UNet's."""
+    text_ids = getattr(params, "text_ids", set())
+    if not (cfg.text_encoder_lr > 0 and text_ids):
+        return [{"params": list(params), "lr": cfg.lr}]
+    main = [p for p in params if id(p) not in text_ids]
+    text = [p for p in params if id(p) in text_ids]
+    return [g for g in ({"params": main, "lr": cfg.lr}, {"params": text, "lr": cfg.text_encoder_lr}) if g["params"]]
+
+
 def build_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """AdamW (torch), Adafactor (transformers; with an explicit lr, no relative step, so the
-    schedule applies as for the others) or SGD with `momentum`."""
+    schedule applies as for the others) or SGD with `momentum`. The LR schedule multiplies every
+    group's own rate (see `param_groups`)."""
+    params = param_groups(cfg, params)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adafactor":

@@ -34,7 +34,12 @@ class FinetuneStrategy(SDStrategy):
         return named
 
     def trainable_parameters(self):
-        return [p for m in self.trained_modules().values() for p in m.parameters() if p.requires_grad]
+        """Every trained weight; the text encoders' ones marked for `text_encoder_lr`."""
+        from stablekit.train.optim import ParamGroups
+
+        named = self.trained_modules()
+        unet = [p for p in named.pop("unet").parameters() if p.requires_grad]
+        return ParamGroups(unet, [p for m in named.values() for p in m.parameters() if p.requires_grad])
 
     def state_dict(self) -> dict:
         return {k: m.state_dict() for k, m in self.trained_modules().items()}

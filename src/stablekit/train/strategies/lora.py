@@ -69,7 +69,13 @@ class LoraStrategy(SDStrategy):
                 p.requires_grad_("lora_" in n)
 
     def trainable_parameters(self):
-        return [p for m in self.adapted.values() for p in m.parameters() if p.requires_grad]
+        """The adapter weights; the text encoders' ones marked for `text_encoder_lr`."""
+        from stablekit.train.optim import ParamGroups
+
+        def trained(keys):
+            return [p for k in keys for p in self.adapted[k].parameters() if p.requires_grad]
+
+        return ParamGroups(trained(["unet"]), trained([k for k in self.adapted if k != "unet"]))
 
     def lora_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
         """{"unet": peft state dict, "text_encoder": ..., "text_encoder_2": ...} (detached, CPU)."""

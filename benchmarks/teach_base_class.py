@@ -1,0 +1,26 @@
+"""The untrained base model on the DreamBooth prompt sets (the reference for the class target).
+
+    nice -n 10 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/teach_base_class.py
+"""
+from __future__ import annotations
+
+import torch
+
+import stablekit
+from stablekit.formats import load_model
+from stablekit.generate.pipeline import Pipeline
+from stablekit.shapes import teach_eval as te
+from stablekit.shapes.judge import Judge
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    pipe = Pipeline(load_model(stablekit.EMBEDDED_MODEL, dtype=torch.float32), progress=False)
+    subject, plain = te.dreambooth_prompts()
+    judge = Judge.load()
+    print("base class", te.judge_prompts(pipe, judge, plain)[0])
+    print("base subject", te.judge_prompts(pipe, judge, subject[:8])[0])
+
+
+if __name__ == "__main__":
+    main()
