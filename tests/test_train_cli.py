@@ -77,10 +77,15 @@ def test_bad_settings_fail_with_one_line(tmp_path, capsys):
 def test_cli_lora_writes_artefact_and_config_beside_checkpoints(tmp_path, model_file, data_dir, capsys):
     out = tmp_path / "out"
     args = ["train", "lora", "--model", str(model_file), "--data", str(data_dir), "--out", str(out), "--name", "style",
-            "--lr", "1e-3", "--rank", "2", "--checkpoint-every", "1", *FAST]
+            "--lr", "1e-3", "--text-encoder-lr", "2e-4", "--rank", "2", "--checkpoint-every", "1", *FAST]
     assert main(args) == 0
     assert f"-> {out / 'style.safetensors'}" in capsys.readouterr().out
     assert any("lora" in k for k in load_file(out / "style.safetensors"))
+    from safetensors import safe_open
+
+    with safe_open(out / "style.safetensors", "pt") as f:  # where kohya's tools read the learning rates
+        meta = f.metadata()
+    assert (float(meta["ss_unet_lr"]), float(meta["ss_text_encoder_lr"])) == (1e-3, 2e-4)
     assert tomllib.loads((out / "style.toml").read_text())["rank"] == 2
     for step in (1, 2):
         saved = tomllib.loads((out / "style-training" / "checkpoints" / f"step-00000{step}.toml").read_text())

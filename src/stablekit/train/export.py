@@ -22,6 +22,10 @@ from stablekit.train.strategies.textual_inversion import TextualInversionStrateg
 def export(method: str, s, strategy, components, out: Path, record: dict) -> Path:
     path = out / f"{s.name}.safetensors"
     metadata = {"ss_training_comment": "stablekit", "stablekit_config": json.dumps(record), "ss_steps": str(record.get("steps", ""))}
+    if record.get("lr") is not None:  # where kohya's tools (and Civitai) read the learning rates
+        lr = record["lr"]
+        metadata.update(ss_learning_rate=str(lr), ss_unet_lr=str(lr),
+                        ss_text_encoder_lr=str(record.get("text_encoder_lr") or lr))
     if isinstance(strategy, LoraStrategy):
         save_lora(path, strategy, components.arch, metadata)
     elif method == "controlnet":
