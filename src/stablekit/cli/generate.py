@@ -168,6 +168,7 @@ def _generate(pipe, params, args, replay, networks: dict) -> list:
     settings.update(networks)
     settings["controlnets"] = generate_control.control_units(args) or None
     settings["guidance"] = generate_guidance.options_from_args(args, replay)
+    settings.update(replay.accelerators)  # the PNG's DeepCache / token merging; flags below override
     if args.deepcache is not None:
         settings["deepcache"] = args.deepcache
     generate_speed.apply(args, settings)

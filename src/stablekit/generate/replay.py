@@ -21,12 +21,15 @@ A1111_APPLIED = frozenset({
     "Seed resize from-2", "Model hash", "Model", "Version", "Lora hashes", "TI hashes",
     "Hires upscale", "Hires steps", "Hires upscaler", *GUIDANCE_KEYS,
     "Mask blur", "Inpaint area", "Masked area padding", "Mask mode", "Masked content",
+    "DeepCache", "Token merging ratio",
 })
 # Fields only A1111's inpainting writes: such a PNG needs its mask again.
 A1111_INPAINT_FIELDS = ("Mask blur", "Inpaint area", "Masked area padding", "Mask mode", "Masked content")
 RECORD_KEYS = frozenset(GenerationParams.__dataclass_fields__) | {
     "batch_index", "schedule_resolved", "init_image", "mask", "model", "stablekit", "loras", "embeddings",
-    "controlnet", "hires", "guidance", "inpaint"}
+    "controlnet", "hires", "guidance", "inpaint", "deepcache", "tome"}
+# Lossy accelerators replayed with their recorded values (the tiny VAE is a local file: given again)
+ACCELERATOR_FIELDS = {"DeepCache": ("deepcache", int), "Token merging ratio": ("tome", float)}
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Replay:
     hires: object = None  # HiresFix (generate/hires.py) of a hires-fix image
     guidance: GuidanceOptions | None = None  # CFG rescale, FreeU, PAG, fix steps (generate/guidance.py)
     inpaint: object = None  # InpaintOptions (generate/inpaint_options.py) of an inpainting image, else None
+    accelerators: dict = field(default_factory=dict)  # deepcache / tome it was made with (generate/accelerators.py)
 
 
 def replay(info: dict) -> Replay | None:
@@ -66,7 +70,8 @@ def replay(info: dict) -> Replay | None:
         ignored += [k for k in record if k not in RECORD_KEYS]
         return Replay(params, index, record.get("model") or {}, record.get("init_image"), record.get("mask"),
                       sorted(set(ignored)), record.get("controlnet") or units, HiresFix.from_record(record.get("hires")),
-                      GuidanceOptions.from_record(record.get("guidance")), _inpaint_from_record(record.get("inpaint")))
+                      GuidanceOptions.from_record(record.get("guidance")), _inpaint_from_record(record.get("inpaint")),
+                      {k: record[k] for k in ("deepcache", "tome") if k in record})
     if info.get("parameters"):
         params = GenerationParams.from_a1111(fields)
         if any(k.startswith("Hires") for k in fields) and params.denoising_strength is not None:
@@ -74,7 +79,8 @@ def replay(info: dict) -> Replay | None:
         needs_mask = any(k in fields for k in A1111_INPAINT_FIELDS) or None
         needs_init = (params.denoising_strength is not None) or None
         return Replay(params, 0, {}, needs_init, needs_mask, ignored, units, HiresFix.from_fields(fields),
-                      GuidanceOptions.from_fields(fields), inpaint_from_fields(fields) if needs_mask else None)
+                      GuidanceOptions.from_fields(fields), inpaint_from_fields(fields) if needs_mask else None,
+                      _accelerators_from_fields(fields))
     from stablekit.metadata.comfy import params_from_comfy_prompt, read_comfy_chunks
 
     comfy = read_comfy_chunks(info.get("text") or {})
@@ -120,3 +126,19 @@ def inpaint_options(recorded, given: dict):
     if recorded is None and not given:
         return None
     return replace(recorded or InpaintOptions(), **given).validate()
+
+
+def _accelerators_from_fields(fields: dict) -> dict:
+    """deepcache / tome from an A1111-style text ("DeepCache: 3", "Token merging ratio: 0.5"); a
+    value that is not a number is a one-line error naming the field."""
+    from stablekit.errors import StablekitError
+
+    out = {}
+    for name, (key, kind) in ACCELERATOR_FIELDS.items():
+        if name in fields:
+            try:
+                out[key] = kind(str(fields[name]).strip())
+            except ValueError:
+                raise StablekitError(f"the PNG's '{name}: {fields[name]}' is not a number; remove the field "
+                                     "or give the setting as a flag") from None
+    return out
