@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import one_thread, tiny_components
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from stablekit.cli import main
-from stablekit.formats import save_model
 from stablekit.metadata import read_png_info
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    with one_thread():
-        save_model(tiny_components("sd1"), path, to="single-file")
-    return path
+def model(tiny_model_file):
+    return tiny_model_file  # tests/conftest.py
 
 
 def _pixels(path):
