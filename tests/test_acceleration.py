@@ -13,7 +13,6 @@ from fixtures import one_thread, tiny_components
 import stablekit
 from stablekit.cli import main
 from stablekit.errors import StablekitError
-from stablekit.formats import save_model
 from stablekit.generate import acceleration
 from stablekit.generate.acceleration import Acceleration, apply, choose, probe_key
 from stablekit.generate.noise import ImageNoise
@@ -34,10 +33,8 @@ def _isolated(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("acc") / "tiny.safetensors"
-    save_model(tiny_components("sd1"), path, to="single-file")
-    return path
+def model(tiny_model_file):
+    return tiny_model_file  # tests/conftest.py
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -3,25 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import one_thread, tiny_components
 from PIL import Image
 
 from stablekit.cli import main
-from stablekit.formats import save_model
 from stablekit.metadata import read_png_info
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("guidance_cli") / "tiny.safetensors"
-    save_model(tiny_components("sd1"), path, to="single-file")
-    return path
+def model(tiny_model_file):
+    return tiny_model_file  # tests/conftest.py
 
 
 def test_flags_change_the_image_are_recorded_and_replay(model, tmp_path):
