@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
-from fixtures import one_thread, tiny_components, tiny_controlnet
+from fixtures import tiny_components, tiny_controlnet
 from PIL import Image
 
 from stablekit.errors import StablekitError
@@ -18,12 +18,6 @@ from stablekit.metadata import parse_parameters
 PROMPT, NEGATIVE = "a photo of a cat on a sofa", "blurry, low quality"
 SETTINGS = dict(negative_prompt=NEGATIVE, steps=4, cfg=5.0, sampler="Euler", schedule="Normal", seed=11, width=64,
                 height=64, output="np")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def control_image(seed: int = 0, size: int = 64) -> Image.Image:

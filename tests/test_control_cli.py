@@ -3,19 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import one_thread, tiny_components, tiny_controlnet
+from fixtures import tiny_components, tiny_controlnet
 from PIL import Image
 
 from stablekit.cli import main
 from stablekit.formats import save_model
 from stablekit.formats.controlnet import save_controlnet
 from stablekit.metadata import read_png_info
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from diffusers import (EulerDiscreteScheduler, StableDiffusionControlNetImg2ImgP
                        StableDiffusionControlNetInpaintPipeline)
 from diffusers.pipelines.controlnet import pipeline_controlnet_img2img as img2img_module
 from diffusers.pipelines.controlnet import pipeline_controlnet_inpaint as inpaint_module
-from fixtures import one_thread, tiny_components, tiny_controlnet
+from fixtures import tiny_components, tiny_controlnet
 from PIL import Image
 from test_control_inpaint_model import inpainting_components
 
@@ -28,12 +28,6 @@ PROMPT, NEGATIVE = "a photo of a cat on a sofa", "blurry, low quality"
 OURS = dict(negative_prompt=NEGATIVE, steps=4, cfg=5.0, sampler="Euler", schedule="Normal", seed=3, output="np")
 THEIRS = dict(negative_prompt=NEGATIVE, strength=0.75, num_inference_steps=4, guidance_scale=5.0, height=64, width=64,
               controlnet_conditioning_scale=0.7)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def _random_image(seed: int) -> Image.Image:

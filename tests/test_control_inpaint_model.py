@@ -6,19 +6,13 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as inpaint_module
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 from PIL import Image
 
 from stablekit.errors import StablekitError
 from stablekit.generate.pipeline import Pipeline
 
 PROMPT, NEGATIVE = "a red circle", "blurry"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def inpainting_components(seed: int = 0):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 from PIL import Image
 
 from stablekit.cli import main
@@ -11,12 +11,6 @@ from stablekit.errors import StablekitError
 from stablekit.formats import save_model
 from stablekit.generate.outpaint import outpaint_inputs
 from stablekit.generate.pipeline import Pipeline
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def photo():

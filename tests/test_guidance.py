@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPAGPipeline, StableDiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 from PIL import Image
 
 from stablekit.errors import StablekitError
@@ -20,12 +20,6 @@ from stablekit.samplers import resolve_sampling
 PROMPT, NEGATIVE = "a photo of a cat on a sofa", "blurry, low quality"
 SETTINGS = dict(negative_prompt=NEGATIVE, steps=4, cfg=5.0, sampler="Euler", schedule="Normal", seed=11, width=64,
                 height=64, output="np")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def _diffusers(c, pag_layers=None):

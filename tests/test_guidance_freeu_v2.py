@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers.models.unets import unet_2d_blocks
 from diffusers.utils.torch_utils import fourier_filter as diffusers_fourier_filter
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 
 from stablekit.errors import StablekitError
 from stablekit.generate.guidance import (GuidanceOptions, fourier_filter, freeu_v2_features, freeu_v2_hooks,
@@ -16,12 +16,6 @@ from stablekit.generate.pipeline import Pipeline
 PROMPT = "a photo of a cat on a sofa"
 SETTINGS = dict(negative_prompt="blurry", steps=4, cfg=5.0, sampler="Euler", schedule="Normal", seed=11, width=64,
                 height=64, output="np")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def test_v2_features_are_comfyui_formula():

@@ -12,7 +12,7 @@ import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img_module
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as inpaint_module
-from fixtures import one_thread, tiny_components
+from fixtures import tiny_components
 from PIL import Image
 
 from stablekit.generate import pipeline as pipeline_module
@@ -22,12 +22,6 @@ from stablekit.generate.steps import InitImage, encode_image
 PROMPT, NEGATIVE = "a photo of a cat on a sofa", "blurry, low quality"
 OURS = dict(negative_prompt=NEGATIVE, steps=4, cfg=5.0, sampler="Euler", schedule="Normal", seed=3)
 THEIRS = dict(negative_prompt=NEGATIVE, strength=0.75, num_inference_steps=4, guidance_scale=5.0, height=64, width=64)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def _image() -> Image.Image:
