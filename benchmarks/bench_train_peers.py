@@ -1,0 +1,158 @@
+"""Training speed against diffusers' example scripts: same model, data, resolution, batch and steps.
+
+    nice -n 5 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_train_peers.py \
+        --diffusers-repo /work/.mirror/huggingface+diffusers/repo [--methods lora,finetune] \
+        [--steps 20,100] [--batch 8] [--images 64] [--out runs/bench-train-peers]
+
+The peers are diffusers' `examples/text_to_image/train_text_to_image_lora.py` (LoRA) and
+`train_text_to_image.py` (full UNet fine-tune), read from a local diffusers git repository at
+benchmark time (`fetch` brings one; nothing of it is committed) and run through
+benchmarks/peer_shims/run_peer.py, which stands in for the six torchvision transforms they use
+(torchvision cannot be installed beside torch 2.13.0 here). stablekit runs `stablekit train lora`
+/ `finetune` on the same diffusers folder (the embedded model's) and the same imagefolder
+(PNGs + metadata.jsonl that both read), fp32, AdamW (weight decay 0.01), constant learning rate,
+no warm-up, gradient clipping 1.0, no EMA, no sampling, no checkpoints, seed 0, 1 thread.
+
+Every configuration runs as its own process at two step counts; samples/s is
+batch x (steps2 - steps1) / (time2 - time1), so imports, loading and the final save (paid once
+per run by both) cancel out; they are reported apart as "fixed s". Peak RSS is the process's
+maximum resident set at steps2 (os.wait4). stablekit runs three ways: `cold` (a fresh encoder
+cache per run: a user's first run), `warm` (the cache filled by an earlier run: every rerun on the
+same data) and `nocache` (STABLEKIT_TRAIN_CACHE=off). One difference is left on purpose: stablekit's
+LoRA adapts kohya's default target set (attention q/k/v/out, proj_in/out and the feed-forward
+Linears) where diffusers' script adapts q/k/v/out only, so stablekit trains more weights per step.
+Only ratios within one run are comparable; the CPU here is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_SCRIPTS = {"lora": "examples/text_to_image/train_text_to_image_lora.py",
+                "finetune": "examples/text_to_image/train_text_to_image.py"}
+LR = {"lora": 1e-4, "finetune": 1e-5}
+
+
+def make_data(folder: Path, n: int) -> Path:
+    """n rendered shapes-world images with a metadata.jsonl both trainers read (no .txt beside them)."""
+    if (folder / "metadata.jsonl").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "stablekit", "shapes", "render", "--n", str(n), "--out", str(folder)],
+                   check=True, stdout=subprocess.DEVNULL)
+    with open(folder / "metadata.jsonl", "w") as f:
+        for image in sorted(folder.glob("*.png")):
+            caption = image.with_suffix(".txt")
+            f.write(json.dumps({"file_name": image.name, "text": caption.read_text().strip()}) + "\n")
+            caption.unlink()
+    return folder
+
+
+def peer_command(method: str, script: Path, model: Path, data: Path, out: Path, steps: int, batch: int) -> list[str]:
+    cmd = [sys.executable, str(ROOT / "benchmarks/peer_shims/run_peer.py"), str(script),
+           "--pretrained_model_name_or_path", str(model), "--train_data_dir", str(data), "--resolution", "64",
+           "--train_batch_size", str(batch), "--max_train_steps", str(steps), "--learning_rate", str(LR[method]),
+           "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--seed", "0", "--output_dir", str(out),
+           "--dataloader_num_workers", "0", "--mixed_precision", "no", "--checkpointing_steps", "1000000"]
+    return cmd + (["--rank", "8"] if method == "lora" else [])
+
+
+def stablekit_command(method: str, model: Path, data: Path, out: Path, steps: int, batch: int) -> list[str]:
+    cmd = [sys.executable, "-m", "stablekit", "train", method, "--model", str(model), "--data", str(data),
+           "--out", str(out), "--steps", str(steps), "--batch-size", str(batch), "--lr", str(LR[method]),
+           "--lr-schedule", "constant", "--warmup-steps", "0", "--weight-decay", "0.01", "--grad-clip", "1.0",
+           "--ema-decay", "0", "--sample-every", "0", "--checkpoint-every", "1000000", "--no-tensorboard",
+           "--threads", "1", "--seed", "0"]
+    return cmd + (["--rank", "8", "--alpha", "8", "--no-conv"] if method == "lora" else [])
+
+
+def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one process; a failure stops the benchmark with its log."""
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=log.parent)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t
+    if status != 0:
+        sys.exit(f"failed ({status}): {' '.join(cmd)}\nlog: {log}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--diffusers-repo", required=True, help="a local diffusers git repository (its HEAD's examples run)")
+    parser.add_argument("--methods", default="lora,finetune")
+    parser.add_argument("--steps", default="20,100", help="the two step counts (S1,S2)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--model", default=str(ROOT / "src/stablekit/shapes/model/diffusers"))
+    parser.add_argument("--out", default="runs/bench-train-peers")
+    args = parser.parse_args(argv)
+    s1, s2 = (int(s) for s in args.steps.split(","))
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = make_data(out / "data", args.images)
+    repo = Path(args.diffusers_repo)
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    base_env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+                    PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    rows = []
+    for method in args.methods.split(","):
+        script = out / Path(PEER_SCRIPTS[method]).name
+        script.write_text(subprocess.run(["git", "-C", str(repo), "show", f"HEAD:{PEER_SCRIPTS[method]}"],
+                                         capture_output=True, text=True, check=True).stdout)
+        warm_cache = out / f"cache-warm-{method}"
+        shutil.rmtree(warm_cache, ignore_errors=True)
+        env_warm = dict(base_env, STABLEKIT_TRAIN_CACHE=str(warm_cache))
+        timed(stablekit_command(method, Path(args.model), data, out / "fill", s1, args.batch), env_warm, out / "fill.log")
+        results: dict[str, dict[int, tuple[float, float]]] = {}
+        for steps in (s1, s2):
+            for config in ("diffusers", "stablekit-cold", "stablekit-warm", "stablekit-nocache"):
+                run = out / f"{method}-{config}-{steps}"
+                shutil.rmtree(run, ignore_errors=True)
+                run.mkdir()
+                if config == "diffusers":
+                    cmd, env = peer_command(method, script, Path(args.model), data, run, steps, args.batch), base_env
+                else:
+                    cache = {"stablekit-cold": str(run / "cache"), "stablekit-warm": str(warm_cache),
+                             "stablekit-nocache": "off"}[config]
+                    cmd, env = stablekit_command(method, Path(args.model), data, run, steps, args.batch), \
+                        dict(base_env, STABLEKIT_TRAIN_CACHE=cache)
+                results.setdefault(config, {})[steps] = timed(cmd, env, run / "log.txt")
+                print(f"{method} {config} {steps} steps: {results[config][steps][0]:.1f} s, "
+                      f"{results[config][steps][1]:.0f} MiB", flush=True)
+        peer_rate = None
+        for config, by_steps in results.items():
+            (t1, _), (t2, rss) = by_steps[s1], by_steps[s2]
+            rate = args.batch * (s2 - s1) / (t2 - t1)
+            peer_rate = rate if config == "diffusers" else peer_rate
+            rows.append({"method": method, "config": config, "samples_per_s": rate,
+                         "fixed_s": t1 - s1 * args.batch / rate, "peak_rss_mib": rss,
+                         "wall_s": {s1: t1, s2: t2}})
+        peer_rss = next(r["peak_rss_mib"] for r in rows if r["method"] == method and r["config"] == "diffusers")
+        for r in rows:
+            if r["method"] == method:
+                r["speed_vs_diffusers"] = r["samples_per_s"] / peer_rate
+                r["rss_vs_diffusers"] = r["peak_rss_mib"] / peer_rss
+    print(f"\n| method | config | samples/s | vs diffusers | fixed s | peak RSS MiB | RSS vs diffusers |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['config']} | {r['samples_per_s']:.2f} | {r['speed_vs_diffusers']:.2f}x | "
+              f"{r['fixed_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['rss_vs_diffusers']:.2f} |")
+    result = {"rows": rows, "steps": [s1, s2], "batch": args.batch, "images": args.images,
+              "diffusers_commit": commit, "machine": platform.processor() or platform.machine(),
+              "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "load": os.getloadavg()}
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
