@@ -87,3 +87,28 @@ def test_uncovered_calls_and_changed_modules_run_eagerly(setup):
         assert not torch.equal(swapped, base)
     finally:
         traced.uninstall(c.unet)
+
+
+def test_freeu_values_key_their_own_trace(setup, tmp_path):
+    """diffusers-math FreeU sets plain numbers on the up blocks; a trace recorded without them must not
+    run with them (it once did: FreeU was silently a no-op on the traced default path)."""
+    c, _, _ = setup
+    x, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([500.0, 500.0]), torch.randn(2, 77, 32)
+    try:
+        with torch.no_grad():
+            c.unet.enable_freeu(s1=0.9, s2=0.2, b1=1.5, b2=1.6)
+            eager_freeu = c.unet(x, t, encoder_hidden_states=ctx).sample
+            c.unet.disable_freeu()
+            eager_plain = c.unet(x, t, encoder_hidden_states=ctx).sample
+            assert not torch.equal(eager_freeu, eager_plain)
+            fwd = traced.install(c.unet, tmp_path)
+            assert torch.equal(c.unet(x, t, encoder_hidden_states=ctx).sample, eager_plain)
+            c.unet.enable_freeu(s1=0.9, s2=0.2, b1=1.5, b2=1.6)
+            assert torch.equal(c.unet(x, t, encoder_hidden_states=ctx).sample, eager_freeu)
+            assert sum(v is not None for v in fwd.traces.values()) == 2  # FreeU runs traced too
+            c.unet.disable_freeu()
+            assert torch.equal(c.unet(x, t, encoder_hidden_states=ctx).sample, eager_plain)
+            assert len(list(tmp_path.glob("unet-*.pt"))) == 2
+    finally:
+        c.unet.disable_freeu()
+        traced.uninstall(c.unet)

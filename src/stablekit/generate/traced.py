@@ -14,7 +14,9 @@ grad mode on) runs diffusers' forward unchanged. The trace shares the module's p
 weights patched in place (LoRA, adapters/apply.py) are seen; it is not frozen for that reason.
 A trace that fails is remembered for its key and that shape runs eagerly. A trace also stops being
 used when the module changes around it (an attention processor replaced, a hook or a `forward`
-added on any submodule: guidance or DeepCache-style code): then calls run eagerly again.
+added on any submodule: guidance or DeepCache-style code): then calls run eagerly again. FreeU's
+values (diffusers' `enable_freeu` sets plain numbers on the up blocks) are part of a trace's key, so
+FreeU on and off each get their own trace.
 
 Tracing costs about 20 eager calls of the embedded UNet (measured, docs/reports/speed.md), so each
 trace is saved under the stablekit cache folder (`traces/`), keyed by the UNet's config, attention
@@ -36,6 +38,9 @@ import torch
 _EAGER_ONLY = ("class_labels", "timestep_cond", "attention_mask", "cross_attention_kwargs", "added_cond_kwargs",
                "down_block_additional_residuals", "mid_block_additional_residual",
                "down_intrablock_additional_residuals", "encoder_attention_mask")
+# diffusers' `enable_freeu` sets these plain attributes on the up blocks, and their forward reads them
+# as Python numbers, which a trace bakes in as constants: they are part of a trace's key.
+_FREEU = ("s1", "s2", "b1", "b2")
 SMALL_UNET = 50_000_000  # parameters: below this a UNet call is overhead-bound on CPU (docs/reports/speed.md)
 
 
@@ -64,6 +69,8 @@ class TracedForward:
 
     def __call__(self, sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
         key = self._key(sample, timestep, encoder_hidden_states, args, kwargs)
+        if key is not None:
+            key = key + (self._freeu(),)
         fn = None
         if key is not None and self._unchanged():
             fn = self.traces.get(key, False)
@@ -94,6 +101,13 @@ class TracedForward:
             self.traces[key] = found
             self.trace_seconds += time.perf_counter() - t0
         return found
+
+    def _freeu(self) -> tuple:
+        """diffusers-math FreeU's values per up block (all None when off), read from the instance dicts."""
+        ups = self.unet.__dict__["_modules"].get("up_blocks")
+        if ups is None:
+            return ()
+        return tuple(tuple(b.__dict__.get(k) for k in _FREEU) for b in ups.__dict__["_modules"].values())
 
     def _snapshot(self) -> list:
         """What a trace depends on besides shapes: per submodule, its attributes dict, processor and children."""
