@@ -4,13 +4,15 @@
         --diffusers-repo /work/.mirror/huggingface+diffusers/repo [--methods lora,finetune] \
         [--steps 20,100] [--batch 8] [--images 64] [--out runs/bench-train-peers]
 
-The peers are diffusers' `examples/text_to_image/train_text_to_image_lora.py` (LoRA) and
-`train_text_to_image.py` (full UNet fine-tune), read from a local diffusers git repository at
+The peers are diffusers' `examples/text_to_image/train_text_to_image_lora.py` (lora),
+`train_text_to_image.py` (finetune: the full UNet), `examples/textual_inversion/textual_inversion.py`
+(textual-inversion) and `examples/dreambooth/train_dreambooth_lora.py` (dreambooth-lora, without
+prior preservation), read from a local diffusers git repository at
 benchmark time (`fetch` brings one; nothing of it is committed) and run through
 benchmarks/peer_shims/run_peer.py, which stands in for the six torchvision transforms they use
-(torchvision cannot be installed beside torch 2.13.0 here). stablekit runs `stablekit train lora`
-/ `finetune` on the same diffusers folder (the embedded model's) and the same imagefolder
-(PNGs + metadata.jsonl that both read), fp32, AdamW (weight decay 0.01), constant learning rate,
+(torchvision cannot be installed beside torch 2.13.0 here). stablekit runs `stablekit train METHOD`
+on the same diffusers folder (the embedded model's) and the same images (with a metadata.jsonl both
+read for lora/finetune; images alone for the other two), fp32, AdamW (weight decay 0.01), constant learning rate,
 no warm-up, gradient clipping 1.0, no EMA, no sampling, no checkpoints, seed 0, 1 thread.
 
 Every configuration runs as its own process at two step counts; samples/s is
@@ -37,41 +39,69 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_SCRIPTS = {"lora": "examples/text_to_image/train_text_to_image_lora.py",
-                "finetune": "examples/text_to_image/train_text_to_image.py"}
-LR = {"lora": 1e-4, "finetune": 1e-5}
+                "finetune": "examples/text_to_image/train_text_to_image.py",
+                "textual-inversion": "examples/textual_inversion/textual_inversion.py",
+                "dreambooth-lora": "examples/dreambooth/train_dreambooth_lora.py"}
+LR = {"lora": 1e-4, "finetune": 1e-5, "textual-inversion": 5e-3, "dreambooth-lora": 1e-4}
+# Method settings beyond the common ones, as each side names them. Textual inversion learns "<sks>"
+# from "square"; DreamBooth-LoRA learns "a sks square" without prior preservation (no class images).
+PEER_ARGS = {"lora": ["--rank", "8"], "finetune": [],
+             "textual-inversion": ["--placeholder_token", "<sks>", "--initializer_token", "square",
+                                   "--learnable_property", "object", "--save_steps", "1000000"],
+             "dreambooth-lora": ["--instance_prompt", "a sks square", "--rank", "8"]}
+# stablekit reads captions beside the images; these two peers caption from a template / the prompt.
+OURS_CAPTION = {"textual-inversion": "a photo of a <sks>", "dreambooth-lora": "a sks square"}
+OURS_ARGS = {"lora": ["--rank", "8", "--alpha", "8", "--no-conv"], "finetune": [],
+             "textual-inversion": ["--token", "<sks>", "--init-word", "square", "--vectors", "1"],
+             "dreambooth-lora": ["--lora", "--instance-prompt", "a sks square", "--rank", "8", "--alpha", "8", "--no-conv"]}
 
 
-def make_data(folder: Path, n: int) -> Path:
-    """n rendered shapes-world images with a metadata.jsonl both trainers read (no .txt beside them)."""
-    if (folder / "metadata.jsonl").exists():
+def make_data(folder: Path, n: int, captions: bool) -> Path:
+    """n rendered shapes-world images, with a metadata.jsonl both trainers read (no .txt beside them),
+    or images alone (textual inversion and DreamBooth read every file of their folder as an image)."""
+    if folder.exists():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True)
     subprocess.run([sys.executable, "-m", "stablekit", "shapes", "render", "--n", str(n), "--out", str(folder)],
                    check=True, stdout=subprocess.DEVNULL)
-    with open(folder / "metadata.jsonl", "w") as f:
-        for image in sorted(folder.glob("*.png")):
-            caption = image.with_suffix(".txt")
-            f.write(json.dumps({"file_name": image.name, "text": caption.read_text().strip()}) + "\n")
-            caption.unlink()
+    (folder / "metadata.json").unlink(missing_ok=True)
+    lines = []
+    for image in sorted(folder.glob("*.png")):
+        caption = image.with_suffix(".txt")
+        lines.append(json.dumps({"file_name": image.name, "text": caption.read_text().strip()}))
+        caption.unlink()
+    if captions:
+        (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def captioned_copy(images: Path, folder: Path, caption: str) -> Path:
+    """The same images (symlinked) with one caption each, for stablekit's side."""
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for image in sorted(images.glob("*.png")):
+            (folder / image.name).symlink_to(image)
+            (folder / image.with_suffix(".txt").name).write_text(caption)
     return folder
 
 
 def peer_command(method: str, script: Path, model: Path, data: Path, out: Path, steps: int, batch: int) -> list[str]:
+    data_flag = "--instance_data_dir" if method == "dreambooth-lora" else "--train_data_dir"
     cmd = [sys.executable, str(ROOT / "benchmarks/peer_shims/run_peer.py"), str(script),
-           "--pretrained_model_name_or_path", str(model), "--train_data_dir", str(data), "--resolution", "64",
+           "--pretrained_model_name_or_path", str(model), data_flag, str(data), "--resolution", "64",
            "--train_batch_size", str(batch), "--max_train_steps", str(steps), "--learning_rate", str(LR[method]),
            "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--seed", "0", "--output_dir", str(out),
            "--dataloader_num_workers", "0", "--mixed_precision", "no", "--checkpointing_steps", "1000000"]
-    return cmd + (["--rank", "8"] if method == "lora" else [])
+    return cmd + PEER_ARGS[method]
 
 
 def stablekit_command(method: str, model: Path, data: Path, out: Path, steps: int, batch: int) -> list[str]:
-    cmd = [sys.executable, "-m", "stablekit", "train", method, "--model", str(model), "--data", str(data),
+    cmd = [sys.executable, "-m", "stablekit", "train", method.removesuffix("-lora"), "--model", str(model), "--data", str(data),
            "--out", str(out), "--steps", str(steps), "--batch-size", str(batch), "--lr", str(LR[method]),
            "--lr-schedule", "constant", "--warmup-steps", "0", "--weight-decay", "0.01", "--grad-clip", "1.0",
            "--ema-decay", "0", "--sample-every", "0", "--checkpoint-every", "1000000", "--no-tensorboard",
            "--threads", "1", "--seed", "0"]
-    return cmd + (["--rank", "8", "--alpha", "8", "--no-conv"] if method == "lora" else [])
+    return cmd + OURS_ARGS[method]
 
 
 def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
@@ -89,7 +119,7 @@ def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--diffusers-repo", required=True, help="a local diffusers git repository (its HEAD's examples run)")
-    parser.add_argument("--methods", default="lora,finetune")
+    parser.add_argument("--methods", default="lora,finetune", help=f"any of {','.join(PEER_SCRIPTS)}")
     parser.add_argument("--steps", default="20,100", help="the two step counts (S1,S2)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--images", type=int, default=64)
@@ -99,20 +129,22 @@ def main(argv=None) -> dict:
     s1, s2 = (int(s) for s in args.steps.split(","))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    data = make_data(out / "data", args.images)
     repo = Path(args.diffusers_repo)
     commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     base_env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
                     PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
     rows = []
     for method in args.methods.split(","):
+        captions = method in ("lora", "finetune")
+        data = make_data(out / ("data" if captions else "data-images"), args.images, captions)
+        ours_data = data if captions else captioned_copy(data, out / f"data-{method}", OURS_CAPTION[method])
         script = out / Path(PEER_SCRIPTS[method]).name
         script.write_text(subprocess.run(["git", "-C", str(repo), "show", f"HEAD:{PEER_SCRIPTS[method]}"],
                                          capture_output=True, text=True, check=True).stdout)
         warm_cache = out / f"cache-warm-{method}"
         shutil.rmtree(warm_cache, ignore_errors=True)
         env_warm = dict(base_env, STABLEKIT_TRAIN_CACHE=str(warm_cache))
-        timed(stablekit_command(method, Path(args.model), data, out / "fill", s1, args.batch), env_warm, out / "fill.log")
+        timed(stablekit_command(method, Path(args.model), ours_data, out / "fill", s1, args.batch), env_warm, out / "fill.log")
         results: dict[str, dict[int, tuple[float, float]]] = {}
         for steps in (s1, s2):
             for config in ("diffusers", "stablekit-cold", "stablekit-warm", "stablekit-nocache"):
@@ -124,7 +156,7 @@ def main(argv=None) -> dict:
                 else:
                     cache = {"stablekit-cold": str(run / "cache"), "stablekit-warm": str(warm_cache),
                              "stablekit-nocache": "off"}[config]
-                    cmd, env = stablekit_command(method, Path(args.model), data, run, steps, args.batch), \
+                    cmd, env = stablekit_command(method, Path(args.model), ours_data, run, steps, args.batch), \
                         dict(base_env, STABLEKIT_TRAIN_CACHE=cache)
                 results.setdefault(config, {})[steps] = timed(cmd, env, run / "log.txt")
                 print(f"{method} {config} {steps} steps: {results[config][steps][0]:.1f} s, "
