@@ -78,19 +78,32 @@ def test_bad_noise_mask_value_is_one_line():
         InpaintOptions(noise_mask="yes").validate()
 
 
-def test_cli_flag_reaches_the_png_and_needs_a_mask(tmp_path, capsys):
+def test_cli_flag_sets_the_option_and_needs_a_mask():
+    from stablekit.cli import build_parser
+    from stablekit.cli.generate import _inpaint_options
+    from stablekit.generate.replay import Replay
+
+    args = build_parser().parse_args(["generate", PROMPT, "--init-image", "i.png", "--mask", "m.png", "--noise-mask"])
+    assert _inpaint_options(args, "m.png", Replay(None)).noise_mask is True
+    args = build_parser().parse_args(["generate", PROMPT, "--init-image", "i.png", "--mask", "m.png"])
+    assert _inpaint_options(args, "m.png", Replay(None)) is None  # no flag: the plain path, as before
+    args = build_parser().parse_args(["generate", PROMPT, "--init-image", "i.png", "--noise-mask"])
+    with pytest.raises(StablekitError, match="--noise-mask need --mask FILE"):
+        _inpaint_options(args, None, Replay(None))
+
+
+@pytest.mark.slow  # two CLI runs that load a model: about 10 s on a shared CPU
+def test_cli_flag_reaches_the_png(pipe, tmp_path):
     from stablekit.cli import main
     from stablekit.formats import save_model
 
-    save_model(inpainting_components(), tmp_path / "inp.safetensors", to="single-file")
+    save_model(pipe.components, tmp_path / "inp", to="diffusers")  # a folder loads faster than a single file
     image, mask = images()
     image.save(tmp_path / "init.png")
     mask.save(tmp_path / "mask.png")
-    base = ["generate", PROMPT, "--model", str(tmp_path / "inp.safetensors"), "--init-image", str(tmp_path / "init.png"),
-            "--steps", "2", "--seed", "1", "--no-progress", "--noise-mask"]
-    assert main(base + ["--out", str(tmp_path / "a.png")]) != 0
-    assert "--noise-mask need --mask FILE" in capsys.readouterr().err
-    assert main(base + ["--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "b.png")]) == 0
+    assert main(["generate", PROMPT, "--model", str(tmp_path / "inp"), "--init-image", str(tmp_path / "init.png"),
+                 "--mask", str(tmp_path / "mask.png"), "--steps", "2", "--seed", "1", "--no-progress", "--noise-mask",
+                 "--out", str(tmp_path / "b.png")]) == 0
     out = Image.open(tmp_path / "b.png")
     assert "Noise mask: True" in out.info["parameters"]
     keep = np.asarray(mask) < 128
