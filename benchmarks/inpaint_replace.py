@@ -73,14 +73,28 @@ def ideal_outputs(specs, items, vae_pipe=None) -> list[np.ndarray]:
     return outs
 
 
-def details(reads: list[dict], specs, items) -> list[dict]:
-    """Per item: the source object, the mask, what was asked and what the judge read."""
+def seam(out: np.ndarray, mask: np.ndarray, width: int = 3) -> float:
+    """Median RGB distance of the mask's inner rim (`width` px; background in a good inpaint, since
+    the object sits inside the box) from the background outside the mask. Above the judge's
+    OBJECT_DISTANCE (40) the judge sees the box itself as part of the object."""
+    inside = mask > 0.5
+    eroded = inside.copy()
+    for _ in range(width):
+        eroded[1:-1, 1:-1] = eroded[1:-1, 1:-1] & eroded[:-2, 1:-1] & eroded[2:, 1:-1] & eroded[1:-1, :-2] & eroded[1:-1, 2:]
+    rim = inside & ~eroded
+    background = np.median(out[~inside].reshape(-1, 3).astype(np.float32), axis=0)
+    return float(np.median(np.linalg.norm(out[rim].astype(np.float32) - background, axis=1)))
+
+
+def details(reads: list[dict], specs, items, outs) -> list[dict]:
+    """Per item: the source object, the mask, what was asked, what the judge read and the box's seam."""
     rows = []
-    for r, spec, (_, mask, prompt, shape, color) in zip(reads, specs, items):
+    for r, spec, (_, mask, prompt, shape, color), out in zip(reads, specs, items, outs):
         rows.append({"source": {"shape": spec.shape, "color": spec.color, "background": spec.background,
                                 "position": spec.position, "diameter": round(spec.diameter, 1),
                                 "rotation": round(spec.rotation, 1)},
                      "mask_area": int(mask.sum()), "prompt": prompt, "want": [shape, color],
+                     "seam": round(seam(out, mask), 1),
                      "got": {k: r.get(k) for k in ("shape", "color", "background", "size", "position", "abstained",
                                                    "shape_confidence", "shape_fit", "feret")}})
     return rows
@@ -142,7 +156,9 @@ def main() -> None:
     plain = stablekit.load(args.model, progress=False)
 
     def report(label, scores, outs, reads):
-        results[label], per_item[label] = scores, details(reads, specs, items)
+        per_item[label] = details(reads, specs, items, outs)
+        scores["seam_over_40"] = sum(r["seam"] > 40 for r in per_item[label]) / len(items)
+        results[label] = scores
         rows.append(outs)
         print(f"{label}: {json.dumps(scores)}", flush=True)
 
