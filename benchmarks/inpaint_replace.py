@@ -86,6 +86,22 @@ def seam(out: np.ndarray, mask: np.ndarray, width: int = 3) -> float:
     return float(np.median(np.linalg.norm(out[rim].astype(np.float32) - background, axis=1)))
 
 
+def failure(row: dict) -> str:
+    """Why an item missed, first match of: missing (no object, or one in the background's colour),
+    small (the judge reads it small: partial or shrunk), unrecognised (large, shape abstained),
+    wrong shape, wrong colour; "ok" for a hit."""
+    got, (shape, color) = row["got"], row["want"]
+    if got["shape"] == shape and got["color"] == color:
+        return "ok"
+    if got["color"] is None:
+        return "missing"
+    if got["size"] == "small":
+        return "small"
+    if got["shape"] is None:
+        return "unrecognised"
+    return "wrong shape" if got["shape"] != shape else "wrong colour"
+
+
 def details(reads: list[dict], specs, items, outs) -> list[dict]:
     """Per item: the source object, the mask, what was asked, what the judge read and the box's seam."""
     rows = []
@@ -158,6 +174,9 @@ def main() -> None:
     def report(label, scores, outs, reads):
         per_item[label] = details(reads, specs, items, outs)
         scores["seam_over_40"] = sum(r["seam"] > 40 for r in per_item[label]) / len(items)
+        kinds = [failure(r) for r in per_item[label]]
+        scores["failures"] = {k: kinds.count(k) for k in ("missing", "small", "unrecognised", "wrong shape",
+                                                          "wrong colour") if k in kinds}
         results[label] = scores
         rows.append(outs)
         print(f"{label}: {json.dumps(scores)}", flush=True)
