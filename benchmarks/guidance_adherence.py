@@ -3,8 +3,8 @@
 Generates one image per prompt of a shapes-world prompt set (fixed seeds) for every setting below,
 judges them with the abstaining judge (stablekit.shapes.evaluate), and writes a Markdown table, a
 JSON report and one sample grid per setting into --out. Settings: plain CFG; CFG rescale 0.7;
-FreeU at the architecture's defaults, with diffusers' math and with ComfyUI's FreeU_V2 math; PAG scale 3 at the mid block (diffusers' default layer) and
-at every self-attention layer of the down path; all at the same sampler, steps and CFG.
+FreeU at the architecture's defaults, with diffusers' math and with ComfyUI's FreeU_V2 math; PAG
+scale 3 at the mid block (diffusers' default layer) and at every self-attention layer of the down path; all at the same sampler, steps and CFG.
 
     .venv/bin/python benchmarks/guidance_adherence.py [--model PATH] [--limit 48] [--steps 20]
         [--prompt-set eval-v1] [--out docs/reports/guidance/adherence] [--only plain "FreeU_V2 (defaults)"]
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/reports/guidance/adherence")
     ap.add_argument("--eager", action="store_true",
                     help="run the UNet without its TorchScript trace (generate/traced.py; bit-exact for plain): "
-                         "diffusers-math FreeU sets attributes the trace does not see, so on a traced UNet it is a no-op")
+                         "diffusers-math FreeU sets attributes the trace does not see, so traced it is a no-op")
     args = ap.parse_args()
     torch.set_num_threads(1)
     pipe = stablekit.load(args.model, progress=False)

@@ -80,7 +80,8 @@ def seam(out: np.ndarray, mask: np.ndarray, width: int = 3) -> float:
     inside = mask > 0.5
     eroded = inside.copy()
     for _ in range(width):
-        eroded[1:-1, 1:-1] = eroded[1:-1, 1:-1] & eroded[:-2, 1:-1] & eroded[2:, 1:-1] & eroded[1:-1, :-2] & eroded[1:-1, 2:]
+        core = eroded[1:-1, 1:-1] & eroded[:-2, 1:-1] & eroded[2:, 1:-1]
+        eroded[1:-1, 1:-1] = core & eroded[1:-1, :-2] & eroded[1:-1, 2:]
     rim = inside & ~eroded
     background = np.median(out[~inside].reshape(-1, 3).astype(np.float32), axis=0)
     return float(np.median(np.linalg.norm(out[rim].astype(np.float32) - background, axis=1)))
