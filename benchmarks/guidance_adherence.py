@@ -3,11 +3,11 @@
 Generates one image per prompt of a shapes-world prompt set (fixed seeds) for every setting below,
 judges them with the abstaining judge (stablekit.shapes.evaluate), and writes a Markdown table, a
 JSON report and one sample grid per setting into --out. Settings: plain CFG; CFG rescale 0.7;
-FreeU at the architecture's defaults; PAG scale 3 at the mid block (diffusers' default layer) and
-at every self-attention layer of the down path; all at the same sampler, steps and CFG.
+FreeU at the architecture's defaults, with diffusers' math and with ComfyUI's FreeU_V2 math; PAG
+scale 3 at the mid block (diffusers' default layer) and at every self-attention layer of the down path; all at the same sampler, steps and CFG.
 
     .venv/bin/python benchmarks/guidance_adherence.py [--model PATH] [--limit 48] [--steps 20]
-        [--prompt-set eval-v1] [--out docs/reports/guidance/adherence]
+        [--prompt-set eval-v1] [--out docs/reports/guidance/adherence] [--only plain "FreeU_V2 (defaults)"]
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ SETTINGS = {
     "plain": None,
     "CFG rescale 0.7": GuidanceOptions(cfg_rescale=0.7),
     "FreeU (defaults)": GuidanceOptions(freeu=True),
+    "FreeU_V2 (defaults)": GuidanceOptions(freeu=True, freeu_v2=True),
     "PAG 3 (mid)": GuidanceOptions(pag_scale=3.0),
     "PAG 3 (down_blocks)": GuidanceOptions(pag_scale=3.0, pag_layers=("down_blocks",)),
 }
@@ -42,9 +43,16 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=7.0)
     ap.add_argument("--only", nargs="*", default=None, help="run only these settings (names as in the table)")
     ap.add_argument("--out", default="docs/reports/guidance/adherence")
+    ap.add_argument("--eager", action="store_true",
+                    help="run the UNet without its TorchScript trace (generate/traced.py; bit-exact for plain): "
+                         "diffusers-math FreeU sets attributes the trace does not see, so traced it is a no-op")
     args = ap.parse_args()
     torch.set_num_threads(1)
     pipe = stablekit.load(args.model, progress=False)
+    if args.eager:
+        from stablekit.generate import traced
+
+        traced.uninstall(pipe.components.unet)
     items = load_prompt_set(args.prompt_set)[:args.limit or None]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -201,11 +201,11 @@ def _inpaint_options(args, mask, replay):
     from stablekit.generate.replay import inpaint_options
 
     given = dict(mask_blur=args.mask_blur, invert=args.invert_mask or None, fill=args.inpaint_fill,
-                 only_masked=args.only_masked or None, padding=args.only_masked_padding)
+                 only_masked=args.only_masked or None, padding=args.only_masked_padding, noise_mask=args.noise_mask)
     given = {k: v for k, v in given.items() if v is not None}
     if given and mask is None:
-        raise StablekitError("--mask-blur, --invert-mask, --inpaint-fill and --only-masked need --mask FILE "
-                             "(or --outpaint)")
+        raise StablekitError("--mask-blur, --invert-mask, --inpaint-fill, --only-masked and --noise-mask need "
+                             "--mask FILE (or --outpaint)")
     return inpaint_options(replay.inpaint if mask is not None else None, given)
 
 

@@ -1,4 +1,4 @@
-"""`stablekit generate`'s ControlNet, outpainting and hires-fix flags, and the objects they make.
+"""`stablekit generate`'s ControlNet, noise-mask, outpainting and hires-fix flags, and the objects they make.
 
 Split out of cli/generate.py (which registers them with `add_arguments` in the same place of
 --help as before): ControlNet units are built from --controlnet groups, the hires fix from the
@@ -29,7 +29,7 @@ class _UnitFlag(argparse.Action):
 
 
 def add_arguments(p) -> None:
-    """The ControlNet unit, --outpaint and --hires-* flags."""
+    """The ControlNet unit, --noise-mask, --outpaint and --hires-* flags."""
     from stablekit.generate.control import CONTROL_MODES
     from stablekit.generate.hires import UPSCALERS
     from stablekit.generate.preprocess import PREPROCESSORS
@@ -52,6 +52,9 @@ def add_arguments(p) -> None:
                    help=f"preprocess the image: {', '.join(PREPROCESSORS)} (default none: use it as given)")
     p.add_argument("--save-preprocessed", action="store_true",
                    help="write each unit's preprocessed control image beside the first output (NAME-controlN.png)")
+    p.add_argument("--noise-mask", action="store_true", default=None,
+                   help="inpainting with a 9-channel inpainting model: reset the latents outside the mask every "
+                        "step, as A1111 does (ComfyUI's noise_mask; default off, as diffusers)")
     p.add_argument("--outpaint", default=None, metavar="L,T,R,B",
                    help="outpainting: pad --init-image by LEFT,TOP,RIGHT,BOTTOM pixels and inpaint the border")
     p.add_argument("--hires-scale", type=float, default=None, metavar="X",

@@ -14,6 +14,14 @@ Semantics of A1111 (modules/processing.py, StableDiffusionProcessingImg2Img.init
   - "only masked" (Inpaint area: Only masked; Masked area padding: N): the bounding box of the
     mask grown by the padding and then to the output's aspect ratio, cropped, inpainted at the
     output size, resized back and pasted into the untouched full image through the blurred mask.
+
+`noise_mask` is for 9-channel inpainting models (generate/inpaint_unet.py): ComfyUI's
+InpaintModelConditioning "noise_mask" switch. On, the x0 prediction outside the mask is reset to
+the image's latents after every step, as for plain models; A1111 always does this
+(sd_samplers_cfg_denoiser: `denoised = init_latent * mask + nmask * denoised` whenever the job
+has a mask). Off (the default) is diffusers' StableDiffusionInpaintPipeline, which leaves a
+9-channel model's latents alone; stablekit's default output equals diffusers'. Plain models are
+always blended, so the switch changes nothing for them. Written as "Noise mask: True".
 """
 from __future__ import annotations
 
@@ -63,6 +71,7 @@ class InpaintOptions:
     fill: str = "original"  # Masked content: fill | original | latent noise | latent nothing
     only_masked: bool = False  # Inpaint area: Only masked
     padding: int = 32  # Masked area padding (only masked), pixels
+    noise_mask: bool = False  # ComfyUI's noise_mask: blend a 9-channel model's latents as A1111 (docstring)
     crop: tuple | None = None
 
     def validate(self) -> "InpaintOptions":
@@ -70,6 +79,8 @@ class InpaintOptions:
             raise StablekitError(f"mask blur must be an integer from 0 to 64 (got {self.mask_blur!r})")
         if not isinstance(self.padding, int) or not 0 <= self.padding <= 256:
             raise StablekitError(f"only-masked padding must be an integer from 0 to 256 (got {self.padding!r})")
+        if not isinstance(self.noise_mask, bool):
+            raise StablekitError(f"noise_mask must be True or False (got {self.noise_mask!r})")
         return dataclasses.replace(self, fill=fill_name(self.fill))
 
     def fields(self) -> dict:
@@ -83,11 +94,14 @@ class InpaintOptions:
             out.update({"Inpaint area": "Only masked", "Masked area padding": self.padding})
         if self.fill != "original":
             out["Masked content"] = self.fill
+        if self.noise_mask:
+            out["Noise mask"] = True
         return out
 
     def record(self) -> dict:
         return {"mask_blur": self.mask_blur, "invert": self.invert, "fill": self.fill,
-                "only_masked": bool(self.only_masked or self.crop), "padding": self.padding}
+                "only_masked": bool(self.only_masked or self.crop), "padding": self.padding,
+                "noise_mask": self.noise_mask}
 
     # -- the steps ---------------------------------------------------------------------------
     def mask(self, source, width: int, height: int) -> InpaintMask:

@@ -6,9 +6,10 @@ latents of the image with the masked part set to 0 (grey). This module builds th
 diffusers' StableDiffusionInpaintPipeline does (mask binarised at 0.5 and resized to latent size by
 nearest interpolation; masked image = image * (mask < 0.5) in [-1, 1]) and wraps the UNet so the
 Denoiser keeps calling a 4-channel model: samplers, CFG and ControlNet (which sees the 4 latent
-channels, as A1111's extension does) stay unchanged. The latents are not reset outside the mask
-after each step (the model sees the image itself; diffusers does the same); the original pixels are
-pasted back outside the mask afterwards, as for every inpainting run.
+channels, as A1111's extension does) stay unchanged. By default the latents are not reset outside
+the mask after each step (the model sees the image itself; diffusers does the same);
+InpaintOptions(noise_mask=True) resets them as A1111 does (generate/inpaint_options.py). The
+original pixels are pasted back outside the mask afterwards, as for every inpainting run.
 """
 from __future__ import annotations
 

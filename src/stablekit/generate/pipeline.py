@@ -262,8 +262,8 @@ class Pipeline:
             extra["record"]["inpaint"] = run.inpaint.record()
         second = self._hires(run, prompt, negative, extra)
         latent_mask = run.mask.latent(c.vae_scale_factor, c.device, c.dtype) if run.mask is not None else None
-        if run.denoiser is not None:  # an inpainting model sees the image; nothing is reset per step
-            latent_mask = None
+        if run.denoiser is not None:  # an inpainting model sees the image: nothing reset per step, as diffusers,
+            latent_mask = latent_mask if run.inpaint is not None and run.inpaint.noise_mask else None  # unless asked
         elif is_inpainting_unet(c.unet):
             raise StablekitError("this is an inpainting model (9-channel UNet): it needs an image and a mask "
                                  "(CLI: --init-image FILE --mask FILE)")

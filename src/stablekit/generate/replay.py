@@ -20,11 +20,11 @@ A1111_APPLIED = frozenset({
     "Denoising strength", "Clip skip", "Variation seed", "Variation seed strength", "Seed resize from-1",
     "Seed resize from-2", "Model hash", "Model", "Version", "Lora hashes", "TI hashes",
     "Hires upscale", "Hires steps", "Hires upscaler", *GUIDANCE_KEYS,
-    "Mask blur", "Inpaint area", "Masked area padding", "Mask mode", "Masked content",
+    "Mask blur", "Inpaint area", "Masked area padding", "Mask mode", "Masked content", "Noise mask",
     "DeepCache", "Token merging ratio",
 })
 # Fields only A1111's inpainting writes: such a PNG needs its mask again.
-A1111_INPAINT_FIELDS = ("Mask blur", "Inpaint area", "Masked area padding", "Mask mode", "Masked content")
+A1111_INPAINT_FIELDS = ("Mask blur", "Inpaint area", "Masked area padding", "Mask mode", "Masked content", "Noise mask")
 RECORD_KEYS = frozenset(GenerationParams.__dataclass_fields__) | {
     "batch_index", "schedule_resolved", "init_image", "mask", "model", "stablekit", "loras", "embeddings",
     "controlnet", "hires", "guidance", "inpaint", "deepcache", "tome"}
@@ -102,6 +102,7 @@ def inpaint_from_fields(fields: dict):
             fill=str(fields.get("Masked content", "original")),
             only_masked=str(fields.get("Inpaint area", "")).strip().lower() == "only masked",
             padding=int(float(fields.get("Masked area padding", 32))),
+            noise_mask=str(fields.get("Noise mask", "")).strip().lower() == "true",  # stablekit's text only
         ).validate()
     except ValueError as exc:
         raise StablekitError(f"the PNG's inpainting fields are not numbers: {exc}") from None
@@ -112,7 +113,7 @@ def _inpaint_from_record(record: dict | None):
         return None
     from stablekit.generate.inpaint_options import InpaintOptions
 
-    keys = ("mask_blur", "invert", "fill", "only_masked", "padding")
+    keys = ("mask_blur", "invert", "fill", "only_masked", "padding", "noise_mask")
     return InpaintOptions(**{k: record[k] for k in keys if k in record}).validate()
 
 
