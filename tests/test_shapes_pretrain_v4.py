@@ -90,3 +90,22 @@ def test_zero_snr_schedule_reaches_pure_noise_and_records_cfg_rescale():
     assert generation_defaults(PretrainConfig(unet_noise_schedule="zero-snr")) == {"cfg": 7.0, "cfg_rescale": 0.7}
     with pytest.raises(StablekitError, match="unknown noise schedule 'cosine'"):
         scheduler_config("cosine")
+
+
+def test_zero_snr_model_saves_loads_and_samples_from_pure_noise(tmp_path):
+    """A zero-SNR shapes model keeps its schedule and defaults through the single file, and samples."""
+    import stablekit
+    from stablekit.formats import load_model, save_model
+    from stablekit.shapes import architecture as arch
+    from stablekit.shapes.pretrain import build_components
+    from stablekit.shapes.schedules import generation_defaults
+
+    comps = build_components(arch.build_vae(), arch.build_text_encoder(), arch.build_unet(), 0.4, "zero-snr")
+    comps.extra["defaults"] = generation_defaults(PretrainConfig(unet_noise_schedule="zero-snr"))
+    save_model(comps, tmp_path / "m.safetensors", to="single-file")
+    back = load_model(tmp_path / "m.safetensors")
+    assert back.scheduler_config["rescale_betas_zero_snr"] is True and back.prediction_type == "v_prediction"
+    assert back.extra["defaults"] == {"cfg": 7.0, "cfg_rescale": 0.7}
+    pipe = stablekit.load(tmp_path / "m.safetensors", progress=False)
+    image = pipe.generate("a red circle", steps=2, seed=1, output="np")[0]
+    assert np.isfinite(image).all() and image.shape == (64, 64, 3)
