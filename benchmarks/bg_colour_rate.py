@@ -8,7 +8,9 @@ n specs from stream seed 4242, generation seeds 9000+, captions in the 10 traini
 naming the shape and colour (size and position each named with probability 0.7), never the
 background. Reports, per CFG, the images judged "object in background colour" or "no object",
 adherence and colour accuracy. --cfg-rescale adds Lin et al.'s CFG rescale (phi) per CFG, for
-zero-terminal-SNR models (benchmarks/ztsnr_finetune.py).
+zero-terminal-SNR models (benchmarks/ztsnr_finetune.py). `--prompt-set eval-v1 --n 100` scores the
+first n prompts of a fixed eval set instead (same seeds and settings as `stablekit shapes eval
+--limit n`), for adherence with a CFG rescale, which that command has no flag for.
 """
 from __future__ import annotations
 
@@ -41,14 +43,20 @@ def main() -> None:
     from stablekit.shapes.evaluate import evaluate_images
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", required=True, help="model path, or embedded")
     ap.add_argument("--cfg", default="7,5")
     ap.add_argument("--cfg-rescale", default="0", help="comma-separated CFG rescale values (0: off)")
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--prompt-set", default=None, help="eval-v1 / eval-v2: its first n prompts instead")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    its = items(args.n)
-    pipe = load(args.model, progress=False)
+    if args.prompt_set:
+        from stablekit.shapes.prompts import load_prompt_set
+
+        its = load_prompt_set(args.prompt_set)[:args.n]
+    else:
+        its = items(args.n)
+    pipe = load(progress=False) if args.model == "embedded" else load(args.model, progress=False)
     rows = {}
     for cfg, phi in [(float(c), float(r)) for c in args.cfg.split(",") for r in args.cfg_rescale.split(",")]:
         extra = {"guidance": {"cfg_rescale": phi}} if phi else {}
@@ -57,7 +65,8 @@ def main() -> None:
         r = evaluate_images(its, images)
         key = f"cfg {cfg:g}" + (f" rescale {phi:g}" if phi else "")
         rows[key] = {"bg_colour": r["background_colour_object"], "no_object": r["no_object"],
-                     "adherence": round(r["adherence"], 3), "colour": round(r["accuracy"]["color"], 3),
+                     "adherence": round(r["adherence"], 4), "colour": round(r["accuracy"]["color"], 3),
+                     "small_shape": r["shape_by_named_size"], "abstained": r["abstained_total"],
                      "failures": [it["prompt"] for it in r["items"]
                                   if it["abstained"] in ("object in background colour", "no object")]}
         print(json.dumps({key: rows[key]}), flush=True)
