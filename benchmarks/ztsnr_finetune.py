@@ -24,7 +24,7 @@ def main() -> None:
     from stablekit.formats import save_model
     from stablekit.shapes import architecture as arch
     from stablekit.shapes.pretrain import build_components, load_unet_from_checkpoint
-    from stablekit.shapes.schedules import SCHEDULES, ZERO_SNR_CFG_RESCALE
+    from stablekit.shapes.schedules import SCHEDULES
     from stablekit.train import TrainConfig, train
     from stablekit.train.strategies import DiffusionStrategy
 
@@ -56,8 +56,7 @@ def main() -> None:
                      threads=1, weight_decay=0.01, log_every=10, tensorboard=False)
     train(tc, strategy, data)  # leaves the EMA weights in `unet`
     comps = build_components(vae, te, unet, float(cache["scaling_factor"]), args.schedule)
-    comps.extra["defaults"] = {"cfg": args.cfg, **({"cfg_rescale": ZERO_SNR_CFG_RESCALE}
-                                                   if args.schedule == "zero-snr" else {})}
+    comps.extra["defaults"] = {"cfg": args.cfg}
     save_model(comps, out / "model" / "shapes.safetensors", to="single-file", dtype=torch.float16)
     (out / "model" / "finetune.json").write_text(json.dumps({**vars(args), "init_unet_step": start}, indent=2))
     print(f"exported {out / 'model' / 'shapes.safetensors'}")

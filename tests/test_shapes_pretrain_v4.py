@@ -79,7 +79,7 @@ def test_record_from_a_newer_version_is_refused():
         config_from_record({"warp_factor": 9})
 
 
-def test_zero_snr_schedule_reaches_pure_noise_and_records_cfg_rescale():
+def test_zero_snr_schedule_reaches_pure_noise():
     from stablekit.generate.denoiser import alphas_cumprod_from_config
     from stablekit.shapes.schedules import generation_defaults, scheduler_config
 
@@ -87,7 +87,7 @@ def test_zero_snr_schedule_reaches_pure_noise_and_records_cfg_rescale():
     assert float(sd[-1]) > 0.004 and float(zero[-1]) == 0.0
     assert torch.allclose(sd[0], zero[0], atol=1e-3)
     assert generation_defaults(PretrainConfig(default_cfg=6.0)) == {"cfg": 6.0}
-    assert generation_defaults(PretrainConfig(unet_noise_schedule="zero-snr")) == {"cfg": 7.0, "cfg_rescale": 0.7}
+    assert generation_defaults(PretrainConfig(unet_noise_schedule="zero-snr")) == {"cfg": 7.0}
     with pytest.raises(StablekitError, match="unknown noise schedule 'cosine'"):
         scheduler_config("cosine")
 
@@ -101,7 +101,8 @@ def test_zero_snr_model_saves_loads_and_samples_from_pure_noise(tmp_path):
     from stablekit.shapes.schedules import generation_defaults
 
     comps = build_components(arch.build_vae(), arch.build_text_encoder(), arch.build_unet(), 0.4, "zero-snr")
-    comps.extra["defaults"] = generation_defaults(PretrainConfig(unet_noise_schedule="zero-snr"))
+    comps.extra["defaults"] = {**generation_defaults(PretrainConfig(unet_noise_schedule="zero-snr")),
+                               "cfg_rescale": 0.7}  # recordable (formats/model_defaults), not recorded by default
     save_model(comps, tmp_path / "m.safetensors", to="single-file")
     back = load_model(tmp_path / "m.safetensors")
     assert back.scheduler_config["rescale_betas_zero_snr"] is True and back.prediction_type == "v_prediction"

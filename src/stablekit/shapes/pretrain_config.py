@@ -68,7 +68,7 @@ HELP = {
     "caption_dropout": "share of UNet training captions replaced by the empty caption (for CFG)",
     "snr_gamma": "Min-SNR loss weighting gamma (0 = off)",
     "unet_noise_schedule": "UNet noise schedule: sd (SD's betas, leading steps) or zero-snr (betas rescaled to zero "
-                           "terminal SNR, trailing steps, CFG rescale 0.7 recorded as a generation default)",
+                           "terminal SNR, trailing steps; use with --snr-gamma 0, since Min-SNR gives the zero-SNR step weight 0)",
     "default_cfg": "CFG scale stored in the exported model's record as its default",
     "threads": "torch threads (0 = torch's default)",
     "init_from": "warm start: a finished pretrain run of the same seed/n_images whose images, autoencoder and "

@@ -5,8 +5,10 @@
               the noisy latent there, which the pure noise a sampler starts from does not have.
     zero-snr  the same betas rescaled to zero terminal SNR with trailing timesteps (Lin et al. 2024,
               "Common Diffusion Noise Schedules and Sample Steps are Flawed", diffusers'
-              rescale_betas_zero_snr); with v-prediction, which the model already uses. Their CFG
-              rescale (phi 0.7) is recorded as a generation default (generation_defaults).
+              rescale_betas_zero_snr); with v-prediction, which the model already uses. The
+              project's default samplers already start at t=T-1 ("trailing"). Their CFG rescale
+              (phi 0.7) is not recorded as a default: on the background-colour set it measured worse
+              (docs/reports/shapes-v4.md), so it stays a generation option (--cfg-rescale).
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ SCHEDULES = {
     "sd": {},
     "zero-snr": {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
 }
-ZERO_SNR_CFG_RESCALE = 0.7  # Lin et al. 2024, sec. 3.4
 
 
 def scheduler_config(name: str = "sd") -> dict:
@@ -29,7 +30,4 @@ def scheduler_config(name: str = "sd") -> dict:
 
 def generation_defaults(cfg) -> dict:
     """The generation defaults a pretrain run records in its exported model (formats/model_defaults)."""
-    out = {"cfg": cfg.default_cfg}
-    if cfg.unet_noise_schedule == "zero-snr":
-        out["cfg_rescale"] = ZERO_SNR_CFG_RESCALE
-    return out
+    return {"cfg": cfg.default_cfg}
