@@ -78,3 +78,13 @@ def test_damaged_defaults_are_a_one_line_error(saved, tmp_path):
 
 def test_the_embedded_model_records_its_default_cfg():
     assert stablekit.load(progress=False).model_defaults == {"cfg": 7.0}
+
+
+def test_cfg_rescale_default_is_read_and_bounded():
+    """A zero-terminal-SNR model records its CFG rescale (Lin et al.'s phi) next to its CFG."""
+    from stablekit.formats.model_defaults import read_defaults
+
+    assert read_defaults({"defaults": {"cfg": 7, "cfg_rescale": 0.7}}, "m") == {"cfg": 7.0, "cfg_rescale": 0.7}
+    with pytest.raises(StablekitError, match=r"recorded default CFG rescale 1.5 is not a finite number in \[0, 1\]"):
+        read_defaults({"defaults": {"cfg_rescale": 1.5}}, "m")
+    assert read_defaults({"defaults": {"cfg": 7, "clip_skip": 2}}, "m") == {"cfg": 7.0}  # unknown keys ignored

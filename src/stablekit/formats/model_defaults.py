@@ -10,7 +10,8 @@ import math
 
 from stablekit.errors import StablekitError
 
-KNOWN = {"cfg": "CFG scale"}
+KNOWN = {"cfg": "CFG scale", "cfg_rescale": "CFG rescale"}  # cfg_rescale: zero-terminal-SNR models (Lin et al.)
+UPPER = {"cfg_rescale": 1.0}  # the largest valid value, where there is one
 
 
 def read_defaults(record: dict | None, where: str) -> dict:
@@ -22,8 +23,10 @@ def read_defaults(record: dict | None, where: str) -> dict:
     for key, value in raw.items():
         if key not in KNOWN:
             continue  # a newer stablekit may record more; this one uses what it knows
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise StablekitError(f"{where}: recorded default {KNOWN[key]} {value!r} is not a finite number >= 0; "
+        if (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+                or value > UPPER.get(key, math.inf)):
+            bounds = f"in [0, {UPPER[key]:g}]" if key in UPPER else ">= 0"
+            raise StablekitError(f"{where}: recorded default {KNOWN[key]} {value!r} is not a finite number {bounds}; "
                                  "re-save the model")
         out[key] = float(value)
     return out

@@ -2,15 +2,18 @@
 
     data   render the captioned training set (base shapes only), cached as one .npz; captions in
            generated word orders (shapes.wordings, recipe v3) or fixed templates (v1, extended)
-    vae    stage 1: KL autoencoder, 64x64x3 <-> 16x16x4
+    vae    stage 1: KL autoencoder, 64x64x3 <-> 16x16x4; recipe v4 recolours a share of its images
+           with random RGB (shapes.vae_recolour) so off-palette colours such as teal survive
     text   CLIP-architecture text encoder, contrastive image-text pretraining with hard-negative
            captions (one attribute changed), then frozen
     cache  latents (posterior mean x scale factor) and text hidden states per distinct caption
-    unet   stage 2: conditional UNet, v-objective on SD's noise schedule, caption dropout, EMA
+    unet   stage 2: conditional UNet, v-objective on SD's noise schedule (or zero terminal SNR,
+           shapes.schedules), caption dropout, EMA
     export the Components as a diffusers folder and a single LDM-layout .safetensors
 
 Every stage trains through stablekit.train (atomic checkpoints, exact resume), so the command can
-be killed and rerun at any time: finished stages are skipped, the running one resumes.
+be killed and rerun at any time: finished stages are skipped, the running one resumes, and the
+options recorded in <out>/pretrain.json are kept unless given again (shapes.pretrain_config).
 `--init-from RUN` warm-starts from a finished run (shapes.pretrain_init).
 """
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,62 +31,10 @@ from stablekit.data.arrays import LatentData, PixelData, image_grid, to_pixels, 
 from stablekit.data.encode import encode_latents, encode_text
 from stablekit.data.validation import grid_sampler
 from stablekit.shapes import architecture as arch
+from stablekit.shapes.pretrain_config import PretrainConfig, add_arguments as add_config_arguments, resolve
+from stablekit.shapes.schedules import generation_defaults, scheduler_config
 from stablekit.train import TrainConfig, train
 from stablekit.train.checkpoint import save_atomic
-
-
-@dataclass
-class PretrainConfig:
-    out: str = "runs/shapes-pretrain"
-    seed: int = 0
-    n_images: int = 100_000
-    caption_templates: str = "generated"  # "generated" (shapes.wordings, recipe v3) or a captions.TEMPLATE_SETS name
-    vae_steps: int = 3000
-    vae_batch: int = 32
-    vae_lr: float = 1e-3
-    vae_edge_weight: float = 8.0  # reconstruction weight 1 + w x local contrast (shapes.vae_loss); 0 = plain
-    text_steps: int = 1500
-    text_batch: int = 256
-    text_lr: float = 1e-3
-    text_negatives: int = 6  # hard-negative captions per caption (one attribute changed); 0 = plain CLIP
-    text_reworded_negatives: int = 2  # more, each in another generated word order (colours swapped)
-    unet_steps: int = 5500
-    unet_batch: int = 64
-    unet_lr: float = 5e-4
-    caption_dropout: float = 0.1
-    snr_gamma: float = 5.0
-    default_cfg: float = 7.0  # CFG scale written to the model's record; generate uses it when none is given
-    threads: int = 0
-    init_from: str = ""  # warm start from a finished run's stages (shapes.pretrain_init)
-
-
-HELP = {
-    "out": "run folder: stages, checkpoints and the exported model (rerun with the same folder to resume)",
-    "seed": "seed of the data stream, initial weights and batch order",
-    "n_images": "rendered training images (base shapes, captioned)",
-    "caption_templates": "caption word orders: generated (clause grammar + the 10 extended templates, recipe v3), "
-                         "v1 (model 1's 5) or extended (model 2's 10)",
-    "vae_steps": "autoencoder optimizer steps",
-    "vae_batch": "autoencoder batch size (images)",
-    "vae_lr": "autoencoder learning rate",
-    "vae_edge_weight": "weight the autoencoder's loss by 1 + this x the target's local contrast, so outlines "
-                       "of small objects count (0 = plain mean)",
-    "text_steps": "text-encoder contrastive steps",
-    "text_batch": "text-encoder batch size (image-caption pairs)",
-    "text_lr": "text-encoder learning rate",
-    "text_negatives": "hard-negative captions per caption (one attribute changed); 0 = plain CLIP",
-    "text_reworded_negatives": "extra hard negatives per caption in other generated word orders (object and "
-                               "background colours swapped, else another shape)",
-    "unet_steps": "UNet optimizer steps",
-    "unet_batch": "UNet batch size (latents)",
-    "unet_lr": "UNet learning rate (cosine schedule, EMA 0.999)",
-    "caption_dropout": "share of UNet training captions replaced by the empty caption (for CFG)",
-    "snr_gamma": "Min-SNR loss weighting gamma (0 = off)",
-    "default_cfg": "CFG scale stored in the exported model's record as its default",
-    "threads": "torch threads (0 = torch's default)",
-    "init_from": "warm start: a finished pretrain run of the same seed/n_images whose images, autoencoder and "
-                 "latents are reused and whose text encoder and UNet are the starting points (empty = from nothing)",
-}
 
 
 STAGES = ("data", "vae", "text", "cache", "unet", "export")
@@ -145,8 +96,10 @@ def stage_vae(cfg: PretrainConfig, out: Path):
     from stablekit.shapes.vae_loss import EdgeWeightedAutoencoderStrategy
     from stablekit.train.strategies import AutoencoderStrategy
 
-    strategy = (EdgeWeightedAutoencoderStrategy(vae, sample_fn=recon_grid, edge_weight=cfg.vae_edge_weight)
-                if cfg.vae_edge_weight > 0 else AutoencoderStrategy(vae, sample_fn=recon_grid))
+    strategy = (EdgeWeightedAutoencoderStrategy(vae, sample_fn=recon_grid, edge_weight=cfg.vae_edge_weight,
+                                                random_colours=cfg.vae_random_colours)
+                if cfg.vae_edge_weight > 0 or cfg.vae_random_colours > 0
+                else AutoencoderStrategy(vae, sample_fn=recon_grid))
     tc = TrainConfig(out_dir=str(out / "vae"), steps=cfg.vae_steps, batch_size=cfg.vae_batch, lr=cfg.vae_lr,
                      warmup_steps=100, ema_decay=0.0, mixed_precision="bf16", seed=cfg.seed,
                      checkpoint_every=250, sample_every=250, threads=cfg.threads, weight_decay=0.0)
@@ -238,9 +191,9 @@ def stage_unet(cfg: PretrainConfig, out: Path, vae, te, cache):
         unet.load_state_dict(load_unet_from_checkpoint(init_run(cfg.init_from))[0].state_dict())
     data = LatentData(cache["latents"], cache["caption_index"].numpy(), cache["text"], cache["uncond"])
     # Validation grids by the public generation API on the modules as they train (Euler, CFG 5).
-    comps = build_components(vae, te, unet, float(cache["scaling_factor"]))
+    comps = build_components(vae, te, unet, float(cache["scaling_factor"]), cfg.unet_noise_schedule)
     sampler = grid_sampler(comps, GRID_PROMPTS, seed=cfg.seed, steps=20, cfg=5.0, sampler="Euler")
-    strategy = DiffusionStrategy(unet, arch.SCHEDULER_CONFIG, caption_dropout=cfg.caption_dropout,
+    strategy = DiffusionStrategy(unet, comps.scheduler_config, caption_dropout=cfg.caption_dropout,
                                  snr_gamma=cfg.snr_gamma, sample_fn=sampler)
     tc = TrainConfig(out_dir=str(out / "unet"), steps=cfg.unet_steps, batch_size=cfg.unet_batch, lr=cfg.unet_lr,
                      warmup_steps=200, ema_decay=0.999, seed=cfg.seed, checkpoint_every=100, sample_every=250,
@@ -263,7 +216,7 @@ def load_unet_from_checkpoint(out: Path):
     return unet, state["step"]
 
 
-def build_components(vae, te, unet, scaling_factor: float, name: str = "shapes"):
+def build_components(vae, te, unet, scaling_factor: float, noise_schedule: str = "sd", name: str = "shapes"):
     from stablekit.components import Components
     from stablekit.formats.tokenizer import clip_tokenizer
 
@@ -273,15 +226,15 @@ def build_components(vae, te, unet, scaling_factor: float, name: str = "shapes")
     defaults = [k for k in vae.config.get("_use_default_values", []) if k != "scaling_factor"]
     vae.register_to_config(_use_default_values=defaults)
     return Components(arch="shapes", unet=unet.eval(), vae=vae.eval(), text_encoder=te.eval(),
-                      tokenizer=clip_tokenizer(), scheduler_config=dict(arch.SCHEDULER_CONFIG), name=name)
+                      tokenizer=clip_tokenizer(), scheduler_config=scheduler_config(noise_schedule), name=name)
 
 
 def stage_export(cfg: PretrainConfig, out: Path, vae, te, cache, dest: Path):
     from stablekit.formats import save_model
 
     unet, step = load_unet_from_checkpoint(out)
-    comps = build_components(vae, te, unet, float(cache["scaling_factor"]))
-    comps.extra["defaults"] = {"cfg": cfg.default_cfg}  # generate uses it when no CFG is given
+    comps = build_components(vae, te, unet, float(cache["scaling_factor"]), cfg.unet_noise_schedule)
+    comps.extra["defaults"] = generation_defaults(cfg)  # generate uses them for settings not given
     dest.mkdir(parents=True, exist_ok=True)
     save_model(comps, dest / "diffusers", to="diffusers", dtype=torch.float16)
     save_model(comps, dest / "shapes.safetensors", to="single-file", dtype=torch.float16)
@@ -296,13 +249,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop after this stage (finished stages are always skipped)")
     parser.add_argument("--export-to", default=None,
                         help="folder for the exported model (default: <out>/model)")
-    for f in fields(PretrainConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                            help=f"{HELP.get(f.name, f.name)} (default {f.default})")
+    add_config_arguments(parser)
 
 
 def run(args) -> int:
-    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
+    cfg, changes = resolve({k: getattr(args, k) for k in asdict(PretrainConfig())})
+    for line in changes:
+        print(f"pretrain: option changed from the run's pretrain.json: {line}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain.json").write_text(json.dumps(asdict(cfg), indent=2))

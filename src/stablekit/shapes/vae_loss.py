@@ -5,6 +5,8 @@ a small object covers about 5% of a 64x64 image and its outline, which is all th
 from a circle, under 2%. Here each pixel's L1 and MSE are weighted by 1 + `edge_weight` x the
 target's local contrast (the spread of its 3x3 neighbourhood, in [0, 1]), so edge pixels count
 up to 1 + edge_weight times as much. The latent format and everything downstream are unchanged.
+`random_colours` (recipe v4) recolours that share of each batch with random RGB first
+(shapes.vae_recolour), so off-palette colours such as teal survive a round trip.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from stablekit.shapes.vae_recolour import recolour
 from stablekit.train.strategies import AutoencoderStrategy
 
 
@@ -26,10 +29,11 @@ def local_contrast(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class EdgeWeightedAutoencoderStrategy(AutoencoderStrategy):
     edge_weight: float = 8.0
+    random_colours: float = 0.0  # share of each batch recoloured with random RGB (0: draws nothing)
     name: str = "vae-edge"
 
     def loss(self, batch: dict, rng):
-        x = batch["pixels"]
+        x = recolour(batch["pixels"], rng, self.random_colours)
         self.vae.train()
         posterior = self.vae.encode(x).latent_dist
         z = self.sample_latent(posterior, rng)

@@ -6,7 +6,10 @@ method strategies (finetune, lora, textual_inversion, dreambooth) call `diffusio
 they encode. Noise schedule and target follow the model's scheduler config (DDPM forward process,
 Ho et al. 2020; v-prediction, Salimans & Ho 2022), with optional Min-SNR-gamma loss weighting
 (Hang et al. 2023), offset noise (Guttenberg 2023, as kohya's `noise_offset`) and caption dropout
-so classifier-free guidance works (Ho & Salimans 2022).
+so classifier-free guidance works (Ho & Salimans 2022). A zero-terminal-SNR schedule
+(rescale_betas_zero_snr, Lin et al. 2024) comes through the config too: at t=T the input is pure
+noise and the v target is -x0. Note that Min-SNR with v-prediction weights that step by
+min(snr, g)/(snr + 1) = 0, so zero-SNR training wants snr_gamma 0 (plain v loss, as Lin et al.).
 """
 from __future__ import annotations
 
@@ -44,6 +47,8 @@ def diffusion_loss(unet, x0: torch.Tensor, context: torch.Tensor, rng, alphas_cu
     if snr_gamma > 0:
         snr = (acp / (1 - acp)).view(b).float()
         weight = snr.clamp(max=snr_gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)
+        if prediction_type != "v_prediction":  # zero terminal SNR: 0/0 at t=T; min(snr, g)/snr -> 1
+            weight = torch.where(snr > 0, weight, torch.ones_like(weight))
     if weights is not None:
         weight = weight * weights.to(weight)
     return (per_item * weight).mean(), per_item.detach()
