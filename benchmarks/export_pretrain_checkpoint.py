@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from stablekit.shapes import architecture as arch
-from stablekit.shapes.pretrain import PretrainConfig, stage_export
+from stablekit.shapes.pretrain import stage_export
+from stablekit.shapes.pretrain_config import config_from_record
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     run = Path(args.run)
-    cfg = PretrainConfig(**json.loads((run / "pretrain.json").read_text()))
+    cfg = config_from_record(json.loads((run / "pretrain.json").read_text()))  # older runs keep their options
     vae, te = arch.build_vae(), arch.build_text_encoder()
     vae.load_state_dict(torch.load(run / "vae" / "final.pt", weights_only=True))
     te.load_state_dict(torch.load(run / "text" / "final.pt", weights_only=True))
