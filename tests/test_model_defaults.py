@@ -88,3 +88,27 @@ def test_cfg_rescale_default_is_read_and_bounded():
     with pytest.raises(StablekitError, match=r"recorded default CFG rescale 1.5 is not a finite number in \[0, 1\]"):
         read_defaults({"defaults": {"cfg_rescale": 1.5}}, "m")
     assert read_defaults({"defaults": {"cfg": 7, "clip_skip": 2}}, "m") == {"cfg": 7.0}  # unknown keys ignored
+
+
+def test_a_recorded_cfg_rescale_is_used_unless_the_call_sets_one(tmp_path):
+    """A zero-terminal-SNR model's recorded CFG rescale applies to generate and the CLI like its CFG:
+    only when the user sets no CFG rescale."""
+    comps = tiny_components("sd1")
+    comps.extra["defaults"] = {"cfg_rescale": 0.7}
+    save_model(comps, tmp_path / "m.safetensors", to="single-file")
+    pipe = stablekit.load(tmp_path / "m.safetensors", progress=False)
+    kw = dict(steps=2, seed=1, output="np")
+    with one_thread():
+        default = pipe.generate("a red circle", **kw)[0]
+        explicit = pipe.generate("a red circle", guidance={"cfg_rescale": 0.7}, **kw)[0]
+        off = pipe.generate("a red circle", guidance={"cfg_rescale": 0.0}, **kw)[0]
+        with_freeu = pipe.generate("a red circle", guidance={"freeu": True}, **kw)[0]
+        both = pipe.generate("a red circle", guidance={"freeu": True, "cfg_rescale": 0.7}, **kw)[0]
+        assert main(["generate", "a star", "--model", str(tmp_path / "m.safetensors"), "--steps", "2",
+                     "--out", str(tmp_path / "a.png"), "--no-progress"]) == 0
+        assert main(["generate", "a star", "--model", str(tmp_path / "m.safetensors"), "--steps", "2",
+                     "--cfg-rescale", "0", "--out", str(tmp_path / "b.png"), "--no-progress"]) == 0
+    assert (default == explicit).all() and not (default == off).all()
+    assert (with_freeu == both).all()
+    assert "CFG Rescale: 0.7" in Image.open(tmp_path / "a.png").info["parameters"]
+    assert "CFG Rescale" not in Image.open(tmp_path / "b.png").info["parameters"]

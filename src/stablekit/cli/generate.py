@@ -6,6 +6,7 @@ path is validated before anything is loaded or computed (stablekit.metadata.outp
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from stablekit.cli import generate_control, generate_guidance, generate_speed
@@ -167,7 +168,14 @@ def _generate(pipe, params, args, replay, networks: dict) -> list:
     settings = {k: v for k, v in params.to_dict().items() if k not in ("prompt", "denoising_strength")}
     settings.update(networks)
     settings["controlnets"] = generate_control.control_units(args) or None
-    settings["guidance"] = generate_guidance.options_from_args(args, replay)
+    guidance = generate_guidance.options_from_args(args, replay)
+    recorded = pipe.model_defaults.get("cfg_rescale")
+    if recorded:  # a zero-terminal-SNR model's own CFG rescale, when neither a flag nor the PNG sets one
+        if args.cfg_rescale is None and not args.from_png:
+            guidance = replace(guidance, cfg_rescale=recorded) if guidance else {"cfg_rescale": recorded}
+        elif guidance is None:
+            guidance = {"cfg_rescale": 0.0}  # set to 0 (flag or PNG): the model's value must not come back
+    settings["guidance"] = guidance
     settings.update(replay.accelerators)  # the PNG's DeepCache / token merging; flags below override
     if args.deepcache is not None:
         settings["deepcache"] = args.deepcache

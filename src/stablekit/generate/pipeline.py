@@ -112,7 +112,7 @@ class Pipeline:
         fix; guidance: GuidanceOptions (or a dict of its fields: cfg_rescale, freeu, pag_scale, pag_layers,
         fix_steps; generate/guidance.py), also for img2img/inpaint. output="np" returns float arrays [H, W, 3] in [0, 1] (no metadata) instead of PIL images."""
         controls, hires = settings.pop("controlnets", None), settings.pop("hires", None)
-        guidance = take_guidance(settings, self.components.arch)
+        guidance = self._guidance(settings)
         accelerators = Accelerators.take(settings)
         params, sampling, networks = self._resolve(prompt, settings, None)
         run = _Run(params, sampling, empty_latents(self.components, params.width, params.height), networks=networks,
@@ -126,7 +126,7 @@ class Pipeline:
         int(strength * steps) + 1 sampler steps). Other settings as generate(); size defaults
         to the image's."""
         controls = settings.pop("controlnets", None)
-        guidance = take_guidance(settings, self.components.arch)
+        guidance = self._guidance(settings)
         accelerators = Accelerators.take(settings)
         params, sampling, networks = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
@@ -148,7 +148,7 @@ class Pipeline:
 
             return only_masked(self, image, mask, prompt, strength, callback, output, options, settings)
         controls = settings.pop("controlnets", None)
-        guidance = take_guidance(settings, self.components.arch)
+        guidance = self._guidance(settings)
         accelerators = Accelerators.take(settings)
         params, sampling, networks = self._resolve(prompt, settings, strength)
         init = self._init_image(image, params)
@@ -175,6 +175,15 @@ class Pipeline:
         return self.inpaint(init, mask, prompt, strength, callback, output, **settings)
 
     # ------------------------------------------------------------------ the shared parts
+    def _guidance(self, settings: dict):
+        """The guidance options of a call, with the CFG rescale the model records (a zero-terminal-SNR
+        model's) when the call sets none: no `guidance`, or a dict of fields without cfg_rescale. A
+        GuidanceOptions object is taken as it is."""
+        recorded, given = self.model_defaults.get("cfg_rescale"), settings.get("guidance")
+        if recorded and (given is None or (isinstance(given, dict) and "cfg_rescale" not in given)):
+            settings["guidance"] = {**(given or {}), "cfg_rescale": recorded}
+        return take_guidance(settings, self.components.arch)
+
     def _resolve(self, prompt: str, settings: dict, strength: float | None) -> tuple[GenerationParams, Sampling,
                                                                                   ExtraNetworks]:
         """Settings -> validated GenerationParams with canonical names and fixed seeds, the Sampling
