@@ -20,6 +20,7 @@ def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("STABLEKIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("STABLEKIT_WEIGHT_CACHE_GB", raising=False)
     monkeypatch.setattr(weight_cache, "MIN_FILE_BYTES", 0)  # the test files are tiny
+    monkeypatch.setattr(weight_cache, "QUIET_SECONDS", 0)  # no waiting for the end of a load (tested once below)
     return tmp_path / "cache" / "weights"
 
 
@@ -214,6 +215,7 @@ import torch
 from stablekit.formats import weight_cache
 from stablekit.formats.weights import open_weights
 weight_cache.MIN_FILE_BYTES = 0
+weight_cache.QUIET_SECONDS = 0
 original = weight_cache.CastCache._write_data
 def slow(self, f):
     print("writing", flush=True)
@@ -224,7 +226,7 @@ wf = open_weights(sys.argv[1])
 wf.get("a", torch.bfloat16)
 del wf
 gc.collect()
-print("returned", any(t.is_alive() for t in weight_cache._WRITERS), flush=True)  # the write goes on
+print("returned", weight_cache._WRITER is not None and weight_cache._WRITER.is_alive(), flush=True)  # writing
 """
 
 
@@ -260,3 +262,24 @@ def test_kill_during_the_write_leaves_nothing_trusted(tmp_path, cache_dir, monke
     assert not list(cache_dir.glob("*.json"))  # nothing a later load could trust
     assert torch.equal(_load(src)["a"], tensors["a"].to(BF16))  # read from the source; the dead writer's partial taken over
     assert len(list(cache_dir.glob("*.json"))) == 1 and not list(cache_dir.glob("*.partial"))
+
+
+def test_the_writer_waits_until_no_tensor_has_been_cast_for_a_while(tmp_path, cache_dir, monkeypatch):
+    import time
+
+    monkeypatch.setattr(weight_cache, "QUIET_SECONDS", 0.3)
+    one, two = tmp_path / "1.safetensors", tmp_path / "2.safetensors"
+    _file(one)
+    _file(two, seed=1)
+    wf = open_weights(one)
+    wf.get("a", BF16)
+    monkeypatch.setattr(weight_cache, "_LAST_CAST", time.monotonic() + 3600)  # casts go on...
+    del wf
+    gc.collect()  # ...while file one, let go, has its entry queued
+    time.sleep(0.6)
+    assert not list(cache_dir.glob("*.json"))
+    other = open_weights(two)
+    last_cast = time.monotonic()
+    other.get("a", BF16)  # the last cast of the load
+    weight_cache.wait_for_writes()
+    assert len(list(cache_dir.glob("*.json"))) == 1 and time.monotonic() - last_cast >= 0.3

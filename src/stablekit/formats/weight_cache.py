@@ -29,6 +29,7 @@ import math
 import mmap
 import os
 import shutil
+import struct
 import threading
 import time
 import weakref
@@ -46,6 +47,7 @@ DEFAULT_GB = 8.0
 MIN_FILE_BYTES = 64 * 1024 * 1024  # smaller files load in well under a second anyway
 MIN_FREE_BYTES = 2 * 1024**3  # never fill the disk for a speed-up: skip the entry instead
 ALIGN = 64
+CHUNK_BYTES = 8 * 1024 * 1024  # the writer's cast buffer
 WRITER_NICE = 5  # the writer yields to the caller's first image (Linux: per-thread niceness)
 STALE_SECONDS = 3600  # leftovers untouched this long belong to no live load (partials too, without fcntl)
 
@@ -124,12 +126,14 @@ class CastCache:
     def put(self, key: str, tensor: torch.Tensor) -> None:
         """Note that `key` was cast (only while no usable entry exists). No bytes are kept or
         written here: the writer casts the source again after the load."""
+        global _LAST_CAST
+        _LAST_CAST = time.monotonic()
         with self.lock:
             if self.map is None and not self.started:
                 self.cast.setdefault(key, tensor.numel())
 
     def finish(self) -> None:
-        """Start writing the entry of what was cast, on a writer thread (in this thread when the
+        """Queue the entry of what was cast for the writer thread (written in this thread when the
         interpreter is already exiting: it would not wait for a new thread then)."""
         with self.lock:
             if self.started or self.map is not None or not self.cast:
@@ -138,20 +142,7 @@ class CastCache:
         if not threading.main_thread().is_alive():
             self.write()
             return
-        thread = threading.Thread(target=self._write_niced, name="stablekit-weight-cache", daemon=False)
-        _WRITERS.add(thread)
-        thread.start()
-
-    def _write_niced(self) -> None:
-        try:
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WRITER_NICE))
-        except (AttributeError, OSError):
-            pass  # not Linux: the writer runs at the caller's priority
-        try:
-            self.write()
-        finally:
-            _WRITERS.discard(threading.current_thread())
+        _enqueue(self)
 
     def planned_size(self) -> int:
         size = 0
@@ -200,33 +191,86 @@ class CastCache:
             return False
 
     def _write_data(self, f) -> dict[str, list[int]]:
-        from stablekit.formats.weights import _CastReader, read_safetensors_header  # (weights imports this module)
+        """Cast each recorded tensor from the source, a chunk at a time through one reused buffer
+        (the source pages dropped as they are cast): the writer adds a few MiB to the process, not
+        a tensor's worth (SD 1.5's token embedding: 75 MB in bf16)."""
+        from stablekit.formats.weights import _ST_DTYPES, _CastReader, read_safetensors_header  # (weights imports this)
 
         source = Path(self.source)
         header, _ = read_safetensors_header(source)
-        reader = _CastReader(source, header)  # reads through its own map, pages dropped as cast
+        with open(source, "rb") as src:
+            data_start = 8 + struct.unpack("<Q", src.read(8))[0]
+            source_map = mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_COPY)  # private, never written
+        buf = torch.empty(CHUNK_BYTES // self.dtype.itemsize, dtype=self.dtype)
         written, at = {}, 0
-        for key, numel in self.cast.items():
-            tensor = reader(key, self.dtype)
-            if tensor.numel() != numel:
-                raise OSError(f"{key} changed size")
-            pad = -at % ALIGN
-            f.write(b"\0" * pad)
-            if numel:
-                f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
-            written[key] = [at + pad, numel]
-            at += pad + numel * self.dtype.itemsize
-            del tensor
+        try:
+            for key, numel in self.cast.items():
+                stored = _ST_DTYPES[header[key]["dtype"]]
+                begin, end = header[key]["data_offsets"]
+                if (end - begin) != numel * stored.itemsize:
+                    raise OSError(f"{key} changed size")
+                pad = -at % ALIGN
+                f.write(b"\0" * pad)
+                base = data_start + begin
+                if base % stored.itemsize or not hasattr(mmap, "MADV_DONTNEED"):  # misaligned data, or Windows
+                    f.write(_CastReader(source, header)(key, self.dtype).reshape(-1).view(torch.uint8).numpy().data)
+                else:
+                    for first in range(0, numel, len(buf)):
+                        n = min(len(buf), numel - first)
+                        offset = base + first * stored.itemsize
+                        buf[:n].copy_(torch.frombuffer(source_map, dtype=stored, count=n, offset=offset))
+                        f.write(buf[:n].view(torch.uint8).numpy().data)
+                        lo = offset // mmap.PAGESIZE * mmap.PAGESIZE
+                        source_map.madvise(mmap.MADV_DONTNEED, lo, min(len(source_map), offset + n * stored.itemsize) - lo)
+                written[key] = [at + pad, numel]
+                at += pad + numel * self.dtype.itemsize
+        finally:
+            source_map.close()
         return written
 
 
-_WRITERS: set[threading.Thread] = set()
+QUIET_SECONDS = 1.0  # the writer starts once no tensor has been cast for this long: the load is over
+_QUEUE: list[CastCache] = []
+_QUEUE_LOCK = threading.Lock()
+_WRITER: threading.Thread | None = None
+_LAST_CAST = 0.0  # time.monotonic() of the last cast a load recorded
+
+
+def _enqueue(cache: CastCache) -> None:
+    global _WRITER
+    with _QUEUE_LOCK:
+        _QUEUE.append(cache)
+        if _WRITER is None:
+            # a normal (not daemon) thread: the interpreter waits for it at exit
+            _WRITER = threading.Thread(target=_write_queued, name="stablekit-weight-cache", daemon=False)
+            _WRITER.start()
+
+
+def _write_queued() -> None:
+    """The writer thread: entries one at a time, each once the load that cast it has ended (a model's
+    files are let go one by one while the next is still being cast; writing then would slow it)."""
+    global _WRITER
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WRITER_NICE))
+    except (AttributeError, OSError):
+        pass  # not Linux: the writer runs at the caller's priority
+    while True:
+        with _QUEUE_LOCK:
+            if not _QUEUE:
+                _WRITER = None
+                return
+            cache = _QUEUE.pop(0)
+        while (idle := time.monotonic() - _LAST_CAST) < QUIET_SECONDS:
+            time.sleep(min(0.25, QUIET_SECONDS - idle))
+        cache.write()
 
 
 def wait_for_writes(timeout: float | None = None) -> None:
-    """Block until the entries being written in this process are done (tests, benchmarks)."""
-    for thread in list(_WRITERS):
-        thread.join(timeout)
+    """Block until the entries queued in this process are written (tests, benchmarks)."""
+    writer = _WRITER
+    if writer is not None:
+        writer.join(timeout)
 
 
 def _claim(partial: Path):

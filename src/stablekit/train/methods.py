@@ -94,7 +94,7 @@ class LcmConfig(LoraSettings):
     huber_c: float = 0.001
     timestep_scaling: float = 10.0  # consistency boundary scalings c_skip / c_out
     sample_steps: int = 4  # the validation grid uses the LCM sampler
-    sample_cfg: float = 1.5
+    sample_cfg: float = 1.0  # the guidance is distilled in: one UNet call per step (the reference's validation)
 
 
 # Per-method defaults for the loop (what the reference trainers start from; each is a setting).
@@ -135,6 +135,10 @@ TINY_RECIPES: dict[str, dict] = {
     # 0.21-0.63): lower it with text_encoder_lr before turning it on. No DreamBooth setting reaches
     # the teal subject on model 2: its autoencoder turns teal into blue / green (vae round trip)
     "dreambooth": dict(lr=1e-4, steps=200, num_class_images=20),
+    # LCM-LoRA: first guesses (speed3, session 7), not yet a measured best. The UNet is 48/96/128
+    # channels wide, so the reference's rank 64 would be close to full rank; the teacher's CFG range
+    # sits around CFG 3-5, where the base model's adherence is highest (docs/benchmarks.md sweeps).
+    "lcm": dict(lr=1e-3, steps=2000, batch_size=64, warmup_steps=50, rank=16, alpha=16.0, cfg_min=2.0, cfg_max=6.0),
 }
 
 
