@@ -4,8 +4,9 @@ Loading an fp32 file into bf16 has to read every fp32 byte and cast it (SD 1.5: 
 written); diffusers' fp32 load maps its file and reads nothing until the first step, so the cast
 load measured 2-3x slower (docs/reports/speed.md). The first cast load of a large file therefore
 records which tensors it cast, and when the file is let go (its WeightFile garbage-collected, at the
-end of the load) a writer thread builds the entry `<cache>/weights/<id>.bin` + `<id>.json` while the
-caller goes on: writing it during the load made SD 1.5's first load 42.5 s instead of 17 s. The
+end of the load) the one writer thread queues the entry `<cache>/weights/<id>.bin` + `<id>.json`
+and writes it once no tensor has been cast for QUIET_SECONDS (the load is over) while the caller
+goes on: writing it during the load made SD 1.5's first load 42.5 s instead of 17 s. The
 writer reads and casts the *source* again rather than keeping the loaded tensors: those are the
 model's parameters, and a fused LoRA changes them in place (adapters/apply.py) before the write could
 end. Later loads of the same file (same real path, size and mtime) into the same dtype map the cast
@@ -15,7 +16,7 @@ file). Entries hold only the tensors that were read; others are read from the so
 An entry is usable only once its data is complete, flushed and renamed into place and its index
 written after it, so a kill at any moment leaves nothing a later load trusts. The writer holds an
 exclusive lock on its `.partial` file: a later load takes over a partial whose writer died at once
-(the lock went with the process) and leaves a live one alone. The process waits for a started write
+(the lock went with the process) and leaves a live one alone (weight_cache_files.py). The process waits for a started write
 at exit (the writer is a normal thread), since the next run is what the entry is for. The cache is
 bounded (STABLEKIT_WEIGHT_CACHE_GB, default 8; least recently used entries go first; 0 turns it off),
 keeps MIN_FREE_BYTES of the disk free, and lives beside the precision and trace caches.
