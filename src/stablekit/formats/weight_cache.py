@@ -16,8 +16,8 @@ file). Entries hold only the tensors that were read; others are read from the so
 An entry is usable only once its data is complete, flushed and renamed into place and its index
 written after it, so a kill at any moment leaves nothing a later load trusts. The writer holds an
 exclusive lock on its `.partial` file: a later load takes over a partial whose writer died at once
-(the lock went with the process) and leaves a live one alone (weight_cache_files.py). The process waits for a started write
-at exit (the writer is a normal thread), since the next run is what the entry is for. The cache is
+(the lock went with the process) and leaves a live one alone (weight_cache_files.py). The process
+waits for a started write at exit (the writer is a normal thread): the next run is what it is for. The cache is
 bounded (STABLEKIT_WEIGHT_CACHE_GB, default 8; least recently used entries go first; 0 turns it off),
 keeps MIN_FREE_BYTES of the disk free, and lives beside the precision and trace caches.
 """
