@@ -138,7 +138,9 @@ TINY_RECIPES: dict[str, dict] = {
     # LCM-LoRA: first guesses (speed3, session 7), not yet a measured best. The UNet is 48/96/128
     # channels wide, so the reference's rank 64 would be close to full rank; the teacher's CFG range
     # sits around CFG 3-5, where the base model's adherence is highest (docs/benchmarks.md sweeps).
-    "lcm": dict(lr=1e-3, steps=2000, batch_size=64, warmup_steps=50, rank=16, alpha=16.0, cfg_min=2.0, cfg_max=6.0),
+    # lr 1e-3 (lcm-short, batch 16) made the 4-step images worse by step 100 and the loss rose
+    # 0.009 -> 0.03: the reference's 1e-4 until a run says otherwise.
+    "lcm": dict(lr=1e-4, steps=2000, batch_size=64, warmup_steps=50, rank=16, alpha=16.0, cfg_min=2.0, cfg_max=6.0),
 }
 
 
