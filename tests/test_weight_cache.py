@@ -20,6 +20,7 @@ def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("STABLEKIT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("STABLEKIT_WEIGHT_CACHE_GB", raising=False)
     monkeypatch.setattr(weight_cache, "MIN_FILE_BYTES", 0)  # the test files are tiny
+    monkeypatch.setattr(weight_cache, "QUIET_SECONDS", 0)  # no waiting for the end of a load (tested once below)
     return tmp_path / "cache" / "weights"
 
 
@@ -35,7 +36,8 @@ def _load(path, keys=("a", "b", "i", "e")):
     wf = open_weights(path)
     out = {k: wf.get(k, BF16) for k in keys}
     del wf
-    gc.collect()  # the entry is written when the file is let go
+    gc.collect()  # the entry is written when the file is let go, on a writer thread
+    weight_cache.wait_for_writes()
     return out
 
 
@@ -134,7 +136,8 @@ def test_misaligned_data_is_read_exactly(tmp_path, monkeypatch):
     assert torch.equal(wf.get("w", BF16), t.to(BF16))
 
 
-def test_stale_partial_entry_does_not_block_caching(tmp_path, cache_dir):
+def test_partial_of_a_live_writer_is_left_alone_and_a_dead_ones_taken_over(tmp_path, cache_dir):
+    fcntl = pytest.importorskip("fcntl")
     src = tmp_path / "m.safetensors"
     _file(src)
     _load(src)
@@ -142,11 +145,12 @@ def test_stale_partial_entry_does_not_block_caching(tmp_path, cache_dir):
     for f in cache_dir.iterdir():
         f.unlink()
     partial = cache_dir / (index.stem + ".bin.partial")
-    partial.write_bytes(b"left by a killed load")
-    _load(src)
-    assert not list(cache_dir.glob("*.json"))  # a fresh partial may be another live load's: left alone
-    os.utime(partial, (1, 1))
-    _load(src)
+    partial.write_bytes(b"being written by another process")
+    with open(partial, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a live writer holds its lock
+        _load(src)
+        assert not list(cache_dir.glob("*.json")) and partial.exists()
+    _load(src)  # the writer died (its lock went with it): its partial is taken over at once
     assert len(list(cache_dir.glob("*.json"))) == 1 and not partial.exists()
 
 
@@ -156,3 +160,126 @@ def test_file_larger_than_the_cache_is_not_written(tmp_path, cache_dir, monkeypa
     tensors = _file(src)
     assert torch.equal(_load(src)["a"], tensors["a"].to(BF16))
     assert not cache_dir.exists() or not any(cache_dir.iterdir())
+
+
+def _gated_writer(monkeypatch):
+    """Hold the writer thread (once it has claimed its partial file) until `gate` is set."""
+    import threading
+
+    entered, gate, original = threading.Event(), threading.Event(), weight_cache.CastCache._write_data
+
+    def gated(self, f):
+        entered.set()
+        assert gate.wait(10), "the test never released the writer"
+        return original(self, f)
+    monkeypatch.setattr(weight_cache.CastCache, "_write_data", gated)
+    return entered, gate
+
+
+def test_load_returns_before_the_entry_is_written_and_in_place_changes_stay_out(tmp_path, cache_dir, monkeypatch):
+    src = tmp_path / "m.safetensors"
+    tensors = _file(src)
+    entered, gate = _gated_writer(monkeypatch)
+    wf = open_weights(src)
+    first = {k: wf.get(k, BF16) for k in ("a", "b")}
+    del wf
+    gc.collect()  # the load is over: the writer has started and waits at the gate
+    assert entered.wait(10)
+    assert not list(cache_dir.glob("*.json")) and list(cache_dir.glob("*.partial"))
+    first["a"].add_(1)  # e.g. a LoRA fused in place before the write ran: the entry must not see it
+    gate.set()
+    weight_cache.wait_for_writes()
+    assert len(list(cache_dir.glob("*.json"))) == 1 and not list(cache_dir.glob("*.partial"))
+    _no_source_reads(monkeypatch)
+    second = _load(src, keys=("a", "b"))
+    assert torch.equal(second["a"], tensors["a"].to(BF16)) and torch.equal(second["b"], tensors["b"].to(BF16))
+
+
+def test_source_changed_during_the_write_leaves_no_entry(tmp_path, cache_dir, monkeypatch):
+    src = tmp_path / "m.safetensors"
+    _file(src)
+    _, gate = _gated_writer(monkeypatch)
+    wf = open_weights(src)
+    wf.get("a", BF16)
+    del wf
+    gc.collect()
+    os.utime(src, ns=(5, 5))  # rewritten while the writer waits
+    gate.set()
+    weight_cache.wait_for_writes()
+    assert not any(cache_dir.iterdir())
+
+
+_CHILD = """
+import gc, os, sys, time
+import torch
+from stablekit.formats import weight_cache
+from stablekit.formats.weights import open_weights
+weight_cache.MIN_FILE_BYTES = 0
+weight_cache.QUIET_SECONDS = 0
+original = weight_cache.CastCache._write_data
+def slow(self, f):
+    print("writing", flush=True)
+    time.sleep(float(sys.argv[2]))
+    return original(self, f)
+weight_cache.CastCache._write_data = slow
+wf = open_weights(sys.argv[1])
+wf.get("a", torch.bfloat16)
+del wf
+gc.collect()
+print("returned", weight_cache._WRITER is not None and weight_cache._WRITER.is_alive(), flush=True)  # writing
+"""
+
+
+def _child(src, cache_dir, sleep):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "STABLEKIT_CACHE_DIR": str(cache_dir.parent), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", _CHILD, str(src), str(sleep)], env=env, stdout=subprocess.PIPE, text=True)
+
+
+def test_process_exit_waits_for_a_started_write(tmp_path, cache_dir):
+    src = tmp_path / "m.safetensors"
+    tensors = _file(src)
+    proc = _child(src, cache_dir, 0.5)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and sorted(out.split()) == ["True", "returned", "writing"]  # returned mid-write
+    assert len(list(cache_dir.glob("*.json"))) == 1 and not list(cache_dir.glob("*.partial"))
+    assert torch.equal(_load(src, keys=("a",))["a"], tensors["a"].to(BF16))
+
+
+def test_kill_during_the_write_leaves_nothing_trusted(tmp_path, cache_dir, monkeypatch):
+    import signal
+
+    src = tmp_path / "m.safetensors"
+    tensors = _file(src)
+    proc = _child(src, cache_dir, 60)
+    while proc.stdout.readline().split()[:1] != ["writing"]:  # the load may return first
+        pass
+    assert list(cache_dir.glob("*.partial"))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not list(cache_dir.glob("*.json"))  # nothing a later load could trust
+    assert torch.equal(_load(src)["a"], tensors["a"].to(BF16))  # read from the source; the dead writer's partial taken over
+    assert len(list(cache_dir.glob("*.json"))) == 1 and not list(cache_dir.glob("*.partial"))
+
+
+def test_the_writer_waits_until_no_tensor_has_been_cast_for_a_while(tmp_path, cache_dir, monkeypatch):
+    import time
+
+    monkeypatch.setattr(weight_cache, "QUIET_SECONDS", 0.3)
+    one, two = tmp_path / "1.safetensors", tmp_path / "2.safetensors"
+    _file(one)
+    _file(two, seed=1)
+    wf = open_weights(one)
+    wf.get("a", BF16)
+    monkeypatch.setattr(weight_cache, "_LAST_CAST", time.monotonic() + 3600)  # casts go on...
+    del wf
+    gc.collect()  # ...while file one, let go, has its entry queued
+    time.sleep(0.6)
+    assert not list(cache_dir.glob("*.json"))
+    other = open_weights(two)
+    last_cast = time.monotonic()
+    other.get("a", BF16)  # the last cast of the load
+    weight_cache.wait_for_writes()
+    assert len(list(cache_dir.glob("*.json"))) == 1 and time.monotonic() - last_cast >= 0.3

@@ -5,6 +5,7 @@
     stablekit train dreambooth --data DIR --out runs --instance-prompt 'a sks square' --class-prompt 'a square' [--lora]
     stablekit train controlnet --data DIR --out runs --steps 2000     (DIR/conditioning/ holds the condition images)
     stablekit train inpainting --data DIR --out runs --steps 2000     (a 9-channel inpainting model)
+    stablekit train lcm --data DIR --out runs --steps 2000            (LCM-LoRA: 4-8 step generation, --sampler LCM)
     stablekit train finetune --config run.toml --steps 2000        (every TOML key is also a flag)
     stablekit train lora --print-config                            (the resolved settings, as TOML)
     accelerate launch -m stablekit train ...                       (data-parallel, same result per global batch)
@@ -63,6 +64,10 @@ _HELP = {
                  "OUT/NAME-best.safetensors",
     "resolution": "ControlNet / inpainting: training size of a folder dataset (0: the model's native size)",
     "conditioning_dir": "ControlNet: folder of same-name condition images (default: DATA/conditioning)",
+    "cfg_min": "LCM: lowest teacher CFG scale (drawn uniformly per image)", "cfg_max": "LCM: highest teacher CFG scale",
+    "ddim_steps": "LCM: DDIM solver steps over the training timesteps (skipping interval 1000/N)",
+    "loss_type": "LCM: huber (pseudo-Huber) or l2", "huber_c": "LCM: pseudo-Huber constant c",
+    "timestep_scaling": "LCM: timestep scaling of the consistency boundary conditions",
     "caption_dropout": "ControlNet: share of captions dropped to empty", "sample_conditions":
     "ControlNet: condition images of the validation grid (one per sample prompt)",
 }
@@ -80,11 +85,13 @@ METHOD_DESCRIPTIONS = {
                   "an LDM-layout ControlNet file plus a diffusers folder.",
     "inpainting": "Inpainting model: the UNet gets 5 zero-initialised input channels (mask, masked-image latents) "
                   "and is fine-tuned with random and object masks; a 9-channel checkpoint and diffusers folder.",
+    "lcm": "LCM-LoRA distillation (Luo et al. 2023): a LoRA that makes the model draw in 4-8 steps with the LCM "
+           "sampler and CFG 1-2; teacher = the model with CFG, one DDIM step; a kohya-format LoRA and a PEFT file.",
 }
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train a model: finetune, lora, textual-inversion, dreambooth, controlnet, inpainting",
+    parser = subparsers.add_parser("train", help="train a model: finetune, lora, textual-inversion, dreambooth, controlnet, inpainting, lcm",
                                    description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[2:]),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="method", metavar="METHOD", help="what to train (each has its own settings)")
@@ -125,9 +132,14 @@ def run_train(args) -> int:
         settings, tc = resolve(method, config, check=False, **given)
         print(to_toml(as_record(method, settings, tc)), end="")
         return 0
-    from stablekit.train.run import run
+    if method == "lcm":  # LCM-LoRA composes run.py's pieces itself (train/strategies/lcm_run.py)
+        from stablekit.train.strategies.lcm_run import run_lcm
 
-    result = run(method, config=config, **given)
+        result = run_lcm(config=config, **given)
+    else:
+        from stablekit.train.run import run
+
+        result = run(method, config=config, **given)
     if result["artefact"]:
         print(f"{method}: {result['step']} steps -> {result['artefact']}")
     return 0

@@ -80,6 +80,23 @@ class InpaintingConfig(FinetuneConfig):
     resolution: int = 0  # training size of a folder / CSV / jsonl source (0: the model's native size)
 
 
+@dataclass
+class LcmConfig(LoraSettings):
+    """LCM-LoRA distillation (train/strategies/lcm.py); defaults are diffusers' reference script's."""
+
+    rank: int = 64
+    alpha: float = 64.0
+    conv: bool = True
+    cfg_min: float = 6.0  # teacher CFG scale drawn in [cfg_min, cfg_max] (the reference's w 5..15, w = scale - 1)
+    cfg_max: float = 16.0
+    ddim_steps: int = 50  # DDIM solver steps: skipping interval 1000 / ddim_steps timesteps
+    loss_type: str = "huber"  # huber (pseudo-Huber) or l2
+    huber_c: float = 0.001
+    timestep_scaling: float = 10.0  # consistency boundary scalings c_skip / c_out
+    sample_steps: int = 4  # the validation grid uses the LCM sampler
+    sample_cfg: float = 1.0  # the guidance is distilled in: one UNet call per step (the reference's validation)
+
+
 # Per-method defaults for the loop (what the reference trainers start from; each is a setting).
 _COMMON = dict(steps=1000, batch_size=4, lr_schedule="constant", warmup_steps=0, min_lr_ratio=0.0,
                checkpoint_every=250, sample_every=250, keep_checkpoints=2)
@@ -90,6 +107,8 @@ METHODS: dict[str, tuple[type, dict]] = {
     "dreambooth": (DreamBoothConfig, dict(_COMMON, steps=400, batch_size=2, lr=5e-6)),
     "controlnet": (ControlNetConfig, dict(_COMMON, lr=1e-5)),  # diffusers' train_controlnet.py: lr 1e-5
     "inpainting": (InpaintingConfig, dict(_COMMON, lr=1e-5)),
+    # train_lcm_distill_lora_sd_wds.py: lr 1e-4, constant after 500 warm-up steps, batch 16 per GPU
+    "lcm": (LcmConfig, dict(_COMMON, lr=1e-4, warmup_steps=500, batch_size=16, steps=4000)),
 }
 
 
@@ -116,6 +135,12 @@ TINY_RECIPES: dict[str, dict] = {
     # 0.21-0.63): lower it with text_encoder_lr before turning it on. No DreamBooth setting reaches
     # the teal subject on model 2: its autoencoder turns teal into blue / green (vae round trip)
     "dreambooth": dict(lr=1e-4, steps=200, num_class_images=20),
+    # LCM-LoRA: first guesses (speed3, session 7), not yet a measured best. The UNet is 48/96/128
+    # channels wide, so the reference's rank 64 would be close to full rank; the teacher's CFG range
+    # sits around CFG 3-5, where the base model's adherence is highest (docs/benchmarks.md sweeps).
+    # lr 1e-3 (lcm-short, batch 16) made the 4-step images worse by step 100 and the loss rose
+    # 0.009 -> 0.03: the reference's 1e-4 until a run says otherwise.
+    "lcm": dict(lr=1e-4, steps=2000, batch_size=64, warmup_steps=50, rank=16, alpha=16.0, cfg_min=2.0, cfg_max=6.0),
 }
 
 
@@ -217,6 +242,8 @@ def _check(method: str, s: MethodConfig) -> None:
     if method == "dreambooth" and not s.instance_prompt:
         raise StablekitError("DreamBooth needs --instance-prompt (e.g. 'a sks square'); add --class-prompt "
                              "(e.g. 'a square') for prior preservation")
+    if isinstance(s, LcmConfig):
+        _check_lcm(s)
     if isinstance(s, LoraSettings) and (s.rank < 1 or s.alpha <= 0 or not 0 <= s.dropout < 1):
         raise StablekitError(f"need rank >= 1, alpha > 0 and 0 <= dropout < 1 (got {s.rank}, {s.alpha}, {s.dropout})")
     if isinstance(s, InpaintingConfig) and s.resolution < 0:
@@ -225,6 +252,18 @@ def _check(method: str, s: MethodConfig) -> None:
         raise StablekitError(f"need resolution >= 0 and 0 <= caption_dropout <= 1 (got {s.resolution}, {s.caption_dropout})")
     if s.snr_gamma < 0 or s.noise_offset < 0 or s.prior_loss_weight < 0:
         raise StablekitError("snr_gamma, noise_offset and prior_loss_weight must be >= 0")
+
+
+def _check_lcm(s: LcmConfig) -> None:
+    if s.train_text_encoder:
+        raise StablekitError("LCM-LoRA distils the UNet only: drop --train-text-encoder")
+    if not 1 <= s.cfg_min <= s.cfg_max:
+        raise StablekitError(f"need 1 <= cfg_min <= cfg_max (got {s.cfg_min}, {s.cfg_max})")
+    if not 1 <= s.ddim_steps <= 1000 or s.huber_c <= 0 or s.timestep_scaling <= 0:
+        raise StablekitError(f"need 1 <= ddim_steps <= 1000, huber_c > 0, timestep_scaling > 0 "
+                             f"(got {s.ddim_steps}, {s.huber_c}, {s.timestep_scaling})")
+    if s.loss_type not in ("huber", "l2"):
+        raise StablekitError(f"unknown loss_type {s.loss_type!r}: use huber or l2")
 
 
 def as_record(method: str, settings: MethodConfig, tc: TrainConfig) -> dict:

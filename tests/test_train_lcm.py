@@ -1,0 +1,142 @@
+"""`stablekit train lcm` (train/strategies/lcm.py): the LCM-LoRA pieces against diffusers' own,
+what trains, and the exported LoRA (kohya and PEFT) in our loader and in diffusers."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from adapter_fixtures import diffusers_pipe, unet_inputs, unet_out
+from fixtures import tiny_components
+from safetensors.torch import load_file
+from train_fixtures import TinyImages
+
+from stablekit.errors import StablekitError
+from stablekit.generate.denoiser import alphas_cumprod_from_config
+from stablekit.train.methods import resolve
+from stablekit.train.parallel import BatchRandom
+from stablekit.train.strategies.lcm import LcmStrategy, adapters_off, boundary_scalings, ddim_solver, x0_and_eps
+from stablekit.train.strategies.lcm_run import run_lcm
+
+_BUILT = {}
+FAST = dict(steps=2, batch_size=2, sample_every=0, progress=False, tensorboard=False, rank=4, alpha=4.0, lr=1e-2,
+            warmup_steps=0, cache_dir="off")
+
+
+def tiny(arch="sd1"):
+    if arch not in _BUILT:
+        _BUILT[arch] = tiny_components(arch)
+    return copy.deepcopy(_BUILT[arch])
+
+
+def test_solver_and_boundary_scalings_match_diffusers():
+    from diffusers import LCMScheduler
+
+    acp = alphas_cumprod_from_config(tiny().scheduler_config)
+    timesteps, prev, k = ddim_solver(acp, 50)
+    assert k == 20 and timesteps.tolist() == list(range(19, 1000, 20))
+    assert prev[0] == acp[0] and torch.equal(prev[1:], acp[timesteps[:-1]])  # alpha-bar at t_n - k
+    lcm = LCMScheduler(timestep_scaling=10.0)
+    t = torch.tensor([0, 19, 499, 999])
+    c_skip, c_out = boundary_scalings(t, 10.0)
+    for i, step in enumerate(t.tolist()):
+        want_skip, want_out = lcm.get_scalings_for_boundary_condition_discrete(step)
+        assert c_skip[i].item() == pytest.approx(float(want_skip), rel=1e-6)
+        assert c_out[i].item() == pytest.approx(float(want_out), rel=1e-6, abs=1e-9)
+    assert c_skip[0].item() == 1 and c_out[0].item() == 0  # f(x, 0) = x: the consistency boundary condition
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_x0_and_eps_invert_the_forward_process(prediction_type):
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    acp = torch.tensor([0.9, 0.5, 0.01]).view(3, 1, 1, 1)
+    x_t = acp.sqrt() * x0 + (1 - acp).sqrt() * eps
+    out = eps if prediction_type == "epsilon" else acp.sqrt() * eps - (1 - acp).sqrt() * x0
+    got_x0, got_eps = x0_and_eps(out, x_t, acp, prediction_type)
+    assert torch.allclose(got_x0, x0, atol=1e-4) and torch.allclose(got_eps, eps, atol=1e-5)
+
+
+def test_teacher_is_the_base_model_and_the_lora_stays_trainable():
+    base = tiny()
+    s = LcmStrategy(components=tiny(), rank=4, alpha=4.0, cache_dir="")
+    for n, p in s.components.unet.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)  # a LoRA that changes the output
+    inputs = unet_inputs(base)
+    with torch.no_grad():
+        want, student = unet_out(base, inputs), unet_out(s.components, inputs)
+        with adapters_off(s.components.unet):
+            teacher = unet_out(s.components, inputs)
+    assert torch.equal(teacher, want) and not torch.allclose(student, want, atol=1e-3)
+    trainable = {n for n, p in s.components.unet.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(".resnets." in n for n in trainable)  # convolutions too (the reference's targets)
+
+
+@pytest.mark.parametrize("loss_type", ["huber", "l2"])
+def test_loss_reaches_only_the_lora(loss_type):
+    s = LcmStrategy(components=tiny(), rank=4, alpha=4.0, cache_dir="", loss_type=loss_type)
+    batch = TinyImages(n=2).get_batch([0, 1])
+    loss, metrics = s.loss(batch, BatchRandom(torch.Generator().manual_seed(0)))
+    assert torch.isfinite(loss) and loss.item() > 0 and metrics["consistency"] == loss.detach()
+    loss.backward()
+    grads = {n: p.grad for n, p in s.components.unet.named_parameters() if p.grad is not None}
+    assert grads and all("lora_" in n for n in grads)
+    assert any(g.abs().max() > 0 for n, g in grads.items() if "lora_A" not in n)  # lora_B starts at 0: its grads
+
+
+def test_run_exports_kohya_and_peft_that_diffusers_and_our_loader_read(tmp_path):
+    from stablekit.adapters import apply_adapters
+
+    comps, ours, theirs, peft_theirs = tiny(), tiny(), tiny(), tiny()
+    result = run_lcm(components=comps, dataset=TinyImages(), out=tmp_path, **FAST)
+    kohya, peft = tmp_path / "lcm.safetensors", tmp_path / "lcm.peft.safetensors"
+    assert result["artefact"] == str(kohya) and peft.exists()
+    assert any(k.startswith("lora_unet_") and "resnets" in k for k in load_file(kohya))
+    assert 'method = "lcm"' in (tmp_path / "lcm.toml").read_text()
+    inputs = unet_inputs(ours)
+    with torch.no_grad():
+        before = unet_out(ours, inputs)
+        trained = unet_out(comps, inputs)  # the strategy's own peft-wrapped UNet
+        apply_adapters(ours, [(kohya, 1.0)])
+        mine = unet_out(ours, inputs)
+        diffusers_pipe(theirs).load_lora_weights(str(tmp_path), weight_name="lcm.safetensors")
+        diffusers_pipe(peft_theirs).load_lora_weights(str(tmp_path), weight_name="lcm.peft.safetensors")
+        assert not torch.allclose(trained, before, atol=1e-4)  # it trained
+        for other in (mine, unet_out(theirs, inputs), unet_out(peft_theirs, inputs)):
+            assert torch.allclose(other, trained, atol=1e-4, rtol=0)
+
+
+def test_generation_with_the_lora_and_the_lcm_sampler(tmp_path):
+    from stablekit.generate.pipeline import Pipeline
+
+    run_lcm(components=tiny(), dataset=TinyImages(), out=tmp_path, **FAST)
+    pipe = Pipeline(tiny(), progress=False)
+    images = pipe.generate("a picture", steps=4, cfg=1.5, sampler="LCM", seed=1, width=64, height=64,
+                           loras=[(str(tmp_path / "lcm.safetensors"), 1.0)])
+    assert images[0].size == (64, 64)
+
+
+def test_settings_defaults_toml_overrides_and_errors(tmp_path):
+    s, tc = resolve("lcm", model="/no/such/model")  # SD-size: the reference script's settings
+    assert (s.rank, s.cfg_min, s.cfg_max, s.ddim_steps, s.loss_type, s.huber_c) == (64, 6.0, 16.0, 50, "huber", 0.001)
+    assert (s.sample_steps, s.sample_cfg, tc.lr, tc.warmup_steps) == (4, 1.0, 1e-4, 500)
+    s, tc = resolve("lcm")  # the embedded model: the tiny recipe
+    assert (s.rank, s.cfg_min, s.cfg_max, tc.lr, tc.batch_size) == (16, 2.0, 6.0, 1e-4, 64)
+    toml = tmp_path / "lcm.toml"
+    toml.write_text('method = "lcm"\ncfg-min = 2.0\nddim_steps = 25\n')
+    s, _ = resolve("lcm", toml, cfg_max=4.0, model="/no/such/model")
+    assert (s.cfg_min, s.cfg_max, s.ddim_steps) == (2.0, 4.0, 25)
+    for bad in (dict(cfg_min=5.0, cfg_max=2.0), dict(loss_type="l1"), dict(train_text_encoder=True),
+                dict(ddim_steps=0)):
+        with pytest.raises(StablekitError):
+            resolve("lcm", model="/no/such/model", **bad)
+
+
+def test_cli_print_config(capsys):
+    from stablekit.cli import main
+
+    assert main(["train", "lcm", "--print-config", "--cfg-max", "3", "--loss-type", "l2"]) == 0
+    out = capsys.readouterr().out
+    assert 'method = "lcm"' in out and "cfg_max = 3.0" in out and 'loss_type = "l2"' in out
