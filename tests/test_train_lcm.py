@@ -16,7 +16,7 @@ from stablekit.generate.denoiser import alphas_cumprod_from_config
 from stablekit.train.methods import resolve
 from stablekit.train.parallel import BatchRandom
 from stablekit.train.strategies.lcm import LcmStrategy, adapters_off, boundary_scalings, ddim_solver, x0_and_eps
-from stablekit.train.strategies.lcm_run import run_lcm
+from stablekit.train.run import run
 
 _BUILT = {}
 FAST = dict(steps=2, batch_size=2, sample_every=0, progress=False, tensorboard=False, rank=4, alpha=4.0, lr=1e-2,
@@ -90,7 +90,7 @@ def test_run_exports_kohya_and_peft_that_diffusers_and_our_loader_read(tmp_path)
     from stablekit.adapters import apply_adapters
 
     comps, ours, theirs, peft_theirs = tiny(), tiny(), tiny(), tiny()
-    result = run_lcm(components=comps, dataset=TinyImages(), out=tmp_path, **FAST)
+    result = run("lcm", components=comps, dataset=TinyImages(), out=tmp_path, **FAST)
     kohya, peft = tmp_path / "lcm.safetensors", tmp_path / "lcm.peft.safetensors"
     assert result["artefact"] == str(kohya) and peft.exists()
     assert any(k.startswith("lora_unet_") and "resnets" in k for k in load_file(kohya))
@@ -111,7 +111,7 @@ def test_run_exports_kohya_and_peft_that_diffusers_and_our_loader_read(tmp_path)
 def test_generation_with_the_lora_and_the_lcm_sampler(tmp_path):
     from stablekit.generate.pipeline import Pipeline
 
-    run_lcm(components=tiny(), dataset=TinyImages(), out=tmp_path, **FAST)
+    run("lcm", components=tiny(), dataset=TinyImages(), out=tmp_path, **FAST)
     pipe = Pipeline(tiny(), progress=False)
     images = pipe.generate("a picture", steps=4, cfg=1.5, sampler="LCM", seed=1, width=64, height=64,
                            loras=[(str(tmp_path / "lcm.safetensors"), 1.0)])

@@ -132,14 +132,9 @@ def run_train(args) -> int:
         settings, tc = resolve(method, config, check=False, **given)
         print(to_toml(as_record(method, settings, tc)), end="")
         return 0
-    if method == "lcm":  # LCM-LoRA composes run.py's pieces itself (train/strategies/lcm_run.py)
-        from stablekit.train.strategies.lcm_run import run_lcm
+    from stablekit.train.run import run
 
-        result = run_lcm(config=config, **given)
-    else:
-        from stablekit.train.run import run
-
-        result = run(method, config=config, **given)
+    result = run(method, config=config, **given)
     if result["artefact"]:
         print(f"{method}: {result['step']} steps -> {result['artefact']}")
     return 0

@@ -23,7 +23,8 @@ from stablekit.train.strategies.sd import SampleSettings
 
 def run(method: str, *, config=None, dataset=None, components=None, progress: bool = True, hooks=None,
         **settings) -> dict:
-    """Train `method` ("finetune", "lora", "textual-inversion", "dreambooth") and export the result.
+    """Train `method` ("finetune", "lora", "textual-inversion", "dreambooth", "controlnet", "inpainting",
+    "lcm") and export the result.
 
     config: a TOML file of settings; settings: any method or loop setting (they win over the file).
     dataset: an object implementing the training-data contract instead of `data`; components: a
@@ -48,7 +49,12 @@ def run(method: str, *, config=None, dataset=None, components=None, progress: bo
     artefact = None
     if _is_main_process() and not result["stopped"]:
         out.mkdir(parents=True, exist_ok=True)
-        artefact = export(method, s, strategy, components, out, record)
+        if method == "lcm":
+            from stablekit.train.strategies.lcm_run import export_lcm
+
+            artefact = export_lcm(s, strategy, components, out, record)
+        else:
+            artefact = export(method, s, strategy, components, out, record)
         (out / f"{s.name}.toml").write_text(to_toml(record))
     return {"artefact": str(artefact) if artefact else None, "config": record, **result}
 
@@ -181,6 +187,10 @@ def build(method: str, s, tc, components, dataset):
         return InpaintingStrategy(**common, train_text_encoder=s.train_text_encoder), dataset
     if method == "textual-inversion":
         return TextualInversionStrategy(**common, token=s.token, init_word=s.init_word, vectors=s.vectors), dataset
+    if method == "lcm":
+        from stablekit.train.strategies.lcm_run import build_lcm
+
+        return build_lcm(s, components), dataset
     dataset = dreambooth_data(s, tc, components, dataset)
     if s.lora:
         return LoraStrategy(**common, **lora, name="dreambooth-lora"), dataset
