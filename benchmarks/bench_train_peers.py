@@ -146,8 +146,9 @@ def main(argv=None) -> dict:
         env_warm = dict(base_env, STABLEKIT_TRAIN_CACHE=str(warm_cache))
         timed(stablekit_command(method, Path(args.model), ours_data, out / "fill", s1, args.batch), env_warm, out / "fill.log")
         results: dict[str, dict[int, tuple[float, float]]] = {}
-        for steps in (s1, s2):
-            for config in ("diffusers", "stablekit-cold", "stablekit-warm", "stablekit-nocache"):
+        # each configuration's two runs back to back: a load change between them would bias its rate
+        for config in ("diffusers", "stablekit-cold", "stablekit-warm", "stablekit-nocache"):
+            for steps in (s1, s2):
                 run = out / f"{method}-{config}-{steps}"
                 shutil.rmtree(run, ignore_errors=True)
                 run.mkdir()
