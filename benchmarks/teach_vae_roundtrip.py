@@ -40,6 +40,8 @@ def round_trip(vae, images: list[Image.Image]) -> list[Image.Image]:
 def main() -> None:
     torch.set_num_threads(1)
     vae, judge = load_model(stablekit.EMBEDDED_MODEL, dtype=torch.float32).vae, Judge.load()
+    for method in te.METHODS:  # idempotent: renders only what is missing
+        te.render_method_data(method, Path("runs/teach/data"))
     te.render_method_data("dreambooth", Path("runs/teach/data"), "orange")  # the diagnostic subject
     for what, pattern, key, want in CHECKS:
         images = [Image.open(p).convert("RGB") for p in sorted(glob.glob(pattern))[:40]]
