@@ -7,7 +7,7 @@ prompt set on fixed seeds, and a score read by the shapes judge:
 |---|---|---|---|
 | textual-inversion | 5 large hexagons captioned with `<hexagon>` | "a {color} <hexagon> on a {bg} background", every color/bg pair (seed 0) | hexagon share, colour share |
 | dreambooth | 5 teal diamonds, instance prompt "a sks square" | "a sks square" (seeds 0-19); "a {color} square" x 3 (seeds 0-23) | subject (teal and diamond), class (square of the asked colour) |
-| lora | 64 outline images of the base shapes, captions with "outline" | outline prompts of every base shape (seeds 2000+) | hollow at scale 1; max pixel difference scale 0 vs base; file / UNet size |
+| lora | 256 outline images of the base shapes, captions with "outline" | outline prompts of every base shape (seeds 2000+) | hollow at scale 1; max pixel difference scale 0 vs base; file / UNet size |
 | finetune | 240 hexagons + 240 base images (replay) | hexagon prompt set (seeds 3000+); eval-v1 prompts (their seeds) before and after | hexagon adherence, base adherence drop |
 
 The measurement runs the training through the CLI (`stablekit train METHOD`), so what is measured
@@ -37,7 +37,9 @@ TARGETS = {
 }
 TOKEN = "<hexagon>"
 INSTANCE_PROMPT, CLASS_PROMPT = "a sks square", "a square"
-LORA_IMAGES = 64
+# 64 outline images capped hollow at 0.69 on models 2 and 3 (the LoRA fits them: 1600 steps gave 0.56);
+# 256 gave 0.81 (n 32) / 0.75 (n 64) with the same recipe (m3-lora-256). The first 64 are the old set.
+LORA_IMAGES = 256
 SUBJECT_COLOR = "teal"  # the target's; teach_targets.py --subject-color picks a diagnostic one
 
 
