@@ -41,8 +41,9 @@ def eval_ti(artefact: Path, args, judge) -> tuple[dict, list]:
     c = base_model()
     add_embedding(c, te.TOKEN, load_embedding(artefact)["vectors"])
     prompts = [(expand_embeddings(p, c.tokenizer), s, a) for p, s, a in te.ti_prompts(args.prompts)]
-    figures, images = te.judge_prompts(Pipeline(c, progress=False), judge, prompts)
-    return {"hexagon": figures["shape"], "color": figures["color"], "both": figures["all"], "n": figures["n"]}, images
+    figures, images = te.judge_prompts(Pipeline(c, progress=False), judge, prompts, by="color")
+    return {"hexagon": figures["shape"], "color": figures["color"], "both": figures["all"], "n": figures["n"],
+            "judged_shape": figures["breakdown"]["judged"]["shape"]}, images
 
 
 def is_lora(artefact: Path) -> bool:
@@ -57,11 +58,12 @@ def eval_dreambooth(artefact: Path, args, judge) -> tuple[dict, list]:
     lora = is_lora(artefact)
     pipe = Pipeline(base_model() if lora else load_model(artefact, dtype=torch.float32), progress=False)
     settings = {"loras": [(str(artefact), 1.0)]} if lora else {}
-    subject, plain = te.dreambooth_prompts()
-    s, s_images = te.judge_prompts(pipe, judge, subject, **settings)
-    p, p_images = te.judge_prompts(pipe, judge, plain, **settings)
-    return {"subject": s["all"], "subject_teal": s["color"], "subject_diamond": s["shape"], "class": p["all"],
-            "n_subject": s["n"], "n_class": p["n"]}, s_images[:8] + p_images[:16]
+    subject, plain = te.dreambooth_prompts(subject_color=args.subject_color)
+    s, s_images = te.judge_prompts(pipe, judge, subject, by="shape", **settings)
+    p, p_images = te.judge_prompts(pipe, judge, plain, by="color", **settings)
+    return {"subject": s["all"], f"subject_{args.subject_color}": s["color"], "subject_diamond": s["shape"], "class": p["all"],
+            "n_subject": s["n"], "n_class": p["n"], "subject_judged": s["breakdown"]["judged"],
+            "class_judged": p["breakdown"]["judged"]}, s_images[:8] + p_images[:16]
 
 
 def eval_lora(artefact: Path, args, judge) -> tuple[dict, list]:
@@ -70,7 +72,7 @@ def eval_lora(artefact: Path, args, judge) -> tuple[dict, list]:
     c = base_model()
     pipe = Pipeline(c, progress=False)
     prompts = te.shape_prompts(args.prompts or 32, seed=11, first_seed=2000, shapes=te.BASE_SHAPES, hollow=True)
-    on, images = te.judge_prompts(pipe, judge, prompts, loras=[(str(artefact), 1.0)])
+    on, images = te.judge_prompts(pipe, judge, prompts, by="shape", loras=[(str(artefact), 1.0)])
     base_plain = te.generate(pipe, prompts[:4], output="np")
     zero = te.generate(pipe, prompts[:4], output="np", loras=[(str(artefact), 0.0)])
     diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(base_plain, zero))
@@ -79,7 +81,7 @@ def eval_lora(artefact: Path, args, judge) -> tuple[dict, list]:
     return {"hollow": on["hollow"], "shape": on["shape"], "color": on.get("color"), "adherence": on["adherence"],
             "hollow_without_lora_first8": base_hollow, "scale0_max_diff": diff,
             "size_ratio": artefact.stat().st_size / unet_bytes, "file_bytes": artefact.stat().st_size,
-            "unet_fp32_bytes": unet_bytes, "n": on["n"]}, images
+            "unet_fp32_bytes": unet_bytes, "n": on["n"], "breakdown": on["breakdown"]}, images
 
 
 def eval_finetune(artefact: Path, args, judge) -> tuple[dict, list]:
@@ -89,12 +91,12 @@ def eval_finetune(artefact: Path, args, judge) -> tuple[dict, list]:
     base_items = load_prompt_set("eval-v1")[:args.base_limit]
     base_prompts = [(it.prompt, it.seed, dict(it.named)) for it in base_items]
     tuned = Pipeline(load_model(artefact, dtype=torch.float32), progress=False)
-    h, images = te.judge_prompts(tuned, judge, hexagons)
+    h, images = te.judge_prompts(tuned, judge, hexagons, by="size")
     after, _ = te.judge_prompts(tuned, judge, base_prompts)
     before, _ = te.judge_prompts(Pipeline(base_model(), progress=False), judge, base_prompts)
     return {"hexagon_adherence": h["adherence"], "hexagon_shape": h["shape"], "base_before": before["adherence"],
             "base_after": after["adherence"], "base_drop": before["adherence"] - after["adherence"],
-            "n_hexagon": h["n"], "n_base": len(base_prompts)}, images
+            "n_hexagon": h["n"], "n_base": len(base_prompts), "breakdown": h["breakdown"]}, images
 
 
 EVALUATORS = {"textual-inversion": eval_ti, "dreambooth": eval_dreambooth, "lora": eval_lora,
@@ -113,23 +115,29 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-prior", action="store_true", help="DreamBooth without prior preservation")
     parser.add_argument("--prompts", type=int, default=0, help="limit the prompt set (0: the method's full set)")
     parser.add_argument("--base-limit", type=int, default=48, help="finetune: eval-v1 prompts for the base drop")
+    parser.add_argument("--subject-color", default=te.SUBJECT_COLOR,
+                        help="DreamBooth subject colour (default teal, the target; a base colour is a diagnostic)")
+    parser.add_argument("--lora-images", type=int, default=te.LORA_IMAGES, help="LoRA: outline images rendered")
     parser.add_argument("--skip-train", action="store_true", help="judge the existing artefact")
     args, extra = parser.parse_known_args(argv)
     torch.set_num_threads(1)
     name = args.name or args.method
     out = Path(args.out)
-    data = te.render_method_data(args.method, out / "data")["data"]
+    data = te.render_method_data(args.method, out / "data", args.subject_color, args.lora_images)["data"]
     flags = list(METHOD_FLAGS.get(args.method, []))
     if args.method == "dreambooth" and not args.no_prior:
         flags += ["--class-prompt", te.CLASS_PROMPT]
     seconds = None
+    if args.skip_train and (out / f"{name}-report.json").exists():  # re-judging keeps the training time
+        seconds = json.loads((out / f"{name}-report.json").read_text()).get("train_seconds")
     if not args.skip_train:
         seconds = te.train_cli(args.method, data, out / "runs", name, flags + extra)
     artefact = out / "runs" / f"{name}.safetensors"
     t = time.time()
     figures, images = EVALUATORS[args.method](artefact, args, Judge.load())
     config = (out / "runs" / f"{name}.toml").read_text()
-    report = {"method": args.method, "name": name, "figures": figures, "met": te.met(args.method, figures),
+    report = {"method": args.method, "name": name, "subject_color": args.subject_color, "figures": figures,
+              "met": te.met(args.method, figures),
               "targets": te.TARGETS[args.method], "train_seconds": seconds, "eval_seconds": time.time() - t,
               "extra_flags": flags + extra, "command": " ".join(["benchmarks/teach_targets.py", *(argv or sys.argv[1:])]),
               "config": config}

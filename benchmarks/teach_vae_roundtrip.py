@@ -8,6 +8,7 @@ render it under runs/teach/data) and lets the shapes judge read the renders and 
 from __future__ import annotations
 
 import glob
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,11 +16,14 @@ from PIL import Image
 
 import stablekit
 from stablekit.formats import load_model
+from stablekit.shapes import teach_eval as te
 from stablekit.shapes.judge import Judge
 
 CHECKS = [  # (what, file pattern, judged attribute, wanted value)
     ("teal diamonds (DreamBooth)", "runs/teach/data/teal-diamond-5/*.png", "color", "teal"),
     ("teal diamonds (DreamBooth)", "runs/teach/data/teal-diamond-5/*.png", "shape", "diamond"),
+    ("orange diamonds (DreamBooth diagnostic)", "runs/teach/data/orange-diamond-5/*.png", "color", "orange"),
+    ("orange diamonds (DreamBooth diagnostic)", "runs/teach/data/orange-diamond-5/*.png", "shape", "diamond"),
     ("large hexagons (TI)", "runs/teach/data/hexagon-5-large/*.png", "shape", "hexagon"),
     ("hexagons (fine-tune, first 40)", "runs/teach/data/hexagon-240-base-240/0000*.png", "shape", "hexagon"),
     ("outline (LoRA, first 40)", "runs/teach/data/outline-64/00*.png", "hollow", True),
@@ -36,6 +40,9 @@ def round_trip(vae, images: list[Image.Image]) -> list[Image.Image]:
 def main() -> None:
     torch.set_num_threads(1)
     vae, judge = load_model(stablekit.EMBEDDED_MODEL, dtype=torch.float32).vae, Judge.load()
+    for method in te.METHODS:  # idempotent: renders only what is missing
+        te.render_method_data(method, Path("runs/teach/data"))
+    te.render_method_data("dreambooth", Path("runs/teach/data"), "orange")  # the diagnostic subject
     for what, pattern, key, want in CHECKS:
         images = [Image.open(p).convert("RGB") for p in sorted(glob.glob(pattern))[:40]]
         before = np.mean([v.get(key) == want for v in judge(images)])

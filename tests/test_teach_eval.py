@@ -63,3 +63,13 @@ def test_met_compares_with_the_targets():
         {"hollow": True, "scale0": True, "size": False}
     assert te.met("finetune", {"hexagon_adherence": 0.9, "base_drop": 0.06}) == \
         {"hexagon_adherence": True, "base_drop": False}
+
+
+def test_breakdown_tells_where_and_what_was_judged(judge):
+    images, _, specs = make_batch(4, 3, shapes=("hexagon",))
+    asked = [{"shape": "hexagon", "size": s.size} for s in specs]
+    asked[0] = {"shape": "circle", "size": specs[0].size}  # judged hexagon: a miss for "circle"
+    b = te.breakdown(judge(images), asked, "shape")
+    assert b["by_shape"]["circle"]["all"] == 0.0 and b["by_shape"]["circle"]["n"] == 1
+    assert b["by_shape"]["hexagon"] == {"shape": 1.0, "size": 1.0, "all": 1.0, "n": 3}
+    assert b["judged"]["shape"] == {"hexagon": 4}

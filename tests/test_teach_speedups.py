@@ -118,15 +118,17 @@ def test_dreambooth_batches_come_from_one_bucket():
 
 def test_tiny_recipes_apply_only_to_tiny_models(monkeypatch, tmp_path):
     s, tc = methods.resolve("lora", check=False)  # "" = the embedded shapes model
-    assert (tc.lr, tc.steps, tc.lr_schedule, s.conv) == (3e-3, 800, "cosine", True)
+    assert (tc.lr, tc.steps, tc.lr_schedule, s.conv, s.snr_gamma) == (3e-3, 800, "cosine", True, 5.0)
     s, tc = methods.resolve("lora", check=False, lr=1e-3, conv=False)  # the user's settings win
     assert (tc.lr, s.conv) == (1e-3, False)
-    _, tc = methods.resolve("finetune", check=False)  # m2-ft-lr5e-5-600: base drop 0.019 (lr 1e-4: 0.076)
-    assert (tc.lr, tc.steps, tc.lr_schedule) == (5e-5, 600, "cosine")
+    s, tc = methods.resolve("finetune", check=False)  # m3-ft-te-2400: hexagon adherence 0.884, base drop 0.024
+    assert (tc.lr, tc.steps, tc.lr_schedule, s.train_text_encoder) == (5e-5, 2400, "cosine", True)
+    s, _ = methods.resolve("finetune", check=False, train_text_encoder=False)  # the user's settings win
+    assert s.train_text_encoder is False
     assert methods.model_family(str(tmp_path / "missing.safetensors")) == "reference"
     monkeypatch.setattr(methods, "_unet_parameters", lambda path: 859_520_964)  # an SD 1.5 UNet
     s, tc = methods.resolve("lora", check=False, model="sd15.safetensors")
-    assert (tc.lr, tc.steps, s.conv) == (1e-4, 1000, False)  # the reference trainers' defaults, unchanged
+    assert (tc.lr, tc.steps, s.conv, s.snr_gamma) == (1e-4, 1000, False, 0.0)  # the reference trainers' defaults
     _, tc = methods.resolve("dreambooth", check=False, model="sd15.safetensors")
     assert tc.lr == 5e-6
 

@@ -7,7 +7,7 @@ prompt set on fixed seeds, and a score read by the shapes judge:
 |---|---|---|---|
 | textual-inversion | 5 large hexagons captioned with `<hexagon>` | "a {color} <hexagon> on a {bg} background", every color/bg pair (seed 0) | hexagon share, colour share |
 | dreambooth | 5 teal diamonds, instance prompt "a sks square" | "a sks square" (seeds 0-19); "a {color} square" x 3 (seeds 0-23) | subject (teal and diamond), class (square of the asked colour) |
-| lora | 64 outline images of the base shapes, captions with "outline" | outline prompts of every base shape (seeds 2000+) | hollow at scale 1; max pixel difference scale 0 vs base; file / UNet size |
+| lora | 256 outline images of the base shapes, captions with "outline" | outline prompts of every base shape (seeds 2000+) | hollow at scale 1; max pixel difference scale 0 vs base; file / UNet size |
 | finetune | 240 hexagons + 240 base images (replay) | hexagon prompt set (seeds 3000+); eval-v1 prompts (their seeds) before and after | hexagon adherence, base adherence drop |
 
 The measurement runs the training through the CLI (`stablekit train METHOD`), so what is measured
@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from itertools import permutations
 from pathlib import Path
 
@@ -36,10 +37,18 @@ TARGETS = {
 }
 TOKEN = "<hexagon>"
 INSTANCE_PROMPT, CLASS_PROMPT = "a sks square", "a square"
+# 64 outline images capped hollow at 0.69 on models 2 and 3 (the LoRA fits them: 1600 steps gave 0.56);
+# 256 gave 0.81 (n 32) / 0.75 (n 64) with the same recipe (m3-lora-256). The first 64 are the old set.
+LORA_IMAGES = 256
+SUBJECT_COLOR = "teal"  # the target's; teach_targets.py --subject-color picks a diagnostic one
 
 
-def render_method_data(method: str, root: Path) -> dict[str, Path]:
-    """Render the training data of `method` under `root`; returns {"data": folder} (idempotent)."""
+def render_method_data(method: str, root: Path, subject_color: str = SUBJECT_COLOR,
+                       lora_images: int = LORA_IMAGES) -> dict[str, Path]:
+    """Render the training data of `method` under `root`; returns {"data": folder} (idempotent).
+    `subject_color` is DreamBooth's subject colour: the target's teal, or a base colour as a
+    diagnostic that separates the method from the autoencoder (which turns teal blue / green).
+    `lora_images`: how many outline images (the first 64 are the same in every set)."""
     root = Path(root)
     if method == "textual-inversion":
         # large only: at 14-18 px a hexagon differs from a circle by about a pixel, and the token
@@ -47,9 +56,10 @@ def render_method_data(method: str, root: Path) -> dict[str, Path]:
         return {"data": render_dataset(root / "hexagon-5-large", n=5, seed=1, shape_word=TOKEN,
                                        shapes=("hexagon",), sizes=("large",))}
     if method == "dreambooth":
-        return {"data": render_dataset(root / "teal-diamond-5", n=5, seed=3, shapes=("diamond",), colors=("teal",))}
+        return {"data": render_dataset(root / f"{subject_color}-diamond-5", n=5, seed=3, shapes=("diamond",),
+                                       colors=(subject_color,))}
     if method == "lora":
-        return {"data": render_dataset(root / "outline-64", n=64, seed=5, hollow=True)}
+        return {"data": render_dataset(root / f"outline-{lora_images}", n=lora_images, seed=5, hollow=True)}
     if method == "finetune":
         folder = root / "hexagon-240-base-240"
         render_dataset(folder, n=240, seed=7, shapes=("hexagon",))
@@ -77,8 +87,9 @@ def ti_prompts(limit: int = 0) -> list[tuple[str, int, dict]]:
     return [(f"a {c} {TOKEN} on a {b} background", 0, {"shape": "hexagon", "color": c}) for c, b in pairs]
 
 
-def dreambooth_prompts(subject_n: int = 20, per_color: int = 3) -> tuple[list, list]:
-    subject = [(INSTANCE_PROMPT, s, {"shape": "diamond", "color": "teal"}) for s in range(subject_n)]
+def dreambooth_prompts(subject_n: int = 20, per_color: int = 3, subject_color: str = SUBJECT_COLOR) -> tuple[list, list]:
+    """The subject prompt (asked: diamond of the subject colour) and "a {color} square" class prompts."""
+    subject = [(INSTANCE_PROMPT, s, {"shape": "diamond", "color": subject_color}) for s in range(subject_n)]
     plain = [(f"a {c} square", s, {"shape": "square", "color": c})
              for s, c in enumerate(c for c in COLORS for _ in range(per_color))]
     return subject, plain
@@ -108,14 +119,35 @@ def score(verdicts: list[dict], asked: list[dict]) -> dict:
     return out
 
 
+def breakdown(verdicts: list[dict], asked: list[dict], by: str = "shape") -> dict:
+    """Where a method fails: per asked value of `by` (e.g. each shape), the share of images with
+    every asked attribute right and the count; plus what the judge read for each asked attribute
+    (None = abstained), so "drawn but judged wrong" and "not drawn" can be told apart."""
+    groups: dict = {}
+    for v, a in zip(verdicts, asked):
+        if by in a:
+            groups.setdefault(str(a[by]), ([], []))
+            groups[str(a[by])][0].append(v)
+            groups[str(a[by])][1].append(a)
+    keys = sorted({k for a in asked for k in a})
+    judged = {k: dict(Counter(str(v.get(k)) for v, a in zip(verdicts, asked) if k in a).most_common()) for k in keys}
+    per_group = {g: {k: x for k, x in score(vs, az).items() if k != "adherence"} for g, (vs, az) in sorted(groups.items())}
+    return {"by_" + by: per_group, "judged": judged}
+
+
 def generate(pipe, prompts: list[tuple[str, int, dict]], steps: int = 20, **settings) -> list:
     """One image per (prompt, seed), default sampler and CFG, through the public Pipeline."""
     return [pipe.generate(p, seed=s, steps=steps, **settings)[0] for p, s, _ in prompts]
 
 
-def judge_prompts(pipe, judge, prompts, **settings) -> tuple[dict, list]:
+def judge_prompts(pipe, judge, prompts, by: str = "", **settings) -> tuple[dict, list]:
+    """Generate and score `prompts`; with `by` the figures also hold `breakdown(..., by)`."""
     images = generate(pipe, prompts, **settings)
-    return score(judge(images), [a for _, _, a in prompts]), images
+    verdicts, asked = judge(images), [a for _, _, a in prompts]
+    figures = score(verdicts, asked)
+    if by:
+        figures["breakdown"] = breakdown(verdicts, asked, by)
+    return figures, images
 
 
 def grid(images: list, cols: int = 8):
@@ -150,4 +182,4 @@ def met(method: str, figures: dict) -> dict:
 
 
 __all__ = ["METHODS", "TARGETS", "render_method_data", "train_cli", "ti_prompts", "dreambooth_prompts",
-           "shape_prompts", "score", "generate", "judge_prompts", "grid", "met", "BASE_SHAPES"]
+           "shape_prompts", "score", "breakdown", "generate", "judge_prompts", "grid", "met", "BASE_SHAPES"]
