@@ -3,10 +3,10 @@
     python examples/lora.py [--out runs/examples/lora] [--steps 800] [--prompts 19]
     python examples/lora.py --steps 10 --prompts 4        # a smoke run
 
-1. render 60 large shapes drawn hollow ("a large red square outline on the left") and describe
-   them in a kohya dataset TOML ([general], [[datasets]], [[datasets.subsets]]), as sd-scripts reads;
+1. render 256 large shapes drawn hollow ("a large red square outline on the left"; 64 were memorised:
+   hollow 0.69 against 0.81 on model 3) and describe them in a kohya dataset TOML ([general], [[datasets]], [[datasets.subsets]]), as sd-scripts reads;
 2. train a LoRA on the UNet's attention/projection layers and, as LoCon, its convolutions, with
-   the embedded model's recipe (train/methods.py TINY_RECIPES: rank 8, lr 3e-3, cosine);
+   the embedded model's recipe (train/methods.py TINY_RECIPES: rank 8, lr 3e-3, cosine, Min-SNR 5);
    stablekit.train("lora", ...) is the same as `stablekit train lora --data outline.toml ...`;
 3. judge "a large {color} {shape} outline on a {bg} background" with the LoRA on, and check that with
    the adapter off the model draws exactly what the base model draws for the same seed.
@@ -29,6 +29,7 @@ from stablekit.generate.pipeline import Pipeline
 from stablekit.shapes.captions import render_dataset
 from stablekit.shapes.judge import Judge
 from stablekit.shapes.render import BASE_SHAPES, COLORS
+from stablekit.shapes.teach_eval import LORA_IMAGES
 
 KOHYA_TOML = """[general]
 enable_bucket = false
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=0, help="judge only the first N prompts (0: all)")
     args = parser.parse_args()
     out = Path(args.out)
-    images = render_dataset(out / "outline", n=60, seed=2, hollow=True)
+    images = render_dataset(out / "outline", n=LORA_IMAGES, seed=2, hollow=True)
     toml = out / "outline.toml"
     toml.write_text(KOHYA_TOML.format(image_dir=images.resolve()))
 
