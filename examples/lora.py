@@ -4,7 +4,8 @@
     python examples/lora.py --steps 10 --prompts 4        # a smoke run
 
 1. render 256 large shapes drawn hollow ("a large red square outline on the left"; 64 were memorised:
-   hollow 0.69 against 0.81 on model 3) and describe them in a kohya dataset TOML ([general], [[datasets]], [[datasets.subsets]]), as sd-scripts reads;
+   hollow 0.69 against 0.81 on model 3) and describe them in a kohya dataset TOML ([general],
+   [[datasets]], [[datasets.subsets]]), as sd-scripts reads;
 2. train a LoRA on the UNet's attention/projection layers and, as LoCon, its convolutions, with
    the embedded model's recipe (train/methods.py TINY_RECIPES: rank 8, lr 3e-3, cosine, Min-SNR 5);
    stablekit.train("lora", ...) is the same as `stablekit train lora --data outline.toml ...`;
