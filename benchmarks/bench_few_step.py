@@ -1,0 +1,70 @@
+"""Few-step sampling on the embedded model: seconds per image of each setting in one run, turn by turn.
+
+    nice -n 5 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_few_step.py [--n 16] [--json OUT]
+
+Settings (adherence of each is measured by `stablekit shapes eval --sampler S --steps N --cfg C`):
+  diffusers-20   diffusers' StableDiffusionPipeline on the model's diffusers folder, its own scheduler,
+                 20 steps, CFG 7 (fp32 defaults)
+  stablekit-20   stablekit's default: DPM++ 2M, 20 steps, CFG 7 (the spec's 20-step base)
+  lcm-4-cfg2     stablekit, LCM sampler, 4 steps, CFG 2 (no distillation)
+  lcm-8-cfg1     stablekit, LCM sampler, 8 steps, CFG 1 (one UNet call per step)
+The same eval-v1 prompts and seeds for every setting; the settings take turns image by image, so
+load drift on a shared machine hits all alike; one untimed warm-up image each first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+SETTINGS = {"stablekit-20": dict(steps=20, cfg=7.0), "lcm-4-cfg2": dict(steps=4, cfg=2.0, sampler="LCM"),
+            "lcm-8-cfg1": dict(steps=8, cfg=1.0, sampler="LCM")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=16, help="images per setting")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    import stablekit
+    from diffusers import StableDiffusionPipeline
+
+    from stablekit.shapes.prompts import load_prompt_set
+
+    items = load_prompt_set("eval-v1")[:a.n]
+    pipe = stablekit.load(stablekit.default_model_path(), progress=False)
+    ref = StableDiffusionPipeline.from_pretrained(str(stablekit.EMBEDDED_MODEL.parent / "diffusers"), safety_checker=None,
+                                                  torch_dtype=torch.float32)
+    ref.set_progress_bar_config(disable=True)
+
+    def run(name: str, prompt: str, seed: int) -> None:
+        if name == "diffusers-20":
+            g = torch.Generator().manual_seed(seed)
+            ref(prompt, num_inference_steps=20, guidance_scale=7.0, height=64, width=64, generator=g, output_type="np")
+        else:
+            pipe.generate(prompt, seed=seed, output="np", **SETTINGS[name])
+
+    names = ["diffusers-20", *SETTINGS]
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for name in names:
+        run(name, items[0].prompt, items[0].seed)  # warm: traces, caches
+    for item in items:
+        for name in names:
+            t0 = time.perf_counter()
+            run(name, item.prompt, item.seed)
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["diffusers-20"])
+    result = {n: {"s_per_image": statistics.median(t), "x_diffusers_20": base / statistics.median(t)} for n, t in times.items()}
+    for n, r in result.items():
+        print(f"{n:14s} {r['s_per_image']:.3f} s/image  {r['x_diffusers_20']:.2f}x diffusers-20")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"n": a.n, "results": result}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
