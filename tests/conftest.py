@@ -7,9 +7,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a hub
 if "STABLEKIT_CACHE_DIR" not in os.environ:  # model-hash cache: never the user's own
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["STABLEKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="stablekit-test-cache-")
+    # removed at exit: traces and weight-cache entries reach 170 MB a run, and hundreds of runs
+    # once filled this machine's disk
+    atexit.register(shutil.rmtree, os.environ["STABLEKIT_CACHE_DIR"], ignore_errors=True)
 # The default precision is chosen by timing a probe on the machine (generate/acceleration.py), so
 # it may differ between machines; equality tests need the same computation everywhere. The
 # automatic choice itself is tested in test_acceleration.py, which clears this.
