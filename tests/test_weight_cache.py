@@ -218,7 +218,8 @@ weight_cache.MIN_FILE_BYTES = 0
 weight_cache.QUIET_SECONDS = 0
 original = weight_cache.CastCache._write_data
 def slow(self, f):
-    print("writing", flush=True)
+    sys.stdout.write("writing\\n")  # one write per line: print() writes the text and its newline apart,
+    sys.stdout.flush()  # and the two threads' lines once interleaved ("writingreturned")
     time.sleep(float(sys.argv[2]))
     return original(self, f)
 weight_cache.CastCache._write_data = slow
@@ -226,7 +227,8 @@ wf = open_weights(sys.argv[1])
 wf.get("a", torch.bfloat16)
 del wf
 gc.collect()
-print("returned", weight_cache._WRITER is not None and weight_cache._WRITER.is_alive(), flush=True)  # writing
+sys.stdout.write(f"returned {weight_cache._WRITER is not None and weight_cache._WRITER.is_alive()}\\n")  # writing
+sys.stdout.flush()
 """
 
 
