@@ -159,12 +159,14 @@ def stage_cache(cfg: PretrainConfig, out: Path, vae, te):
 
         scaled, scale = init_latents(init_run(cfg.init_from))
     else:
-        latents = encode_latents(vae, (to_pixels(images[i:i + 500]) for i in range(0, len(images), 500)))
+        starts = range(0, len(images), 500)
+        latents = encode_latents(vae, (to_pixels(images[i:i + 500]) for i in starts), desc="cache: latents",
+                                 total=len(starts))
         scale = float(1.0 / latents.std())
         scaled = latents * scale
     tok = clip_tokenizer()
     cache = {"latents": scaled, "scaling_factor": torch.tensor(scale),
-             "text": encode_text(te, tok, captions), "uncond": encode_text(te, tok, [""])[0],
+             "text": encode_text(te, tok, captions, desc="cache: text"), "uncond": encode_text(te, tok, [""])[0],
              "caption_index": torch.from_numpy(caption_index)}
     save_atomic(cache, path)
     print(f"cache: latents {tuple(scaled.shape)} scale {scale:.4f}, text {tuple(cache['text'].shape)}, {time.time() - t:.0f} s")
