@@ -45,7 +45,7 @@ _HELP = {
     "lr_cycles": "cosine_with_restarts: number of cycles", "lr_power": "polynomial: power of the decay",
     "weight_decay": "optimizer weight decay", "betas": "AdamW betas (two numbers)", "momentum": "SGD momentum",
     "grad_clip": "gradient norm clip (0: off)", "ema_decay": "EMA decay of the trained weights (0: off)",
-    "mixed_precision": "no or bf16 (autocast)", "gradient_checkpointing": "trade compute for memory",
+    "mixed_precision": "auto, no or bf16 (autocast, frozen UNet layers in bf16; auto: where measured faster)", "gradient_checkpointing": "trade compute for memory",
     "seed": "seed of data order, noise and augmentations", "checkpoint_every": "steps between atomic checkpoints",
     "keep_checkpoints": "checkpoints kept on disk", "sample_every": "steps between validation grids (0: never)",
     "log_every": "steps between log lines", "tensorboard": "write TensorBoard event files (needs tensorboard)",

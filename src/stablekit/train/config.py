@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stablekit.errors import StablekitError
+from stablekit.train.precision import MIXED_PRECISION
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
 LR_SCHEDULES = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial")
-MIXED_PRECISION = ("no", "bf16")
 
 
 @dataclass
@@ -40,7 +40,9 @@ class TrainConfig:
     momentum: float = 0.0  # sgd only
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 disables EMA
-    mixed_precision: str = "no"  # no | bf16 (autocast through accelerate; weights stay fp32)
+    # auto | no | bf16: bf16 autocast with the UNet's frozen layers in bf16; auto = bf16 where generation's
+    # per-machine probe picks bf16 for this UNet (a full-size UNet on a CPU with bf16 kernels), else no
+    mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     device: str = "auto"  # auto (accelerate picks: CUDA > MPS > CPU) | cpu | cuda | cuda:N | mps
     seed: int = 0

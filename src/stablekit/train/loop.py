@@ -33,6 +33,7 @@ from stablekit.train.logs import MetricsLog
 from stablekit.train.optim import build_optimizer, build_scheduler, lr_factor
 from stablekit.train.parallel import BatchRandom, average_gradients, micro_generator
 from stablekit.train.plots import save_loss_plot
+from stablekit.train.precision import cast_frozen, resolve as resolve_precision
 
 __all__ = ["train", "TrainHooks", "BatchOrder", "lr_factor", "Dataset", "Strategy"]
 
@@ -85,8 +86,9 @@ def ema_weights(ema: EMA | None):
                 p.copy_(b)
 
 
-def make_accelerator(cfg: TrainConfig):
-    """An Accelerator for cfg.device; under `accelerate launch` it also owns the process group."""
+def make_accelerator(cfg: TrainConfig, mixed_precision: str = "no"):
+    """An Accelerator for cfg.device with `mixed_precision` resolved ("no" or "bf16"); under
+    `accelerate launch` it also owns the process group."""
     import os
 
     from accelerate import Accelerator
@@ -97,7 +99,7 @@ def make_accelerator(cfg: TrainConfig):
     AcceleratorState._reset_state(reset_partial_state=int(os.environ.get("WORLD_SIZE", "1")) <= 1)
     if cfg.device.startswith("cuda:"):
         torch.cuda.set_device(int(cfg.device.split(":")[1]))
-    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
+    return Accelerator(mixed_precision=mixed_precision, cpu=cfg.device == "cpu")
 
 
 @dataclass
@@ -126,7 +128,8 @@ def _batch_reader(dataset):
 
 def train(cfg: TrainConfig, strategy: Strategy, dataset: Dataset, progress: bool = True,
           record: dict | None = None, hooks: TrainHooks | None = None) -> dict:
-    """Run (or resume) training to cfg.steps. Returns {'step', 'history', 'run_dir', 'stopped'}.
+    """Run (or resume) training to cfg.steps. Returns {'step', 'history', 'run_dir', 'stopped',
+    'mixed_precision' (what was used, and why)}.
 
     record: the resolved run configuration (method settings and all) to store in every
     checkpoint and write beside it as TOML; by default cfg itself. hooks: see TrainHooks.
@@ -141,13 +144,18 @@ def train(cfg: TrainConfig, strategy: Strategy, dataset: Dataset, progress: bool
     record = dict(record or {"strategy": strategy.name, **cfg.to_dict()})
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    accelerator = make_accelerator(cfg)
+    unet = getattr(getattr(strategy, "components", None), "unet", None)
+    precision, why = resolve_precision(cfg.mixed_precision, cfg.device, dict(unet.config) if unet is not None else None)
+    record.setdefault("mixed_precision_used", f"{precision} ({why})")
+    accelerator = make_accelerator(cfg, precision)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(record, indent=2))
     if hasattr(strategy, "to"):
         strategy.to(accelerator.device)
+    if precision == "bf16" and unet is not None:
+        cast_frozen(unet)  # after .to(device): the weights that never train, read in bf16 (precision.py)
     if cfg.gradient_checkpointing and hasattr(strategy, "enable_gradient_checkpointing"):
         strategy.enable_gradient_checkpointing()
 
@@ -247,4 +255,5 @@ def train(cfg: TrainConfig, strategy: Strategy, dataset: Dataset, progress: bool
     if ema is not None:  # leave the module holding the EMA weights: those are the ones to export
         ema.copy_to(ema.params)
     accelerator.wait_for_everyone()
-    return {"step": step, "history": history, "run_dir": str(run_dir), "stopped": stopped}
+    return {"step": step, "history": history, "run_dir": str(run_dir), "stopped": stopped,
+            "mixed_precision": record["mixed_precision_used"]}
