@@ -3,6 +3,9 @@
     nice -n 5 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_train_peers.py \
         --diffusers-repo /work/.mirror/huggingface+diffusers/repo [--methods lora,finetune] \
         [--steps 20,100] [--batch 8] [--images 64] [--out runs/bench-train-peers]
+    # full-size SD 1.5 (random weights), 256 px, each side at its default precision and the peer also in bf16:
+    ... --model sd15-random --resolution 256 --steps 1,3 --batch 1 --images 8 --methods lora \
+        --configs diffusers,diffusers-bf16,stablekit-warm
 
 The peers are diffusers' `examples/text_to_image/train_text_to_image_lora.py` (lora),
 `train_text_to_image.py` (finetune: the full UNet), `examples/textual_inversion/textual_inversion.py`
@@ -24,6 +27,15 @@ same data) and `nocache` (STABLEKIT_TRAIN_CACHE=off). One difference is left on 
 LoRA adapts kohya's default target set (attention q/k/v/out, proj_in/out and the feed-forward
 Linears) where diffusers' script adapts q/k/v/out only, so stablekit trains more weights per step.
 Only ratios within one run are comparable; the CPU here is shared.
+
+Precision: the peers run at their default `--mixed_precision no` (fp32); `diffusers-bf16` adds
+`--mixed_precision bf16`, where the scripts also cast the weights that do not train to bf16.
+stablekit runs at its default (`mixed_precision = "auto"`: bf16 with the frozen UNet layers in
+bf16 where generation's per-machine probe picks bf16, i.e. a full-size UNet on a CPU with bf16
+kernels; fp32 for the embedded model), and says what it used in its log. `--model sd15-random`
+builds a full-size SD 1.5 with random weights under --out (about 5 GB; delete it after). With
+`--resolution` other than 64, stablekit reads the images through a dataset TOML at that resolution
+(the same images and captions), as the peers' `--resolution`.
 """
 from __future__ import annotations
 
@@ -38,6 +50,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ("diffusers", "stablekit-cold", "stablekit-warm", "stablekit-nocache", "diffusers-bf16")
 PEER_SCRIPTS = {"lora": "examples/text_to_image/train_text_to_image_lora.py",
                 "finetune": "examples/text_to_image/train_text_to_image.py",
                 "textual-inversion": "examples/textual_inversion/textual_inversion.py",
@@ -85,13 +98,31 @@ def captioned_copy(images: Path, folder: Path, caption: str) -> Path:
     return folder
 
 
-def peer_command(method: str, script: Path, model: Path, data: Path, out: Path, steps: int, batch: int) -> list[str]:
+def toml_copy(data: Path, folder: Path, resolution: int) -> Path:
+    """A kohya dataset TOML at `resolution` over the images of `data`, captions as .txt beside
+    symlinks (from its metadata.jsonl, or the .txt files a captioned copy already has)."""
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        meta = data / "metadata.jsonl"
+        rows = [json.loads(line) for line in meta.read_text().splitlines()] if meta.exists() else \
+            [{"file_name": p.name, "text": p.with_suffix(".txt").read_text()} for p in sorted(data.glob("*.png"))]
+        for row in rows:
+            (folder / row["file_name"]).symlink_to((data / row["file_name"]).resolve())
+            (folder / row["file_name"]).with_suffix(".txt").write_text(row["text"])
+    toml = folder.with_suffix(".toml")
+    toml.write_text(f'[general]\nresolution = {resolution}\ncaption_extension = ".txt"\n\n'
+                    f'[[datasets]]\n\n  [[datasets.subsets]]\n  image_dir = "{folder}"\n')
+    return toml
+
+
+def peer_command(method: str, script: Path, model: Path, data: Path, out: Path, steps: int, batch: int,
+                 resolution: int = 64, precision: str = "no") -> list[str]:
     data_flag = "--instance_data_dir" if method == "dreambooth-lora" else "--train_data_dir"
     cmd = [sys.executable, str(ROOT / "benchmarks/peer_shims/run_peer.py"), str(script),
-           "--pretrained_model_name_or_path", str(model), data_flag, str(data), "--resolution", "64",
+           "--pretrained_model_name_or_path", str(model), data_flag, str(data), "--resolution", str(resolution),
            "--train_batch_size", str(batch), "--max_train_steps", str(steps), "--learning_rate", str(LR[method]),
            "--lr_scheduler", "constant", "--lr_warmup_steps", "0", "--seed", "0", "--output_dir", str(out),
-           "--dataloader_num_workers", "0", "--mixed_precision", "no", "--checkpointing_steps", "1000000"]
+           "--dataloader_num_workers", "0", "--mixed_precision", precision, "--checkpointing_steps", "1000000"]
     return cmd + PEER_ARGS[method]
 
 
@@ -123,12 +154,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", default="20,100", help="the two step counts (S1,S2)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--model", default=str(ROOT / "src/stablekit/shapes/model/diffusers"))
+    parser.add_argument("--model", default=str(ROOT / "src/stablekit/shapes/model/diffusers"),
+                        help="a diffusers folder, or sd15-random (full-size SD 1.5, random weights, built under --out)")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--configs", default=",".join(CONFIGS[:4]), help=f"any of {','.join(CONFIGS)}")
     parser.add_argument("--out", default="runs/bench-train-peers")
     args = parser.parse_args(argv)
     s1, s2 = (int(s) for s in args.steps.split(","))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.model == "sd15-random":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from peers import make_sd15
+
+        args.model = str(make_sd15(out)[0])
+    configs = args.configs.split(",")
     repo = Path(args.diffusers_repo)
     commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     base_env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
@@ -138,22 +178,28 @@ def main(argv=None) -> dict:
         captions = method in ("lora", "finetune")
         data = make_data(out / ("data" if captions else "data-images"), args.images, captions)
         ours_data = data if captions else captioned_copy(data, out / f"data-{method}", OURS_CAPTION[method])
+        if args.resolution != 64:
+            ours_data = toml_copy(ours_data, out / f"data-{method}-{args.resolution}", args.resolution)
         script = out / Path(PEER_SCRIPTS[method]).name
         script.write_text(subprocess.run(["git", "-C", str(repo), "show", f"HEAD:{PEER_SCRIPTS[method]}"],
                                          capture_output=True, text=True, check=True).stdout)
         warm_cache = out / f"cache-warm-{method}"
         shutil.rmtree(warm_cache, ignore_errors=True)
         env_warm = dict(base_env, STABLEKIT_TRAIN_CACHE=str(warm_cache))
-        timed(stablekit_command(method, Path(args.model), ours_data, out / "fill", s1, args.batch), env_warm, out / "fill.log")
+        if "stablekit-warm" in configs:
+            timed(stablekit_command(method, Path(args.model), ours_data, out / "fill", s1, args.batch), env_warm,
+                  out / "fill.log")
         results: dict[str, dict[int, tuple[float, float]]] = {}
         # each configuration's two runs back to back: a load change between them would bias its rate
-        for config in ("diffusers", "stablekit-cold", "stablekit-warm", "stablekit-nocache"):
+        for config in configs:
             for steps in (s1, s2):
                 run = out / f"{method}-{config}-{steps}"
                 shutil.rmtree(run, ignore_errors=True)
                 run.mkdir()
-                if config == "diffusers":
-                    cmd, env = peer_command(method, script, Path(args.model), data, run, steps, args.batch), base_env
+                if config.startswith("diffusers"):
+                    cmd = peer_command(method, script, Path(args.model), data, run, steps, args.batch, args.resolution,
+                                       "bf16" if config == "diffusers-bf16" else "no")
+                    env = base_env
                 else:
                     cache = {"stablekit-cold": str(run / "cache"), "stablekit-warm": str(warm_cache),
                              "stablekit-nocache": "off"}[config]
@@ -166,20 +212,22 @@ def main(argv=None) -> dict:
         for config, by_steps in results.items():
             (t1, _), (t2, rss) = by_steps[s1], by_steps[s2]
             rate = args.batch * (s2 - s1) / (t2 - t1)
-            peer_rate = rate if config == "diffusers" else peer_rate
+            peer_rate = rate if config == configs[0] else peer_rate
             rows.append({"method": method, "config": config, "samples_per_s": rate,
                          "fixed_s": t1 - s1 * args.batch / rate, "peak_rss_mib": rss,
                          "wall_s": {s1: t1, s2: t2}})
-        peer_rss = next(r["peak_rss_mib"] for r in rows if r["method"] == method and r["config"] == "diffusers")
+        peer_rss = next(r["peak_rss_mib"] for r in rows if r["method"] == method and r["config"] == configs[0])
         for r in rows:
             if r["method"] == method:
                 r["speed_vs_diffusers"] = r["samples_per_s"] / peer_rate
                 r["rss_vs_diffusers"] = r["peak_rss_mib"] / peer_rss
+    print(f"\nratios against {configs[0]}")
     print(f"\n| method | config | samples/s | vs diffusers | fixed s | peak RSS MiB | RSS vs diffusers |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['config']} | {r['samples_per_s']:.2f} | {r['speed_vs_diffusers']:.2f}x | "
               f"{r['fixed_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['rss_vs_diffusers']:.2f} |")
-    result = {"rows": rows, "steps": [s1, s2], "batch": args.batch, "images": args.images,
+    result = {"rows": rows, "steps": [s1, s2], "batch": args.batch, "images": args.images, "model": args.model,
+              "resolution": args.resolution, "baseline": configs[0],
               "diffusers_commit": commit, "machine": platform.processor() or platform.machine(),
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "load": os.getloadavg()}
