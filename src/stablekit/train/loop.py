@@ -156,6 +156,8 @@ def train(cfg: TrainConfig, strategy: Strategy, dataset: Dataset, progress: bool
         strategy.to(accelerator.device)
     if precision == "bf16" and unet is not None:
         cast_frozen(unet)  # after .to(device): the weights that never train, read in bf16 (precision.py)
+    if progress and main and unet is not None:
+        tqdm.write(f"{strategy.name}: mixed precision {record['mixed_precision_used']}")
     if cfg.gradient_checkpointing and hasattr(strategy, "enable_gradient_checkpointing"):
         strategy.enable_gradient_checkpointing()
 
