@@ -135,8 +135,10 @@ def stablekit_command(method: str, model: Path, data: Path, out: Path, steps: in
     return cmd + OURS_ARGS[method]
 
 
-def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one process; a failure stops the benchmark with its log."""
+def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system) of one process; a failure stops
+    the benchmark with its log. CPU time is the steadier figure on a shared machine: time slices
+    lost to other jobs do not count in it (cache and memory-bandwidth contention still do)."""
     t = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=log.parent)
@@ -144,7 +146,7 @@ def timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
     seconds = time.perf_counter() - t
     if status != 0:
         sys.exit(f"failed ({status}): {' '.join(cmd)}\nlog: {log}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def main(argv=None) -> dict:
@@ -189,7 +191,7 @@ def main(argv=None) -> dict:
         if "stablekit-warm" in configs:
             timed(stablekit_command(method, Path(args.model), ours_data, out / "fill", s1, args.batch), env_warm,
                   out / "fill.log")
-        results: dict[str, dict[int, tuple[float, float]]] = {}
+        results: dict[str, dict[int, tuple[float, float, float]]] = {}
         # each configuration's two runs back to back: a load change between them would bias its rate
         for config in configs:
             for steps in (s1, s2):
@@ -207,24 +209,27 @@ def main(argv=None) -> dict:
                         dict(base_env, STABLEKIT_TRAIN_CACHE=cache)
                 results.setdefault(config, {})[steps] = timed(cmd, env, run / "log.txt")
                 print(f"{method} {config} {steps} steps: {results[config][steps][0]:.1f} s, "
-                      f"{results[config][steps][1]:.0f} MiB", flush=True)
-        peer_rate = None
+                      f"{results[config][steps][1]:.0f} MiB, CPU {results[config][steps][2]:.1f} s", flush=True)
+        peer_rate = peer_cpu_rate = None
         for config, by_steps in results.items():
-            (t1, _), (t2, rss) = by_steps[s1], by_steps[s2]
-            rate = args.batch * (s2 - s1) / (t2 - t1)
-            peer_rate = rate if config == configs[0] else peer_rate
-            rows.append({"method": method, "config": config, "samples_per_s": rate,
+            (t1, _, c1), (t2, rss, c2) = by_steps[s1], by_steps[s2]
+            rate, cpu_rate = args.batch * (s2 - s1) / (t2 - t1), args.batch * (s2 - s1) / (c2 - c1)
+            if config == configs[0]:
+                peer_rate, peer_cpu_rate = rate, cpu_rate
+            rows.append({"method": method, "config": config, "samples_per_s": rate, "samples_per_cpu_s": cpu_rate,
                          "fixed_s": t1 - s1 * args.batch / rate, "peak_rss_mib": rss,
-                         "wall_s": {s1: t1, s2: t2}})
+                         "wall_s": {s1: t1, s2: t2}, "cpu_s": {s1: c1, s2: c2}})
         peer_rss = next(r["peak_rss_mib"] for r in rows if r["method"] == method and r["config"] == configs[0])
         for r in rows:
             if r["method"] == method:
                 r["speed_vs_diffusers"] = r["samples_per_s"] / peer_rate
+                r["cpu_speed_vs_diffusers"] = r["samples_per_cpu_s"] / peer_cpu_rate
                 r["rss_vs_diffusers"] = r["peak_rss_mib"] / peer_rss
     print(f"\nratios against {configs[0]}")
-    print(f"\n| method | config | samples/s | vs diffusers | fixed s | peak RSS MiB | RSS vs diffusers |\n|---|---|---|---|---|---|---|")
+    print(f"\n| method | config | samples/s | vs diffusers | samples/CPU-s | vs diffusers (CPU) | fixed s | peak RSS MiB | RSS vs diffusers |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['config']} | {r['samples_per_s']:.2f} | {r['speed_vs_diffusers']:.2f}x | "
+              f"{r['samples_per_cpu_s']:.3f} | {r['cpu_speed_vs_diffusers']:.2f}x | "
               f"{r['fixed_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['rss_vs_diffusers']:.2f} |")
     result = {"rows": rows, "steps": [s1, s2], "batch": args.batch, "images": args.images, "model": args.model,
               "resolution": args.resolution, "baseline": configs[0],
