@@ -54,11 +54,16 @@ class TextualInversionConfig(MethodConfig):
     token: str = ""  # the placeholder, e.g. "<hexagon>"; captions use it (or it is put in front)
     init_word: str = ""  # its vectors start as this word's embedding, e.g. "shape"
     vectors: int = 1  # embedding vectors per token
+    # captions of images without a caption file: templates with "{}" for the token, drawn at random
+    # each step ([] = the learnable_property's list, diffusers' flag: "object" or "style"); the
+    # resolved config holds the list used
+    learnable_property: str = "object"
+    caption_templates: list[str] = field(default_factory=list)
 
 
 @dataclass
 class DreamBoothConfig(LoraSettings):
-    instance_prompt: str = ""  # e.g. "a sks square": the caption of every instance image
+    instance_prompt: str = ""  # e.g. "a sks square": the caption of every instance image (caption files or none)
     class_prompt: str = ""  # e.g. "a square": the caption of the class images ("" = no prior preservation)
     class_data: str = ""  # a folder of class images; "" = drawn by the model itself (cached)
     num_class_images: int = 50
@@ -230,11 +235,40 @@ def resolve(method: str, config_path=None, check: bool = True, **overrides) -> t
         loop_values["betas"] = tuple(loop_values["betas"])
     if not settings.name:
         settings.name = settings.token.strip("<>") if method == "textual-inversion" and settings.token else method
+    if isinstance(settings, TextualInversionConfig):
+        settings.caption_templates = list(caption_templates(settings))
     if check:
         _check(method, settings)
     tc = TrainConfig(**loop_values)
     tc.out_dir = str(run_dir(settings))
     return settings, tc.validate()
+
+
+def caption_templates(s: TextualInversionConfig) -> tuple[str, ...]:
+    """The textual-inversion captions of images without a caption file (see the config's comment)."""
+    from stablekit.train.strategies.textual_inversion import TEMPLATES, check_templates
+
+    if s.caption_templates:
+        return check_templates(s.caption_templates)
+    if s.learnable_property not in TEMPLATES:
+        raise StablekitError(f"unknown learnable_property {s.learnable_property!r}: use {' or '.join(TEMPLATES)}, "
+                             "or give caption_templates")
+    return TEMPLATES[s.learnable_property]
+
+
+def uncaptioned_caption(method: str, s: MethodConfig) -> str | None:
+    """The caption of an image without a caption file (kohya's class_tokens), or None when the
+    method learns from real captions (finetune, LoRA, ...: a missing caption stays an error).
+
+    DreamBooth captions every instance image with the instance prompt whatever its file says (the
+    paper's "a [V] [class noun]"), so a bare folder is its normal input; textual inversion gets the
+    empty caption, which its strategy replaces by a template each step.
+    """
+    if method == "dreambooth":
+        return s.instance_prompt
+    if method == "textual-inversion":
+        return ""
+    return None
 
 
 def run_dir(settings: MethodConfig):
