@@ -146,8 +146,15 @@ TINY_RECIPES: dict[str, dict] = {
     # too at this lr broke the class prompts (db-prior-te: class 0.17), so it stays off; on model 2
     # a text-encoder LoRA at lr 1e-3 (m2-dbl-te-*) re-maps whole prompts (subject 0.00, class
     # 0.21-0.63): lower it with text_encoder_lr before turning it on. No DreamBooth setting reaches
-    # the teal subject on model 2: its autoencoder turns teal into blue / green (vae round trip)
-    "dreambooth": dict(lr=1e-4, steps=200, num_class_images=20),
+    # the teal subject on model 2: its autoencoder turns teal into blue / green (vae round trip).
+    # Model 3, orange diagnostic subject: the text encoder at text_encoder_lr 1e-5 binds the
+    # subject's colour (orange 0.05 -> 0.40 with prior preservation, m3-db-orange-prior-te1e-5;
+    # 0.05 -> 0.55 and subject 0.05 -> 0.50 without, m3-db-orange-noprior-te1e-5 against the
+    # reproduced m3-db-orange-noprior-rerun) at no measured cost to the plain squares (0.50 ->
+    # 0.46, n 24); 5e-5 costs them (0.29). It does not make "sks" a word of its own (its context
+    # stays at cosine 0.983 to "a square", teach_db_probe.py), so prior preservation still blocks
+    # the diamond. Measured on full DreamBooth; with --lora the text-encoder LoRA trains at it too.
+    "dreambooth": dict(lr=1e-4, steps=200, num_class_images=20, train_text_encoder=True, text_encoder_lr=1e-5),
     # LCM-LoRA: first guesses (speed3, session 7), not yet a measured best. The UNet is 48/96/128
     # channels wide, so the reference's rank 64 would be close to full rank; the teacher's CFG range
     # sits around CFG 3-5, where the base model's adherence is highest (docs/benchmarks.md sweeps).
