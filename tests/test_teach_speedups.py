@@ -123,6 +123,8 @@ def test_tiny_recipes_apply_only_to_tiny_models(monkeypatch, tmp_path):
     assert (tc.lr, s.conv) == (1e-3, False)
     s, tc = methods.resolve("finetune", check=False)  # m3-ft-te-2400: hexagon adherence 0.884, base drop 0.024
     assert (tc.lr, tc.steps, tc.lr_schedule, s.train_text_encoder) == (5e-5, 2400, "cosine", True)
+    s, tc = methods.resolve("textual-inversion", check=False)  # m3-ti-v8-lr5e-3-400: hexagon 0.18 vs defaults 0.02
+    assert (s.vectors, tc.lr, tc.steps, tc.lr_schedule) == (8, 5e-3, 400, "cosine")
     s, _ = methods.resolve("finetune", check=False, train_text_encoder=False)  # the user's settings win
     assert s.train_text_encoder is False
     assert methods.model_family(str(tmp_path / "missing.safetensors")) == "reference"

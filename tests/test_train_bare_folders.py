@@ -46,7 +46,7 @@ def seen(monkeypatch) -> list[str]:
 def test_textual_inversion_trains_on_a_bare_folder_with_template_captions(tmp_path, seen):
     data = bare_folder(tmp_path / "data")
     result = stablekit.train("textual-inversion", components=tiny_components("sd1"), data=data, out=tmp_path / "out",
-                             token="<zq>", init_word="square", **FAST)
+                             token="<zq>", init_word="square", vectors=1, **FAST)
     assert result["step"] == 2 and Path(result["artefact"]).is_file()
     expected = {t.replace("{}", "<zq>") for t in OBJECT_TEMPLATES}
     assert len(seen) == 4 and set(seen) <= expected  # 2 steps x batch 2, every one a template with the token
@@ -59,7 +59,8 @@ def test_textual_inversion_keeps_caption_files_and_templates_only_the_rest(tmp_p
     data = bare_folder(tmp_path / "data", n=2)
     (data / "0000.txt").write_text("a <zq> on a table")
     stablekit.train("textual-inversion", components=tiny_components("sd1"), data=data, out=tmp_path / "out",
-                    token="<zq>", init_word="square", caption_templates=["a drawing of {}"], **{**FAST, "steps": 1})
+                    token="<zq>", init_word="square", vectors=1, caption_templates=["a drawing of {}"],
+                    **{**FAST, "steps": 1})
     assert sorted(seen) == ["a <zq> on a table", "a drawing of <zq>"]
 
 
