@@ -154,7 +154,7 @@ TINY_RECIPES: dict[str, dict] = {
     # subject's colour (orange 0.05 -> 0.40 with prior preservation, m3-db-orange-prior-te1e-5;
     # 0.05 -> 0.55 and subject 0.05 -> 0.50 without, m3-db-orange-noprior-te1e-5 against the
     # reproduced m3-db-orange-noprior-rerun) at no measured cost to the plain squares (0.50 ->
-    # 0.46, n 24); 5e-5 costs them (0.29). It does not make "sks" a word of its own (its context
+    # 0.46, n 24) at prior weight 1.0; 5e-5 costs them (0.29), and so does prior weight 0.3 (0.17). It does not make "sks" a word of its own (its context
     # stays at cosine 0.983 to "a square", teach_db_probe.py), so prior preservation still blocks
     # the diamond. Measured on full DreamBooth; with --lora the text-encoder LoRA trains at it too.
     "dreambooth": dict(lr=1e-4, steps=200, num_class_images=20, train_text_encoder=True, text_encoder_lr=1e-5),
