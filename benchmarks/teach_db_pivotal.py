@@ -75,12 +75,13 @@ def main() -> None:
     parser.add_argument("--subject-color", default="orange")
     parser.add_argument("--row-lr", type=float, default=5e-3, help="learning rate of the identifier's row")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=None, help="the UNet's learning rate (default: the recipe's)")
     parser.add_argument("--no-prior", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     data = te.render_method_data("dreambooth", out / "data", args.subject_color)["data"]
-    s, tc = resolve("dreambooth", data=str(data), out=str(out / "runs"), name=args.name, steps=args.steps,
+    s, tc = resolve("dreambooth", data=str(data), out=str(out / "runs"), name=args.name, steps=args.steps, lr=args.lr,
                     instance_prompt=te.INSTANCE_PROMPT, class_prompt="" if args.no_prior else te.CLASS_PROMPT,
                     train_text_encoder=False, text_encoder_lr=args.row_lr, sample_every=0, tensorboard=False)
     record = as_record("dreambooth", s, tc)
