@@ -123,14 +123,16 @@ def test_tiny_recipes_apply_only_to_tiny_models(monkeypatch, tmp_path):
     assert (tc.lr, s.conv) == (1e-3, False)
     s, tc = methods.resolve("finetune", check=False)  # m3-ft-te-2400: hexagon adherence 0.884, base drop 0.024
     assert (tc.lr, tc.steps, tc.lr_schedule, s.train_text_encoder) == (5e-5, 2400, "cosine", True)
+    s, tc = methods.resolve("textual-inversion", check=False)  # m3-ti-v8-lr5e-3-400: hexagon 0.18 vs defaults 0.02
+    assert (s.vectors, tc.lr, tc.steps, tc.lr_schedule) == (8, 5e-3, 400, "cosine")
     s, _ = methods.resolve("finetune", check=False, train_text_encoder=False)  # the user's settings win
     assert s.train_text_encoder is False
     assert methods.model_family(str(tmp_path / "missing.safetensors")) == "reference"
     monkeypatch.setattr(methods, "_unet_parameters", lambda path: 859_520_964)  # an SD 1.5 UNet
     s, tc = methods.resolve("lora", check=False, model="sd15.safetensors")
     assert (tc.lr, tc.steps, s.conv, s.snr_gamma) == (1e-4, 1000, False, 0.0)  # the reference trainers' defaults
-    _, tc = methods.resolve("dreambooth", check=False, model="sd15.safetensors")
-    assert tc.lr == 5e-6
+    s, tc = methods.resolve("dreambooth", check=False, model="sd15.safetensors")
+    assert (tc.lr, tc.text_encoder_lr, s.train_text_encoder) == (5e-6, 0.0, False)
 
 
 def test_embedded_model_is_tiny_by_its_header_and_print_config_shows_the_recipe(capsys):
@@ -142,3 +144,5 @@ def test_embedded_model_is_tiny_by_its_header_and_print_config_shows_the_recipe(
     assert main(["train", "dreambooth", "--print-config"]) == 0
     printed = tomllib.loads(capsys.readouterr().out)
     assert printed["lr"] == 1e-4 and printed["steps"] == 200 and printed["num_class_images"] == 20
+    # m3-db-orange-*-te1e-5: the text encoder at a tenth of the UNet's rate binds the subject's colour
+    assert printed["train_text_encoder"] is True and printed["text_encoder_lr"] == 1e-5

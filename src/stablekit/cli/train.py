@@ -18,7 +18,8 @@ import dataclasses
 from stablekit.train.methods import METHODS, as_record, resolve, setting_fields
 
 _HELP = {
-    "data": "a folder of images + .txt captions, a metadata.jsonl, a CSV (image_path,caption) or a kohya dataset TOML",
+    "data": "a folder of images + .txt captions (textual-inversion and dreambooth: captions optional), a "
+            "metadata.jsonl, a CSV (image_path,caption) or a kohya dataset TOML",
     "out": "output folder: the artefact is OUT/NAME.safetensors",
     "name": "artefact name (default: the method; textual inversion: the token)",
     "model": "model file or diffusers folder (default: the embedded shapes model)",
@@ -26,7 +27,11 @@ _HELP = {
     "text_encoder_lr": "learning rate of the text encoder(s) when they train (0: the same as lr; kohya's text_encoder_lr)",
     "batch_size": "images per step and process",
     "token": "textual inversion: the new word, e.g. '<hexagon>'", "init_word": "its starting embedding, e.g. 'shape'",
-    "vectors": "embedding vectors per token", "instance_prompt": "DreamBooth: caption of the subject images",
+    "vectors": "embedding vectors per token",
+    "learnable_property": "textual inversion: object or style, the caption templates of images without a caption file",
+    "caption_templates": "textual inversion: captions of images without a caption file, '{}' = the token "
+                         "(default: the learnable property's templates)",
+    "instance_prompt": "DreamBooth: caption of the subject images",
     "class_prompt": "DreamBooth: class caption for prior preservation", "class_data": "folder of class images "
     "(default: drawn by the model and cached)", "prior_loss_weight": "loss weight of class / regularisation images",
     "lora": "DreamBooth-LoRA instead of the full UNet", "device": "auto, cpu, cuda, cuda:N or mps",

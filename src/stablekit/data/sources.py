@@ -33,7 +33,9 @@ def _missing_captions(missing: list[Path], where: str, fix: str) -> StablekitErr
 
 def read_folder(folder: Path, subset: SubsetConfig) -> list[Record]:
     """Images in `folder` (not recursive, sorted by name), each captioned by the same-name
-    caption file, else by subset.class_tokens (DreamBooth)."""
+    caption file, else by subset.class_tokens (kohya's DreamBooth caption; the trainer sets it for
+    the methods that need no captions: dreambooth, textual-inversion). Else missing captions are
+    an error: a method that learns from captions must not silently train on none."""
     if not folder.is_dir():
         raise StablekitError(f"image folder {folder} does not exist; check image_dir or the --data path")
     records, missing = [], []
@@ -47,7 +49,7 @@ def read_folder(folder: Path, subset: SubsetConfig) -> list[Record]:
             missing.append(path)
     if missing:
         raise _missing_captions(missing, str(folder), f"write {missing[0].stem}{subset.caption_extension} beside it "
-                                "or set class_tokens")
+                                "or set class_tokens (textual-inversion and dreambooth train without captions)")
     return records
 
 

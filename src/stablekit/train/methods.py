@@ -54,11 +54,16 @@ class TextualInversionConfig(MethodConfig):
     token: str = ""  # the placeholder, e.g. "<hexagon>"; captions use it (or it is put in front)
     init_word: str = ""  # its vectors start as this word's embedding, e.g. "shape"
     vectors: int = 1  # embedding vectors per token
+    # captions of images without a caption file: templates with "{}" for the token, drawn at random
+    # each step ([] = the learnable_property's list, diffusers' flag: "object" or "style"); the
+    # resolved config holds the list used
+    learnable_property: str = "object"
+    caption_templates: list[str] = field(default_factory=list)
 
 
 @dataclass
 class DreamBoothConfig(LoraSettings):
-    instance_prompt: str = ""  # e.g. "a sks square": the caption of every instance image
+    instance_prompt: str = ""  # e.g. "a sks square": the caption of every instance image (caption files or none)
     class_prompt: str = ""  # e.g. "a square": the caption of the class images ("" = no prior preservation)
     class_data: str = ""  # a folder of class images; "" = drawn by the model itself (cached)
     num_class_images: int = 50
@@ -134,15 +139,25 @@ TINY_RECIPES: dict[str, dict] = {
     # base drop 0.027 (frozen, 1800 steps: shape 0.38, adherence 0.818); m3-ft-te-2400: adherence
     # 0.884, shape 0.59, base drop 0.024 (both targets met).
     "finetune": dict(lr=5e-5, steps=2400, lr_schedule="cosine", warmup_steps=20, train_text_encoder=True),
-    # textual inversion: no recipe measured better than the defaults at teaching the shape; on model 2
-    # even a freely optimised per-image context makes the frozen UNet draw hexagons only in part
-    # (teach_ti_ceiling.py), so the target is not a matter of settings (report)
+    # textual inversion, model 3 (56 prompts, init word "circle"): the method defaults (1 vector, lr
+    # 5e-3 constant, 1000 steps; m3-ti-defaults) draw a hexagon in 1 of 56 (0.02), 8 vectors at lr
+    # 5e-3 with a cosine decay over 400 steps (kohya-style; m3-ti-v8-lr5e-3-400, reproduced by
+    # m3-ti-v8-lr5e-3-400-rerun) in 10 of 56 (0.18), colour 0.95 both, in under half the time. The
+    # 0.70 target stays out of reach of the frozen UNet (per-image ceiling 0.55, teach_ti_ceiling.py).
+    "textual-inversion": dict(vectors=8, lr=5e-3, steps=400, lr_schedule="cosine", warmup_steps=20),
     # db-prior: class 0.63 (subject 0.00) -- the best of three measured; training the text encoder
     # too at this lr broke the class prompts (db-prior-te: class 0.17), so it stays off; on model 2
     # a text-encoder LoRA at lr 1e-3 (m2-dbl-te-*) re-maps whole prompts (subject 0.00, class
     # 0.21-0.63): lower it with text_encoder_lr before turning it on. No DreamBooth setting reaches
-    # the teal subject on model 2: its autoencoder turns teal into blue / green (vae round trip)
-    "dreambooth": dict(lr=1e-4, steps=200, num_class_images=20),
+    # the teal subject on model 2: its autoencoder turns teal into blue / green (vae round trip).
+    # Model 3, orange diagnostic subject: the text encoder at text_encoder_lr 1e-5 binds the
+    # subject's colour (orange 0.05 -> 0.40 with prior preservation, m3-db-orange-prior-te1e-5;
+    # 0.05 -> 0.55 and subject 0.05 -> 0.50 without, m3-db-orange-noprior-te1e-5 against the
+    # reproduced m3-db-orange-noprior-rerun) at no measured cost to the plain squares (0.50 ->
+    # 0.46, n 24) at prior weight 1.0; 5e-5 costs them (0.29), and so does prior weight 0.3 (0.17). It does not make "sks" a word of its own (its context
+    # stays at cosine 0.983 to "a square", teach_db_probe.py), so prior preservation still blocks
+    # the diamond. Measured on full DreamBooth; with --lora the text-encoder LoRA trains at it too.
+    "dreambooth": dict(lr=1e-4, steps=200, num_class_images=20, train_text_encoder=True, text_encoder_lr=1e-5),
     # LCM-LoRA: first guesses (speed3, session 7), not yet a measured best. The UNet is 48/96/128
     # channels wide, so the reference's rank 64 would be close to full rank; the teacher's CFG range
     # sits around CFG 3-5, where the base model's adherence is highest (docs/benchmarks.md sweeps).
@@ -230,11 +245,40 @@ def resolve(method: str, config_path=None, check: bool = True, **overrides) -> t
         loop_values["betas"] = tuple(loop_values["betas"])
     if not settings.name:
         settings.name = settings.token.strip("<>") if method == "textual-inversion" and settings.token else method
+    if isinstance(settings, TextualInversionConfig):
+        settings.caption_templates = list(caption_templates(settings))
     if check:
         _check(method, settings)
     tc = TrainConfig(**loop_values)
     tc.out_dir = str(run_dir(settings))
     return settings, tc.validate()
+
+
+def caption_templates(s: TextualInversionConfig) -> tuple[str, ...]:
+    """The textual-inversion captions of images without a caption file (see the config's comment)."""
+    from stablekit.train.strategies.textual_inversion import TEMPLATES, check_templates
+
+    if s.caption_templates:
+        return check_templates(s.caption_templates)
+    if s.learnable_property not in TEMPLATES:
+        raise StablekitError(f"unknown learnable_property {s.learnable_property!r}: use {' or '.join(TEMPLATES)}, "
+                             "or give caption_templates")
+    return TEMPLATES[s.learnable_property]
+
+
+def uncaptioned_caption(method: str, s: MethodConfig) -> str | None:
+    """The caption of an image without a caption file (kohya's class_tokens), or None when the
+    method learns from real captions (finetune, LoRA, ...: a missing caption stays an error).
+
+    DreamBooth captions every instance image with the instance prompt whatever its file says (the
+    paper's "a [V] [class noun]"), so a bare folder is its normal input; textual inversion gets the
+    empty caption, which its strategy replaces by a template each step.
+    """
+    if method == "dreambooth":
+        return s.instance_prompt
+    if method == "textual-inversion":
+        return ""
+    return None
 
 
 def run_dir(settings: MethodConfig):

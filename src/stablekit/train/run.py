@@ -17,7 +17,7 @@ import torch
 
 from stablekit.errors import StablekitError
 from stablekit.train.loop import train as train_loop
-from stablekit.train.methods import as_record, resolve
+from stablekit.train.methods import as_record, resolve, uncaptioned_caption
 from stablekit.train.strategies.sd import SampleSettings
 
 
@@ -41,7 +41,8 @@ def run(method: str, *, config=None, dataset=None, components=None, progress: bo
     components = components if components is not None else load_components(s.model)
     if dataset is None:
         dataset = load_conditioning_data(s, components) if method == "controlnet" else \
-            load_sized_data(s, components) if method == "inpainting" else load_data(s.data, native_size(components))
+            load_sized_data(s, components) if method == "inpainting" else \
+            load_data(s.data, native_size(components), uncaptioned_caption(method, s))
     strategy, dataset = build(method, s, tc, components, dataset)
     hooks = with_eval(method, s, tc, strategy, components, record, hooks)
     result = train_loop(tc, strategy, dataset, progress=progress, record=record, hooks=hooks)
@@ -122,8 +123,9 @@ def native_size(components) -> int:
     return int(components.unet.config.sample_size) * components.vae_scale_factor
 
 
-def load_data(data: str, resolution: int = 512):
+def load_data(data: str, resolution: int = 512, uncaptioned: str | None = None):
     """The dataset at `data`, at the model's `resolution` unless a kohya TOML sets its own.
+    `uncaptioned`: the caption of images without a caption file (None: they are an error).
 
     Why: the data layer's default is SD's 512; a 64-px model trained on 512-px upscales ran 64x
     slower and learned a scale it never generates at (the first textual-inversion runs).
@@ -132,12 +134,14 @@ def load_data(data: str, resolution: int = 512):
         raise StablekitError("no training data: give --data PATH (a folder, metadata.jsonl, CSV or kohya dataset TOML)")
     try:
         from stablekit.data import DatasetConfig, load_dataset
+        from stablekit.data.config import SubsetConfig
     except ImportError:
         raise StablekitError("stablekit.data is not available in this installation; pass a dataset object "
                              "to stablekit.train.run(..., dataset=...)") from None
     # bucket bounds scale with the size (kohya's 256..1024 in steps of 64 are for 512 px)
     config = DatasetConfig(resolution=resolution, min_bucket_reso=min(256, resolution // 2),
-                           max_bucket_reso=max(1024, resolution * 2), bucket_reso_steps=min(64, max(8, resolution // 8)))
+                           max_bucket_reso=max(1024, resolution * 2), bucket_reso_steps=min(64, max(8, resolution // 8)),
+                           subset=SubsetConfig(class_tokens=uncaptioned))
     return load_dataset(data, config)
 
 
@@ -186,7 +190,8 @@ def build(method: str, s, tc, components, dataset):
 
         return InpaintingStrategy(**common, train_text_encoder=s.train_text_encoder), dataset
     if method == "textual-inversion":
-        return TextualInversionStrategy(**common, token=s.token, init_word=s.init_word, vectors=s.vectors), dataset
+        return TextualInversionStrategy(**common, token=s.token, init_word=s.init_word, vectors=s.vectors,
+                                        templates=tuple(s.caption_templates)), dataset
     if method == "lcm":
         from stablekit.train.strategies.lcm_run import build_lcm
 

@@ -7,6 +7,10 @@ the token-embedding layer substitutes the trainable vectors for the new ids, so 
 weight decay or mixed-precision cast can touch another row (the Keras tutorial and diffusers'
 script restore the other rows after each step instead). The new rows are written into the matrix
 for sampling and export. SDXL: one set of vectors per text encoder ("clip_l", "clip_g").
+
+Images without a caption file (a bare folder, as diffusers' textual_inversion.py and the Keras
+tutorial take) arrive with the empty caption; each step gives each of them a template drawn at
+random with the placeholder in it ("a photo of a <tok>"), as those scripts do.
 """
 from __future__ import annotations
 
@@ -17,6 +21,56 @@ import torch
 
 from stablekit.errors import StablekitError
 from stablekit.train.strategies.sd import SDStrategy
+
+
+# The textual-inversion paper's captions (Gal et al. 2022: CLIP's ImageNet prompt templates), the
+# lists diffusers' textual_inversion.py uses for --learnable_property object / style, without the
+# ones that say the image is dark or dirty: the Keras tutorial found that a caption saying
+# something untrue of the images (it dropped "a dark photo of the {}") makes a worse embedding, and
+# nothing is known of a bare folder's images. The varied wording is the point: what is the same in
+# every caption is the token, so the token, not the sentence, has to carry the images' content.
+OBJECT_TEMPLATES = (
+    "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+    "a photo of a clean {}", "a photo of my {}", "a photo of the cool {}", "a close-up photo of a {}",
+    "a bright photo of the {}", "a cropped photo of a {}", "a photo of the {}", "a good photo of the {}",
+    "a photo of one {}", "a close-up photo of the {}", "a rendition of the {}", "a photo of the clean {}",
+    "a rendition of a {}", "a photo of a nice {}", "a good photo of a {}", "a photo of the nice {}",
+    "a photo of the small {}", "a photo of the weird {}", "a photo of the large {}", "a photo of a cool {}",
+    "a photo of a small {}",
+)
+STYLE_TEMPLATES = (
+    "a painting in the style of {}", "a rendering in the style of {}", "a cropped painting in the style of {}",
+    "the painting in the style of {}", "a clean painting in the style of {}", "a picture in the style of {}",
+    "a cool painting in the style of {}", "a close-up painting in the style of {}",
+    "a bright painting in the style of {}", "a good painting in the style of {}", "a rendition in the style of {}",
+    "a nice painting in the style of {}", "a small painting in the style of {}",
+    "a weird painting in the style of {}", "a large painting in the style of {}",
+)
+TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES}
+
+
+def check_templates(templates) -> tuple[str, ...]:
+    """The templates as a tuple; each must hold "{}" (where the token goes)."""
+    bad = [t for t in templates if not isinstance(t, str) or "{}" not in t]
+    if bad:
+        raise StablekitError(f"caption template {bad[0]!r} has no '{{}}' for the token; write e.g. 'a photo of a {{}}'")
+    return tuple(templates)
+
+
+def template_captions(captions: list[str], templates, token: str, rng) -> list[str]:
+    """Empty captions (images without a caption file) become a random template with `token`.
+
+    The draw comes from a generator of its own, seeded by the step's generator (the same in every
+    process), over the whole global batch and then sliced: a resumed or data-parallel run picks
+    the same captions as one unbroken process, and the noise draws are untouched.
+    """
+    if not templates or all(c.strip() for c in captions):
+        return list(captions)
+    g = torch.Generator().manual_seed((rng.generator.initial_seed() * 31 + 17) % (2**63))
+    start = rng.start or 0
+    picks = torch.randint(len(templates), (max(rng.total or 0, start + len(captions)),), generator=g)
+    picks = picks[start:start + len(captions)].tolist()
+    return [c if c.strip() else templates[k].replace("{}", token) for c, k in zip(captions, picks)]
 
 
 def placeholder_tokens(token: str, vectors: int) -> list[str]:
@@ -70,12 +124,14 @@ class TextualInversionStrategy(SDStrategy):
     token: str = "<concept>"
     init_word: str = "object"
     vectors: int = 1
+    templates: tuple[str, ...] = OBJECT_TEMPLATES  # captions of images without one ("{}" = the token)
     name: str = "textual-inversion"
 
     def __post_init__(self):
         super().__post_init__()
         if self.vectors < 1:
             raise StablekitError(f"vectors must be >= 1 (got {self.vectors})")
+        self.templates = check_templates(self.templates)
         c = self.components
         tokens = placeholder_tokens(self.token, self.vectors)
         self.parts = {"clip_l" if c.is_sdxl else "emb_params": _Vectors(c.text_encoder, c.tokenizer, tokens, self.init_word)}
@@ -89,6 +145,10 @@ class TextualInversionStrategy(SDStrategy):
         pattern = re.compile(re.escape(self.token))
         self.caption_hook = lambda caption: (pattern.sub(expanded, caption) if self.token in caption
                                              else f"{expanded} {caption}".strip())
+
+    def loss(self, batch: dict, rng):
+        captions = template_captions(batch["captions"], self.templates, self.token, rng)
+        return super().loss({**batch, "captions": captions}, rng)
 
     def to(self, device) -> None:
         super().to(device)
