@@ -21,6 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 PROMPTS = ["a red circle on a blue background", "a green star", "a yellow square on a black background",
@@ -81,7 +82,8 @@ def main() -> None:
     rows = []
     for name in names:
         setting = SETTINGS[name]
-        rows += generator(pipes[setting["lora"]], setting)(PROMPTS, list(range(len(PROMPTS))))
+        images = generator(pipes[setting["lora"]], setting)(PROMPTS, list(range(len(PROMPTS))))
+        rows += [np.asarray(im.convert("RGB")) for im in images]
     image_grid(rows, cols=len(PROMPTS)).save(out / "grid.png")
     print(f"grid rows: {', '.join(names)} -> {out / 'grid.png'}")
     if a.grid_only:
