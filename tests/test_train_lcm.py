@@ -74,6 +74,75 @@ def test_teacher_is_the_base_model_and_the_lora_stays_trainable():
     assert any(".resnets." in n for n in trainable)  # convolutions too (the reference's targets)
 
 
+def _reference_loss(s: LcmStrategy, teacher_unet, batch: dict, gen: torch.Generator, w_min: float, w_max: float):
+    """One step of diffusers' train_lcm_distill_lora_sd_wds.py written out from its source: DDIMSolver
+    (ddim_timesteps = arange(1, N + 1) * k - 1, alpha-bar prev = [acp[0]] + acp[t[:-1]]), start - k
+    clamped at 0, add_noise, the LCM-formulation CFG with w = scale - 1, a separate frozen teacher,
+    the student under no_grad as the target, and pseudo-Huber on the mean."""
+    import numpy as np
+
+    acp = s.alphas_cumprod.double().numpy()
+    k = len(acp) // s.ddim_steps
+    ddim_t = (np.arange(1, s.ddim_steps + 1) * k).round().astype(np.int64) - 1
+    prev = torch.from_numpy(np.asarray([acp[0]] + acp[ddim_t[:-1]].tolist())).float()
+    ddim_t = torch.from_numpy(ddim_t)
+    acp = s.alphas_cumprod
+    x0 = s.latents(batch["pixels"])
+    b = len(x0)
+    ctx, _ = s.encode_captions(list(batch["captions"]))
+    unc, _ = s.encode_captions([""] * b)
+    index = torch.randint(0, s.ddim_steps, (b,), generator=gen)
+    start = ddim_t[index]
+    end = torch.where(start - k < 0, torch.zeros_like(start), start - k)
+    noise = torch.randn(x0.shape, generator=gen)
+    w = ((w_max - w_min) * torch.rand((b,), generator=gen) + w_min - 1).view(b, 1, 1, 1)
+
+    def col(v, t):
+        return v[t].view(b, 1, 1, 1)
+
+    def scal(t):
+        st = 10.0 * t.float()
+        return (0.25 / (st**2 + 0.25)).view(b, 1, 1, 1), (st / (st**2 + 0.25) ** 0.5).view(b, 1, 1, 1)
+
+    def x0_eps(out, x, t):  # v-prediction and epsilon, as the script's get_predicted_* functions
+        a, sg = col(acp, t).sqrt(), (1 - col(acp, t)).sqrt()
+        if s.prediction_type == "v_prediction":
+            return a * x - sg * out, a * out + sg * x
+        return (x - sg * out) / a, out
+
+    x_t = col(acp, start).sqrt() * x0 + (1 - col(acp, start)).sqrt() * noise
+    cs, co = scal(start)
+    pred = cs * x_t + co * x0_eps(s.components.unet(x_t, start, ctx).sample, x_t, start)[0]
+    with torch.no_grad():
+        xc, ec = x0_eps(teacher_unet(x_t, start, ctx).sample, x_t, start)
+        xu, eu = x0_eps(teacher_unet(x_t, start, unc).sample, x_t, start)
+        x0g, eg = xc + w * (xc - xu), ec + w * (ec - eu)
+        ap = prev[index].view(b, 1, 1, 1)
+        x_prev = ap.sqrt() * x0g + (1 - ap).sqrt() * eg
+        ce, coe = scal(end)
+        target = ce * x_prev + coe * x0_eps(s.components.unet(x_prev, end, ctx).sample, x_prev, end)[0]
+    return torch.mean(torch.sqrt((pred - target) ** 2 + s.huber_c**2) - s.huber_c)
+
+
+@pytest.mark.parametrize("ddim_steps", [50, 4, 3])
+def test_loss_is_the_reference_scripts_step(ddim_steps):
+    """Our step against the reference's, written out independently, on the same draws: any change of the
+    solver grid, the skip, the scalings, the CFG form or the target would move the loss."""
+    teacher = tiny("sd2-v")  # v-prediction, as the embedded model
+    s = LcmStrategy(components=tiny("sd2-v"), rank=4, alpha=4.0, cache_dir="", ddim_steps=ddim_steps,
+                    cfg_min=2.0, cfg_max=6.0)
+    assert s.prediction_type == "v_prediction"
+    for n, p in s.components.unet.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)  # a student that differs from the teacher
+    batch = TinyImages(n=4).get_batch([0, 1, 2, 3])
+    loss, _ = s.loss(batch, BatchRandom(torch.Generator().manual_seed(3)))
+    want = _reference_loss(s, teacher.unet, batch, torch.Generator().manual_seed(3), 2.0, 6.0)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-4)
+    timesteps, _, k = ddim_solver(s.alphas_cumprod, ddim_steps)
+    assert timesteps[-1] == 999 - 1000 % ddim_steps and k == 1000 // ddim_steps
+
+
 @pytest.mark.parametrize("loss_type", ["huber", "l2"])
 def test_loss_reaches_only_the_lora(loss_type):
     s = LcmStrategy(components=tiny(), rank=4, alpha=4.0, cache_dir="", loss_type=loss_type)
