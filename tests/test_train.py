@@ -185,3 +185,6 @@ def test_config_rejects_bad_choices():
                 dict(mixed_precision="fp8")):
         with pytest.raises(StablekitError, match=list(bad.values())[0]):
             TrainConfig(**bad).validate()
+    for bad in (dict(checkpoint_every=0), dict(log_every=0), dict(sample_every=-1), dict(keep_checkpoints=0)):
+        with pytest.raises(StablekitError, match="checkpoint_every >= 1"):  # 0 once crashed the loop (modulo by 0)
+            TrainConfig(**bad).validate()

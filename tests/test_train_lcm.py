@@ -192,7 +192,7 @@ def test_settings_defaults_toml_overrides_and_errors(tmp_path):
     assert (s.rank, s.cfg_min, s.cfg_max, s.ddim_steps, s.loss_type, s.huber_c) == (64, 6.0, 16.0, 50, "huber", 0.001)
     assert (s.sample_steps, s.sample_cfg, tc.lr, tc.warmup_steps) == (4, 1.0, 1e-4, 500)
     s, tc = resolve("lcm")  # the embedded model: the tiny recipe
-    assert (s.rank, s.cfg_min, s.cfg_max, tc.lr, tc.batch_size) == (16, 2.0, 6.0, 1e-4, 64)
+    assert (s.rank, s.cfg_min, s.cfg_max, s.ddim_steps, tc.lr, tc.batch_size) == (16, 2.0, 6.0, 4, 5e-4, 64)
     toml = tmp_path / "lcm.toml"
     toml.write_text('method = "lcm"\ncfg-min = 2.0\nddim_steps = 25\n')
     s, _ = resolve("lcm", toml, cfg_max=4.0, model="/no/such/model")

@@ -77,6 +77,11 @@ class TrainConfig:
             raise StablekitError(f"need text_encoder_lr >= 0 (0: the same as lr; got {self.text_encoder_lr})")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise StablekitError(f"unknown device {self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.sample_every < 0 or self.keep_checkpoints < 1:
+            raise StablekitError(f"need checkpoint_every >= 1, log_every >= 1, sample_every >= 0 (0: never) and "
+                                 f"keep_checkpoints >= 1 (got {self.checkpoint_every}, {self.log_every}, "
+                                 f"{self.sample_every}, {self.keep_checkpoints}); a large checkpoint_every "
+                                 "saves only at the end")
         if self.eval_every < 0 or self.eval_n < 0 or self.eval_steps < 1 or self.eval_judge_limit < 0:
             raise StablekitError(f"need eval_every >= 0, eval_n >= 0, eval_steps >= 1, eval_judge_limit >= 0 (got "
                                  f"{self.eval_every}, {self.eval_n}, {self.eval_steps}, {self.eval_judge_limit})")
