@@ -110,11 +110,11 @@ def test_identifier_rows_train_in_their_own_group_and_resume(tmp_path):
     assert torch.equal(other.rows["emb_params"].param, s.rows["emb_params"].param)
     # a run stopped and resumed ends where one unbroken run does
     runs = {}
-    for name, legs in (("once", [4]), ("resumed", [2, 4])):
+    for name, legs in (("once", [2]), ("resumed", [1, 2])):
         for steps in legs:
             comps = tiny("sd1")
             stablekit.train("dreambooth", components=comps, dataset=TinyImages(n=2), out=tmp_path / name, lr=1e-3,
-                            identifier_lr=0.05, checkpoint_every=2, **{**DB, "steps": steps})
+                            identifier_lr=0.05, checkpoint_every=1, **{**DB, "steps": steps})
         runs[name] = comps.text_encoder.get_input_embeddings().weight[_sks(comps)].clone()
     assert torch.equal(runs["once"], runs["resumed"])
 
