@@ -34,7 +34,10 @@ _HELP = {
     "instance_prompt": "DreamBooth: caption of the subject images",
     "class_prompt": "DreamBooth: class caption for prior preservation", "class_data": "folder of class images "
     "(default: drawn by the model and cached)", "prior_loss_weight": "loss weight of class / regularisation images",
-    "lora": "DreamBooth-LoRA instead of the full UNet", "device": "auto, cpu, cuda, cuda:N or mps",
+    "lora": "DreamBooth-LoRA instead of the full UNet",
+    "identifier_lr": "DreamBooth pivotal tuning: learning rate of the identifier's own token-embedding row(s) "
+                     "(the instance-prompt words not in the class prompt, e.g. sks; 0: off; 5e-3 a textual-inversion "
+                     "rate); with --lora also writes OUT/IDENTIFIER.safetensors, an embedding to load with the LoRA", "device": "auto, cpu, cuda, cuda:N or mps",
     "snr_gamma": "Min-SNR-gamma loss weighting (0: off)", "noise_offset": "noise offset (0: off)",
     "sample_prompts": "prompts of the validation grid", "sample_steps": "sampler steps of the validation grid",
     "sample_cfg": "CFG scale of the validation grid", "sample_seed": "seed of the validation grid",

@@ -3,7 +3,10 @@
 - LoRA (and DreamBooth-LoRA): `stablekit.formats.lora_kohya.save_kohya_lora` (kohya keys, alpha,
   ss_* metadata) from the peft state dicts (CONTRACTS.md "LoRA tensors").
 - Textual inversion: `stablekit.formats.embeddings_a1111.save_a1111_embedding`.
-- Full fine-tune / DreamBooth: `stablekit.formats.save_model`, single file + diffusers folder.
+- Full fine-tune / DreamBooth: `stablekit.formats.save_model`, single file + diffusers folder (with
+  identifier_lr, the trained identifier rows written into the text encoder first).
+- DreamBooth-LoRA with identifier_lr: also <out>/<word>.safetensors per identifier word, an A1111
+  embedding of its trained rows, to be loaded with the LoRA (both files' metadata say so).
 - ControlNet: `stablekit.formats.controlnet.save_controlnet`, LDM-layout single file + diffusers folder.
 Until the ADAPTERS writers are merged, LoRA and embeddings fall back to the diffusers layouts
 (`unet.` / `text_encoder.` prefixed peft keys; `emb_params` or `clip_l`/`clip_g`), with alpha and
@@ -15,6 +18,7 @@ import json
 from pathlib import Path
 
 
+from stablekit.errors import StablekitError
 from stablekit.train.strategies.lora import LoraStrategy
 from stablekit.train.strategies.textual_inversion import TextualInversionStrategy
 
@@ -26,8 +30,14 @@ def export(method: str, s, strategy, components, out: Path, record: dict) -> Pat
         lr = record["lr"]
         metadata.update(ss_learning_rate=str(lr), ss_unet_lr=str(lr),
                         ss_text_encoder_lr=str(record.get("text_encoder_lr") or lr))
+    pivotal = hasattr(strategy, "identifier_embeddings")  # DreamBooth with identifier_lr > 0 (train/pivotal.py)
     if isinstance(strategy, LoraStrategy):
+        embeddings = strategy.identifier_embeddings() if pivotal else {}
+        if embeddings:  # the identifier rows live outside the LoRA: say which files go with it
+            metadata["stablekit_load_with_embeddings"] = ", ".join(f"{w}.safetensors" for w in embeddings)
         save_lora(path, strategy, components.arch, metadata)
+        for word, vectors in embeddings.items():
+            save_identifier_embedding(out, s.name, word, vectors, metadata)
     elif method == "controlnet":
         from stablekit.formats.controlnet import save_controlnet
 
@@ -39,6 +49,8 @@ def export(method: str, s, strategy, components, out: Path, record: dict) -> Pat
     else:
         from stablekit.formats import save_model
 
+        if pivotal:
+            strategy.write_identifier()  # the trained identifier rows travel in the text encoder
         save_model(components, path, to="single-file")
         save_model(components, out / s.name, to="diffusers")
     return path
@@ -56,6 +68,17 @@ def save_lora(path: Path, strategy: LoraStrategy, arch: str, metadata: dict[str,
 
     # kohya's writer sets ss_base_model_version in kohya's spelling (sd_v1, sdxl_base_v1-0)
     save_kohya_lora(path, unet, text_arg, alpha=strategy.alpha, rank=strategy.rank, arch=arch, metadata=metadata)
+
+
+def save_identifier_embedding(out: Path, name: str, word: str, vectors, metadata: dict[str, str]) -> Path:
+    """<out>/<word>.safetensors: a DreamBooth-LoRA identifier's trained rows as an A1111 embedding,
+    named after the word so that the word in a prompt picks it up (A1111, --embeddings-dir)."""
+    if Path(word).name != word or word == name or not word.strip("."):
+        raise StablekitError(f"the identifier {word!r} cannot name an embedding file beside {name}.safetensors; "
+                             "use a plain word such as 'sks' (or another --name)")
+    path = out / f"{word}.safetensors"
+    save_embedding(path, word, vectors, {**metadata, "stablekit_load_with": f"{name}.safetensors"})
+    return path
 
 
 def save_embedding(path: Path, name: str, vectors, metadata: dict[str, str]) -> None:

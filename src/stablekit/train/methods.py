@@ -70,6 +70,11 @@ class DreamBoothConfig(LoraSettings):
     class_steps: int = 20  # sampler steps for drawing class images
     class_cfg: float = 7.0
     lora: bool = False  # DreamBooth-LoRA: train a LoRA instead of the full UNet
+    # pivotal tuning (train/pivotal.py): > 0 trains the identifier's token-embedding row(s) (the words of
+    # instance_prompt not in class_prompt) at this rate beside the UNet; 0 = off. Full DreamBooth exports
+    # them in the checkpoint's text encoder; --lora also writes <out>/<identifier>.safetensors, an A1111
+    # embedding that must be loaded with the LoRA
+    identifier_lr: float = 0.0
 
 
 @dataclass
@@ -297,6 +302,8 @@ def _check(method: str, s: MethodConfig) -> None:
     if method == "dreambooth" and not s.instance_prompt:
         raise StablekitError("DreamBooth needs --instance-prompt (e.g. 'a sks square'); add --class-prompt "
                              "(e.g. 'a square') for prior preservation")
+    if isinstance(s, DreamBoothConfig):
+        _check_dreambooth(s)
     if isinstance(s, LcmConfig):
         _check_lcm(s)
     if isinstance(s, LoraSettings) and (s.rank < 1 or s.alpha <= 0 or not 0 <= s.dropout < 1):
@@ -307,6 +314,15 @@ def _check(method: str, s: MethodConfig) -> None:
         raise StablekitError(f"need resolution >= 0 and 0 <= caption_dropout <= 1 (got {s.resolution}, {s.caption_dropout})")
     if s.snr_gamma < 0 or s.noise_offset < 0 or s.prior_loss_weight < 0:
         raise StablekitError("snr_gamma, noise_offset and prior_loss_weight must be >= 0")
+
+
+def _check_dreambooth(s: DreamBoothConfig) -> None:
+    if s.identifier_lr < 0:
+        raise StablekitError(f"need identifier_lr >= 0 (got {s.identifier_lr}); 0 turns pivotal tuning off, 5e-3 is a textual-inversion rate")
+    if s.identifier_lr > 0:
+        from stablekit.train.pivotal import identifier_words
+
+        identifier_words(s.instance_prompt, s.class_prompt)  # the one-line error before any model is loaded
 
 
 def _check_lcm(s: LcmConfig) -> None:

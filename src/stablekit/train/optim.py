@@ -41,24 +41,34 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
 class ParamGroups(list):
     """A strategy's trainable parameters: a plain list to the loop (clipping, EMA, all-reduce),
     which also remembers the text encoders' parameters so that `build_optimizer` can give them
-    their own learning rate (`text_encoder_lr`, kohya's name) in a second parameter group."""
+    their own learning rate (`text_encoder_lr`, kohya's name) in a second parameter group, and
+    `extra` (params, lr) pairs that get groups of their own at a fixed rate (DreamBooth's
+    identifier rows at `identifier_lr`, train/pivotal.py)."""
 
-    def __init__(self, main, text=()):
+    def __init__(self, main, text=(), extra=()):
         main, text = list(main), list(text)
-        super().__init__(main + text)
+        extra = [(list(ps), float(lr)) for ps, lr in extra]
+        super().__init__(main + text + [p for ps, _ in extra for p in ps])
         self.text_ids = {id(p) for p in text}
+        self.extra = extra
 
 
 def param_groups(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> list[dict]:
     """Optimizer parameter groups: everything at cfg.lr, except that with text_encoder_lr > 0 the
-    text encoders' parameters (a ParamGroups' text part) form a second group at that rate. The
-    main group comes first, so the loop's logged lr (group 0) stays the UNet's."""
+    text encoders' parameters (a ParamGroups' text part) form a second group at that rate, and a
+    ParamGroups' `extra` pairs follow as groups at their own rates. The main group comes first,
+    so the loop's logged lr (group 0) stays the UNet's."""
     text_ids = getattr(params, "text_ids", set())
-    if not (cfg.text_encoder_lr > 0 and text_ids):
-        return [{"params": list(params), "lr": cfg.lr}]
-    main = [p for p in params if id(p) not in text_ids]
-    text = [p for p in params if id(p) in text_ids]
-    return [g for g in ({"params": main, "lr": cfg.lr}, {"params": text, "lr": cfg.text_encoder_lr}) if g["params"]]
+    extra = getattr(params, "extra", [])
+    own = {id(p) for ps, _ in extra for p in ps}
+    split = bool(cfg.text_encoder_lr > 0 and text_ids)
+    main = [p for p in params if id(p) not in own and not (split and id(p) in text_ids)]
+    groups = [{"params": main, "lr": cfg.lr}]
+    if split:
+        groups.append({"params": [p for p in params if id(p) in text_ids and id(p) not in own],
+                       "lr": cfg.text_encoder_lr})
+    groups += [{"params": ps, "lr": lr} for ps, lr in extra]
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

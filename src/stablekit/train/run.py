@@ -197,6 +197,13 @@ def build(method: str, s, tc, components, dataset):
 
         return build_lcm(s, components), dataset
     dataset = dreambooth_data(s, tc, components, dataset)
+    if s.identifier_lr > 0:  # pivotal tuning: the identifier's rows train too (train/pivotal.py)
+        from stablekit.train.pivotal import PivotalFinetuneStrategy, PivotalLoraStrategy
+
+        pivotal = dict(identifier_lr=s.identifier_lr, instance_prompt=s.instance_prompt, class_prompt=s.class_prompt)
+        if s.lora:
+            return PivotalLoraStrategy(**common, **lora, **pivotal), dataset
+        return PivotalFinetuneStrategy(**common, train_text_encoder=s.train_text_encoder, **pivotal), dataset
     if s.lora:
         return LoraStrategy(**common, **lora, name="dreambooth-lora"), dataset
     return FinetuneStrategy(**common, train_text_encoder=s.train_text_encoder, name="dreambooth"), dataset
