@@ -1,14 +1,12 @@
 """The training methods on tiny random models: what trains, what must not change, what is exported."""
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
-from fixtures import tiny_components
 from safetensors.torch import load_file
-from train_fixtures import TinyImages
+from train_fixtures import TinyImages, tiny
+from train_fixtures import snapshot as _snapshot
 
 import stablekit.train
 from stablekit.errors import StablekitError
@@ -16,26 +14,7 @@ from stablekit.train.parallel import BatchRandom
 from stablekit.train.strategies.lora import LoraStrategy, unet_targets
 from stablekit.train.strategies.textual_inversion import TextualInversionStrategy
 
-_BUILT = {}
-
-
-def tiny(arch: str = "sd1"):
-    """tiny(arch), built once per session and deep-copied (building costs seconds)."""
-    if arch not in _BUILT:
-        _BUILT[arch] = tiny_components(arch)
-    return copy.deepcopy(_BUILT[arch])
-
-
 FAST = dict(steps=3, batch_size=2, sample_every=0, progress=False, tensorboard=False)
-
-
-def _snapshot(components) -> dict[str, torch.Tensor]:
-    out = {}
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        module = getattr(components, name)
-        if module is not None:
-            out.update({f"{name}.{k}": v.detach().clone() for k, v in module.state_dict().items()})
-    return out
 
 
 def _changed(before: dict, after: dict) -> set[str]:

@@ -1,13 +1,11 @@
 """DreamBooth pivotal tuning (identifier_lr): only the identifier's rows move, and they travel with the export."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from fixtures import tiny_components
 from safetensors import safe_open
-from train_fixtures import TinyImages
+from train_fixtures import TinyImages, tiny
+from train_fixtures import snapshot as _snapshot
 
 import stablekit.train
 from stablekit.errors import StablekitError
@@ -15,26 +13,10 @@ from stablekit.train.strategies.finetune import FinetuneStrategy
 from stablekit.train.strategies.lora import LoraStrategy
 from stablekit.train.strategies.sd import _encode
 
-_BUILT = {}
 EMB = "text_encoder.embeddings.token_embedding.weight"
 # prior_loss_weight 0: the class prompt names the class noun but no class images are drawn (fast)
 DB = dict(instance_prompt="a sks square", class_prompt="a square", prior_loss_weight=0.0, steps=3, batch_size=2,
           sample_every=0, progress=False, tensorboard=False)
-
-
-def tiny(arch: str = "sd1"):
-    if arch not in _BUILT:
-        _BUILT[arch] = tiny_components(arch)
-    return copy.deepcopy(_BUILT[arch])
-
-
-def _snapshot(components) -> dict[str, torch.Tensor]:
-    out = {}
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        module = getattr(components, name)
-        if module is not None:
-            out.update({f"{name}.{k}": v.detach().clone() for k, v in module.state_dict().items()})
-    return out
 
 
 def _sks(components) -> list[int]:

@@ -1,25 +1,15 @@
 """Training precision: auto's choice, and the frozen UNet layers kept in bf16 under mixed precision."""
 from __future__ import annotations
 
-import copy
-
 import torch
-from fixtures import tiny_components
 from safetensors.torch import load_file
-from train_fixtures import TinyImages
+from train_fixtures import TinyImages, tiny
 
 import stablekit.train
 from stablekit.train import precision
 from stablekit.train.strategies.lora import LoraStrategy
 
-_BUILT = {}
 FAST = dict(steps=2, batch_size=2, sample_every=0, progress=False, tensorboard=False)
-
-
-def tiny():
-    if "sd1" not in _BUILT:
-        _BUILT["sd1"] = tiny_components("sd1")
-    return copy.deepcopy(_BUILT["sd1"])
 
 
 def test_cast_frozen_casts_only_layers_without_trainable_weights():

@@ -2,6 +2,8 @@
 method tests until stablekit.data is merged: pixels in [-1, 1], captions, is_reg, keys, batch_order."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -59,3 +61,25 @@ def write_folder(folder, n=8, size=64, seed=0):
         Image.fromarray(arr).save(folder / f"{i:04d}.png")
         (folder / f"{i:04d}.txt").write_text(data.captions[i])
     return folder
+
+
+_BUILT: dict = {}
+
+
+def tiny(arch: str = "sd1"):
+    """tiny_components(arch), built once per session and deep-copied (building costs seconds)."""
+    from fixtures import tiny_components
+
+    if arch not in _BUILT:
+        _BUILT[arch] = tiny_components(arch)
+    return copy.deepcopy(_BUILT[arch])
+
+
+def snapshot(components) -> dict[str, torch.Tensor]:
+    """Every weight of every model module, cloned ("unet.<key>", "text_encoder.<key>", ...)."""
+    out = {}
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        module = getattr(components, name)
+        if module is not None:
+            out.update({f"{name}.{k}": v.detach().clone() for k, v in module.state_dict().items()})
+    return out
