@@ -8,7 +8,7 @@ In one run: the plain model with each "masked content" choice in --fills (A1111'
 9-channel inpainting model (`stablekit train inpainting`) on the same items and seeds.
 
     .venv/bin/python benchmarks/inpaint_replace.py [--n 40] [--model PATH] [--inpaint-model PATH]
-        [--fills original "latent noise"] [--json out.json] [--grid grid.png]
+        [--fills original "latent noise"] [--only-masked 0 8] [--json out.json] [--grid grid.png]
 """
 from __future__ import annotations
 
@@ -151,6 +151,9 @@ def main() -> None:
                     help="runs of the 9-channel model: plain (diffusers' behaviour), noise-mask (A1111's latent "
                          "blend, InpaintOptions(noise_mask=True))")
     ap.add_argument("--mask-blur", type=int, default=0, help="A1111's Mask blur for every run (default 0)")
+    ap.add_argument("--only-masked", type=int, nargs="*", default=None, metavar="PADDING",
+                    help="also run the plain model with A1111's 'Inpaint area: Only masked' at each of these "
+                         "paddings (pixels), masked content = the first of --fills")
     ap.add_argument("--name-position", action="store_true",
                     help="name the object's place in the prompt as the training captions do ('... at the top on a')")
     ap.add_argument("--ideal", action="store_true",
@@ -190,6 +193,10 @@ def main() -> None:
     for fill in args.fills:
         report(f"plain model, masked content {fill}",
                *run_variant(plain, {"fill": fill, "mask_blur": args.mask_blur}, items, judge))
+    for padding in args.only_masked or ():
+        report(f"plain model, only masked, padding {padding}",
+               *run_variant(plain, {"fill": args.fills[0], "mask_blur": args.mask_blur, "only_masked": True,
+                                    "padding": padding}, items, judge))
     if args.inpaint_model:
         model = load_inpainting(args.inpaint_model, args.model)
         for variant in args.inpaint_variants:
