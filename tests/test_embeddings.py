@@ -150,3 +150,17 @@ def test_a_vocabulary_word_is_overridden_as_in_a1111(tmp_path, arch):
     chunk = mine.chunks(prompt)[0].tokens
     assert _ids(ours.tokenizer, prompt)[0, 1:len(chunk) + 1].tolist() == chunk
 
+
+def test_a_spelled_out_embedding_is_not_expanded_twice():
+    """The prompt encoder expands NAME into its vectors; text already spelled out by expand_embeddings
+    (the in-training evaluation's prompts, benchmarks/teach_targets.py) must give the same vectors once."""
+    from stablekit.adapters.embeddings import add_embedding
+    from stablekit.prompts.encode import PromptEncoder
+
+    c = tiny_components("sd1")
+    add_embedding(c, "shapeemb", _vectors(3, 32))
+    encoder, spelled = PromptEncoder(c), expand_embeddings(PROMPT, c.tokenizer)
+    assert spelled == "a photo of shapeemb shapeemb_1 shapeemb_2 on a table"
+    assert encoder.chunks(spelled)[0].tokens == encoder.chunks(PROMPT)[0].tokens
+    assert len(encoder.chunks(PROMPT)[0].tokens) == 9
+    assert torch.equal(encoder.encode(spelled).hidden_states, encoder.encode(PROMPT).hidden_states)

@@ -74,7 +74,9 @@ def override_ids(token_lists: list[list[int]], tokenizer) -> list[list[int]]:
 def expand_embedding_ids(token_lists: list[list[int]], tokenizer) -> list[list[int]]:
     """The ids a prompt is encoded with: overriding names replaced (`override_ids`), then each
     multi-vector embedding's first token followed by its others (NAME, NAME_1, ..., NAME_{n-1}, as
-    diffusers' maybe_convert_prompt expands it), so an embedding is used by its name alone, as in A1111."""
+    diffusers' maybe_convert_prompt expands it), so an embedding is used by its name alone, as in A1111.
+    A NAME already followed by all its other tokens (text from `adapters.expand_embeddings`, or a
+    training caption spelled out) is left as it is, so spelling it out never adds vectors."""
     token_lists = override_ids(token_lists, tokenizer)
     added = tokenizer.get_added_vocab()
     follow = {}
@@ -87,7 +89,14 @@ def expand_embedding_ids(token_lists: list[list[int]], tokenizer) -> list[list[i
             follow[token_id] = extra
     if not follow:
         return token_lists
-    return [[t for token in ids for t in (token, *follow.get(token, ()))] for ids in token_lists]
+    out = []
+    for ids in token_lists:
+        result = []
+        for i, token in enumerate(ids):
+            extra = follow.get(token, ())
+            result += [token, *(() if ids[i + 1:i + 1 + len(extra)] == extra else extra)]
+        out.append(result)
+    return out
 
 
 def embedding_names(text: str, tokenizer) -> list[str]:
