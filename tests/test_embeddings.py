@@ -94,11 +94,6 @@ def test_embedding_round_trips_bit_exact(tmp_path):
 
 def test_embedding_errors(tmp_path):
     c = tiny_components("sd1")
-    save_a1111_embedding(tmp_path / "cat.pt", "cat", _vectors(1, 32))
-    save_a1111_embedding(tmp_path / "octagon.pt", "octagon", _vectors(1, 32))
-    for word in ("cat", "octagon"):  # "octagon" is only in the vocabulary as "octagon</w>"
-        with pytest.raises(StablekitError, match="already a token of the vocabulary"):
-            load_embeddings(c, [tmp_path / f"{word}.pt"])
     save_a1111_embedding(tmp_path / "wide.pt", "wide", _vectors(1, 768))
     with pytest.raises(StablekitError, match="made for another architecture"):
         load_embeddings(c, [tmp_path / "wide.pt"])
@@ -115,3 +110,57 @@ def test_embedding_errors(tmp_path):
     save_a1111_embedding(tmp_path / "zqxemb.pt", "zqxemb", _vectors(1, 32, 6))
     load_embeddings(c, [tmp_path / "zqxemb.pt"])
     assert len(c.tokenizer) == size and torch.equal(c.text_encoder.get_input_embeddings().weight[-1], _vectors(1, 32, 6)[0])
+
+
+@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
+def test_a_vocabulary_word_is_overridden_as_in_a1111(tmp_path, arch):
+    """An embedding named after a CLIP word ("cat"; "octagon" is only "octagon</w>") takes the word's
+    place wherever the tokenizer cuts it out, as A1111 matches embedding names; it reads exactly as the
+    same vectors under a new name, and every existing row stays as it was."""
+    from stablekit.prompts.encode import PromptEncoder
+
+    def vectors(n, seed):
+        if arch == "sdxl":
+            return {"clip_l": _vectors(n, 32, seed), "clip_g": _vectors(n, 64, seed + 1)}
+        return _vectors(n, 32, seed)
+
+    (tmp_path / "words").mkdir()
+    (tmp_path / "renamed").mkdir()
+    for name, new, n, seed in (("cat", "zqcat", 1, 1), ("octagon", "zqoct", 2, 3)):
+        save_a1111_embedding(tmp_path / "words" / f"{name}.safetensors", name, vectors(n, seed))
+        save_a1111_embedding(tmp_path / "renamed" / f"{new}.safetensors", new, vectors(n, seed))
+    ours, renamed, base = tiny_components(arch), tiny_components(arch), tiny_components(arch)
+    rows_before = ours.text_encoder.get_input_embeddings().weight.detach().clone()
+    assert load_embeddings(ours, tmp_path / "words") == ["cat", "octagon"]
+    assert load_embeddings(renamed, tmp_path / "renamed") == ["zqcat", "zqoct"]
+    rows = ours.text_encoder.get_input_embeddings().weight
+    assert torch.equal(rows[: len(rows_before)], rows_before)
+    added = ours.tokenizer.get_added_vocab()
+    assert "cat</embedding>" in added and "cat" not in added and "octagon</embedding>_1" in added
+    mine, theirs, plain = PromptEncoder(ours), PromptEncoder(renamed), PromptEncoder(base)
+    for prompt, same in (("a CAT, an octagon's (cat:1.2) corner", "a zqcat, an zqoct's (zqcat:1.2) corner"),
+                         ("a concatenated octagons tasks", "a concatenated octagons tasks")):
+        assert torch.equal(mine.encode(prompt).hidden_states, theirs.encode(same).hidden_states)
+    assert torch.equal(mine.encode("a cats").hidden_states, plain.encode("a cats").hidden_states)
+    assert not torch.allclose(mine.encode("a cat").hidden_states, plain.encode("a cat").hidden_states, atol=1e-3)
+    # text for a tokenizer: expand_embeddings writes the private tokens, so the ids are the encoder's
+    prompt = "a Cat and an octagon, tasks"
+    text = expand_embeddings(prompt, ours.tokenizer)
+    assert text == "a cat</embedding> and an octagon</embedding> octagon</embedding>_1, tasks"
+    chunk = mine.chunks(prompt)[0].tokens
+    assert _ids(ours.tokenizer, prompt)[0, 1:len(chunk) + 1].tolist() == chunk
+
+
+def test_a_spelled_out_embedding_is_not_expanded_twice():
+    """The prompt encoder expands NAME into its vectors; text already spelled out by expand_embeddings
+    (the in-training evaluation's prompts, benchmarks/teach_targets.py) must give the same vectors once."""
+    from stablekit.adapters.embeddings import add_embedding
+    from stablekit.prompts.encode import PromptEncoder
+
+    c = tiny_components("sd1")
+    add_embedding(c, "shapeemb", _vectors(3, 32))
+    encoder, spelled = PromptEncoder(c), expand_embeddings(PROMPT, c.tokenizer)
+    assert spelled == "a photo of shapeemb shapeemb_1 shapeemb_2 on a table"
+    assert encoder.chunks(spelled)[0].tokens == encoder.chunks(PROMPT)[0].tokens
+    assert len(encoder.chunks(PROMPT)[0].tokens) == 9
+    assert torch.equal(encoder.encode(spelled).hidden_states, encoder.encode(PROMPT).hidden_states)

@@ -130,7 +130,7 @@ def embeddings(tmp_path):
     gen = torch.Generator().manual_seed(0)
     save_a1111_embedding(folder / "shapeemb.pt", "shapeemb", torch.randn(3, 32, generator=gen))
     save_a1111_embedding(folder / "negemb.safetensors", "negemb", torch.randn(1, 32, generator=gen))
-    save_a1111_embedding(folder / "cat.pt", "cat", torch.randn(1, 32, generator=gen))  # a CLIP word: skipped unused
+    save_a1111_embedding(folder / "cat.pt", "cat", torch.randn(1, 32, generator=gen))  # a CLIP word: overrides it
     save_a1111_embedding(folder / "wide.pt", "wide", torch.randn(1, 64, generator=gen))  # another arch: skipped unused
     return folder
 
@@ -161,6 +161,29 @@ def test_embedding_by_name_changes_the_conditioning_as_the_adapters_api_says(pip
 
 
 def test_an_unusable_embedding_fails_only_when_the_prompt_names_it(pipe, embeddings):
-    for name, message in (("cat", "already a token of the vocabulary"), ("wide", "made for another architecture")):
-        with pytest.raises(StablekitError, match=message):
-            pipe.generate(f"a {name}", embeddings_dir=embeddings, steps=1, seed=1, output="np")
+    with pytest.raises(StablekitError, match="made for another architecture"):
+        pipe.generate("a wide", embeddings_dir=embeddings, steps=1, seed=1, output="np")
+
+
+def test_an_embedding_named_after_a_word_overrides_it_as_in_a1111(pipe, embeddings, capsys):
+    """cat.pt turns every "cat" into its vector (A1111's find_embedding_at_position), with one note."""
+    plain = pipe.prompts.encode("a cat, cats").hidden_states.clone()
+    image = pipe.generate("a cat, cats", embeddings_dir=embeddings, steps=1, seed=1)[0]
+    notes = [line for line in capsys.readouterr().err.splitlines() if "overrides" in line]
+    assert notes == [f"stablekit: note: embedding {embeddings / 'cat.pt'} overrides the word 'cat' in prompts "
+                     "(as in A1111); rename the file to keep the word"]
+    assert parse_parameters(image.info["parameters"])["TI hashes"].startswith("cat: ")
+    c = pipe.components
+    hidden = pipe.prompts.encode("a cat, cats").hidden_states
+    vector = c.text_encoder.get_input_embeddings().weight[c.tokenizer.convert_tokens_to_ids("cat</embedding>")]
+    assert torch.equal(vector, torch.load(embeddings / "cat.pt", weights_only=True)["string_to_param"]["*"][0])
+    ids = c.tokenizer(expand_embeddings("a cat, cats", c.tokenizer), padding="max_length", max_length=77,
+                      return_tensors="pt").input_ids
+    tok = c.tokenizer.convert_tokens_to_ids
+    assert ids[0, :6].tolist() == tok(["<|startoftext|>", "a</w>", "cat</embedding>", ",</w>", "cats</w>", "<|endoftext|>"])
+    with torch.no_grad():
+        assert torch.equal(hidden, c.text_encoder(input_ids=ids).last_hidden_state)
+    assert torch.equal(hidden[0, :2], plain[0, :2])  # before "cat" (causal attention): unchanged
+    assert not torch.allclose(hidden[0, 2], plain[0, 2], atol=1e-3)
+    pipe.generate("a cat", embeddings_dir=embeddings, steps=1, seed=1, output="np")
+    assert "overrides" not in capsys.readouterr().err  # noted once, when first loaded

@@ -7,6 +7,14 @@ naming diffusers' `load_textual_inversion` uses, so a prompt written for one wor
 `expand_embeddings` turns NAME into "NAME NAME_1 ..." as diffusers' `maybe_convert_prompt` does.
 Existing rows are never changed (resizing copies them); loading the same name again overwrites
 only its own rows.
+
+A NAME that is a word of CLIP's vocabulary ("sks", "cat") overrides that word, as in A1111: its
+rows go under private tokens and the prompt encoder uses them wherever the word stands
+(prompts/embedding_tokens.py says how, and what A1111 and ComfyUI do). diffusers'
+load_textual_inversion refuses such names instead; stablekit accepts them everywhere because
+A1111's embeddings folder is how these files are used (and how `stablekit train dreambooth --lora
+--identifier-lr` names its identifier embedding, OUT/sks.safetensors), and one rule for the Python
+API and the folder is simpler than two. `overrides_word` tells when it happens.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import torch
 
 from stablekit.errors import StablekitError
 from stablekit.formats.embeddings_a1111 import SUFFIXES, load_embedding
+from stablekit.prompts.embedding_tokens import override_text, override_token
 
 
 def embedding_files(folder_or_files) -> list[Path]:
@@ -58,32 +67,48 @@ def _targets(components, name: str, vectors) -> list[tuple[object, object, torch
     return pairs
 
 
+def _in_vocabulary(tokenizer, tokens: list[str]) -> bool:
+    """Whether any of the tokens is a word CLIP knows, as a whole word ("word</w>") or a word beginning
+    (the base vocabulary, ids below vocab_size: not the tokens added for embeddings)."""
+    vocab, size = tokenizer.get_vocab(), tokenizer.vocab_size
+    return any(vocab.get(w, size) < size for t in tokens for w in (t.lower(), t.lower() + "</w>"))
+
+
 def add_embedding(components, name: str, vectors) -> list[str]:
-    """Add one embedding's tokens and rows; returns its token names. Fails if NAME is a word CLIP knows."""
+    """Add one embedding's tokens and rows; returns its token names (NAME, NAME_1, ...; for a NAME
+    that is a vocabulary word the private NAME</embedding>, ..., which override the word)."""
     pairs = _targets(components, name, vectors)
-    tokens = token_names(name, pairs[0][2].shape[0])
+    count = pairs[0][2].shape[0]
+    tokens = token_names(name, count)
+    if _in_vocabulary(pairs[0][0], tokens):
+        tokens = token_names(override_token(name), count)
     for tokenizer, encoder, rows in pairs:
         added = tokenizer.get_added_vocab()
-        vocab = tokenizer.get_vocab()
-        for token in tokens:
-            # CLIP's vocabulary holds whole words as "word</w>" and word beginnings as "word"
-            if token not in added and (token in vocab or token + "</w>" in vocab):
-                raise StablekitError(f"embedding name {token!r} is already a token of the vocabulary; rename the file")
         tokenizer.add_tokens([t for t in tokens if t not in added])
         if len(tokenizer) > encoder.get_input_embeddings().weight.shape[0]:
             # the new rows' random init is overwritten below; keep it off the caller's RNG stream
             with torch.random.fork_rng(devices=[]):
                 encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         table = encoder.get_input_embeddings().weight
+        ids = tokenizer.convert_tokens_to_ids(tokens)
+        if min(ids) < tokenizer.vocab_size:
+            raise StablekitError(f"embedding {name!r}: the tokenizer gave an existing id for {tokens}; "
+                                 "rename the file")  # never write over a row of the model
         with torch.no_grad():
-            table[tokenizer.convert_tokens_to_ids(tokens)] = rows.to(device=table.device, dtype=table.dtype)
+            table[ids] = rows.to(device=table.device, dtype=table.dtype)
     return tokens
+
+
+def overrides_word(components, name: str) -> bool:
+    """Whether the loaded embedding NAME overrides a word of the vocabulary (A1111's rule: it does)."""
+    return override_token(name) in components.tokenizer.get_added_vocab()
 
 
 def load_embeddings(components, folder_or_files) -> list[str]:
     """Load textual-inversion embeddings (A1111 .pt / .safetensors, SDXL clip_l+clip_g, diffusers)
     into the tokenizer(s) and text encoder(s); returns the embedding names (file stems) usable in
-    prompts. Prompts need `expand_embeddings` for embeddings with more than one vector."""
+    prompts. stablekit's prompt encoder uses them by name; text given to a tokenizer directly needs
+    `expand_embeddings` first (multi-vector embeddings, names that override a vocabulary word)."""
     names = []
     for path in embedding_files(folder_or_files):
         emb = load_embedding(path)
@@ -93,7 +118,10 @@ def load_embeddings(components, folder_or_files) -> list[str]:
 
 
 def expand_embeddings(prompt: str, tokenizer) -> str:
-    """Write each multi-vector embedding NAME in a prompt as "NAME NAME_1 ... NAME_{n-1}"."""
+    """The prompt as a tokenizer must read it to use the loaded embeddings: a NAME that overrides a
+    vocabulary word written as its private token, and each multi-vector embedding NAME as
+    "NAME NAME_1 ... NAME_{n-1}"."""
+    prompt = override_text(prompt, tokenizer)
     added = tokenizer.get_added_vocab()
     for token in sorted(set(tokenizer.tokenize(prompt)) & set(added), key=len, reverse=True):
         extra, i = [], 1

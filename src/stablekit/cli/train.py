@@ -37,7 +37,8 @@ _HELP = {
     "lora": "DreamBooth-LoRA instead of the full UNet",
     "identifier_lr": "DreamBooth pivotal tuning: learning rate of the identifier's own token-embedding row(s) "
                      "(the instance-prompt words not in the class prompt, e.g. sks; 0: off; 5e-3 a textual-inversion "
-                     "rate); with --lora also writes OUT/IDENTIFIER.safetensors, an embedding to load with the LoRA", "device": "auto, cpu, cuda, cuda:N or mps",
+                     "rate); with --lora also writes OUT/IDENTIFIER.safetensors, an embedding to load with the LoRA "
+                     "(in an embeddings folder it overrides the word, as in A1111)", "device": "auto, cpu, cuda, cuda:N or mps",
     "snr_gamma": "Min-SNR-gamma loss weighting (0: off)", "noise_offset": "noise offset (0: off)",
     "sample_prompts": "prompts of the validation grid", "sample_steps": "sampler steps of the validation grid",
     "sample_cfg": "CFG scale of the validation grid", "sample_seed": "seed of the validation grid",
@@ -69,7 +70,7 @@ _HELP = {
     "eval_clip": "local CLIP model folder for --eval-metrics clip",
     "eval_judge_limit": "judge only the first N eval prompts (0: all)",
     "keep_best": "keep the best artefact by this eval metric (fid, kid, loss, clip, adherence, accuracy_<attr>): "
-                 "OUT/NAME-best.safetensors",
+                 "OUT/NAME-best.safetensors (DreamBooth-LoRA: also OUT/IDENTIFIER-best.safetensors)",
     "resolution": "ControlNet / inpainting: training size of a folder dataset (0: the model's native size)",
     "conditioning_dir": "ControlNet: folder of same-name condition images (default: DATA/conditioning)",
     "cfg_min": "LCM: lowest teacher CFG scale (drawn uniformly per image)", "cfg_max": "LCM: highest teacher CFG scale",

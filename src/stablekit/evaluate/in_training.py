@@ -182,15 +182,15 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def move_into_place(tmp_dir: Path, out: Path, rename: Callable[[str], str]) -> list[Path]:
-    """Move every entry of tmp_dir into out under rename(name), replacing what is there.
+def move_into_place(tmp_dir: Path, out: Path) -> list[Path]:
+    """Move every entry of tmp_dir into out under the same name, replacing what is there.
 
     Files move with one os.replace (atomic); a folder (the diffusers copy of a fine-tune) is
     swapped by two renames, so readers see the old or the new folder, never a half-written one.
     """
     moved = []
     for entry in sorted(tmp_dir.iterdir()):
-        dest = out / rename(entry.name)
+        dest = out / entry.name
         if entry.is_dir() and dest.exists():
             old = out / f".{dest.name}.old"
             shutil.rmtree(old, ignore_errors=True)

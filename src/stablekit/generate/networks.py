@@ -18,8 +18,10 @@ by other text-encoder weights).
 Embeddings: every file of the embeddings folder is loaded (A1111 loads its whole folder) and used by
 writing its file name in the prompt or the negative prompt. They stay in the tokenizer afterwards, as
 in A1111 (new tokens change no existing row); Components.extra["embeddings"] remembers their files
-so a later call still records them. A file that cannot be used with this model (another
-architecture, a name that is already a CLIP word) is skipped unless the prompt names it.
+so a later call still records them. A file named after a word of CLIP's vocabulary (`sks.safetensors`,
+`cat.pt`) overrides that word in every prompt, as in A1111 (prompts/embedding_tokens.py), with a
+one-line note when it is first loaded. A file that cannot be used with this model (another
+architecture) is skipped unless the prompt names it.
 
 Hashes as A1111 writes them: a LoRA's `sshs_model_hash` metadata, else the sha256 of its tensor data
 (extensions-builtin/Lora/network.py); an embedding file's sha256 (textual_inversion.py); 12 hex digits.
@@ -33,9 +35,10 @@ from functools import cached_property
 from pathlib import Path
 
 from stablekit.adapters import apply_adapters, find_adapter, load_embeddings, parse_adapter_spec
-from stablekit.adapters.embeddings import embedding_files
+from stablekit.adapters.embeddings import embedding_files, overrides_word
 from stablekit.errors import StablekitError
-from stablekit.generate.notes import warn
+from stablekit.generate.notes import note, warn
+from stablekit.prompts.embedding_tokens import embedding_names
 from stablekit.prompts.parse import ExtraNetwork, ParsedPrompt
 
 LORA_KINDS = ("lora", "lyco")
@@ -196,7 +199,8 @@ class UsedNetworks:
 
 def load_embedding_files(components, sources: tuple[Path, ...], prompts: list[str]) -> None:
     """Load every embedding file of `sources` into the model and register it. A file that does not fit
-    is skipped, unless one of `prompts` names it: then its one-line error is raised."""
+    is skipped, unless one of `prompts` names it: then its one-line error is raised. A file that
+    overrides a vocabulary word is noted once, when it is first registered."""
     registry = components.extra.setdefault(REGISTRY, {})
     for path in embedding_files(list(sources)):
         try:
@@ -205,18 +209,21 @@ def load_embedding_files(components, sources: tuple[Path, ...], prompts: list[st
             if any(re.search(rf"(?<!\w){re.escape(path.stem)}(?!\w)", text) for text in prompts):
                 raise
             continue
+        if registry.get(path.stem) != path and overrides_word(components, path.stem):
+            note(f"embedding {path} overrides the word {path.stem!r} in prompts (as in A1111); "
+                 "rename the file to keep the word")
         registry[path.stem] = path
 
 
 def used_embeddings(components, texts: list[str]) -> dict[str, Path]:
-    """The registered embeddings the texts name (whole tokens, as the tokenizer splits them), in order."""
+    """The registered embeddings the texts use (as the prompt encoder finds them), in order."""
     registry = components.extra.get(REGISTRY) or {}
     found: dict[str, Path] = {}
     if registry:
         for text in texts:
-            for token in components.tokenizer.tokenize(text):
-                if token in registry:
-                    found.setdefault(token, registry[token])
+            for name in embedding_names(text, components.tokenizer):
+                if name in registry:
+                    found.setdefault(name, registry[name])
     return found
 
 

@@ -24,6 +24,7 @@ import torch
 from stablekit.errors import StablekitError
 from stablekit.prompts.chunks import CHUNK_LENGTH, Chunk, frame_chunk, split_chunks
 from stablekit.prompts.conditioning import Conditioning
+from stablekit.prompts.embedding_tokens import expand_embedding_ids
 from stablekit.prompts.parse import ParsedPrompt, parse_prompt_attention
 from stablekit.prompts.schedule import prompt_schedule
 
@@ -81,24 +82,6 @@ def apply_weights(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     z32 = z32 * weights[..., None]
     new_mean = z32.mean(dim=(1, 2), keepdim=True)
     return (z32 * (original_mean / new_mean)).to(z.dtype)
-
-
-def expand_embedding_ids(token_lists: list[list[int]], tokenizer) -> list[list[int]]:
-    """Each multi-vector embedding NAME written in a prompt stands for its tokens NAME, NAME_1, ...,
-    NAME_{n-1} (the naming adapters.load_embeddings gives them, as diffusers' maybe_convert_prompt
-    expands it), so an embedding is used by its name alone, as in A1111."""
-    added = tokenizer.get_added_vocab()
-    follow = {}
-    for token, token_id in added.items():
-        i, extra = 1, []
-        while f"{token}_{i}" in added:
-            extra.append(added[f"{token}_{i}"])
-            i += 1
-        if extra:
-            follow[token_id] = extra
-    if not follow:
-        return token_lists
-    return [[t for token in ids for t in (token, *follow.get(token, ()))] for ids in token_lists]
 
 
 class PromptEncoder:

@@ -23,8 +23,13 @@ from stablekit.train.strategies.lora import LoraStrategy
 from stablekit.train.strategies.textual_inversion import TextualInversionStrategy
 
 
-def export(method: str, s, strategy, components, out: Path, record: dict) -> Path:
-    path = out / f"{s.name}.safetensors"
+def export(method: str, s, strategy, components, out: Path, record: dict, suffix: str = "") -> Path:
+    """Write the method's artefact(s) into `out`: <name><suffix>.safetensors (returned) and what goes
+    with it. suffix "-best" names every file of the best-so-far export (train/run.py export_best),
+    the identifier embeddings of a DreamBooth-LoRA too, so they never replace the final run's files
+    and the cross-references in the metadata name the files actually written."""
+    name = f"{s.name}{suffix}"
+    path = out / f"{name}.safetensors"
     metadata = {"ss_training_comment": "stablekit", "stablekit_config": json.dumps(record), "ss_steps": str(record.get("steps", ""))}
     if record.get("lr") is not None:  # where kohya's tools (and Civitai) read the learning rates
         lr = record["lr"]
@@ -34,15 +39,15 @@ def export(method: str, s, strategy, components, out: Path, record: dict) -> Pat
     if isinstance(strategy, LoraStrategy):
         embeddings = strategy.identifier_embeddings() if pivotal else {}
         if embeddings:  # the identifier rows live outside the LoRA: say which files go with it
-            metadata["stablekit_load_with_embeddings"] = ", ".join(f"{w}.safetensors" for w in embeddings)
+            metadata["stablekit_load_with_embeddings"] = ", ".join(f"{w}{suffix}.safetensors" for w in embeddings)
         save_lora(path, strategy, components.arch, metadata)
         for word, vectors in embeddings.items():
-            save_identifier_embedding(out, s.name, word, vectors, metadata)
+            save_identifier_embedding(out, name, word, vectors, metadata, suffix)
     elif method == "controlnet":
         from stablekit.formats.controlnet import save_controlnet
 
         save_controlnet(strategy.controlnet, path, to="single-file")
-        save_controlnet(strategy.controlnet, out / s.name, to="diffusers")
+        save_controlnet(strategy.controlnet, out / name, to="diffusers")
     elif isinstance(strategy, TextualInversionStrategy):
         strategy.write()
         save_embedding(path, s.name, strategy.learned(), metadata)
@@ -52,7 +57,7 @@ def export(method: str, s, strategy, components, out: Path, record: dict) -> Pat
         if pivotal:
             strategy.write_identifier()  # the trained identifier rows travel in the text encoder
         save_model(components, path, to="single-file")
-        save_model(components, out / s.name, to="diffusers")
+        save_model(components, out / name, to="diffusers")
     return path
 
 
@@ -70,14 +75,20 @@ def save_lora(path: Path, strategy: LoraStrategy, arch: str, metadata: dict[str,
     save_kohya_lora(path, unet, text_arg, alpha=strategy.alpha, rank=strategy.rank, arch=arch, metadata=metadata)
 
 
-def save_identifier_embedding(out: Path, name: str, word: str, vectors, metadata: dict[str, str]) -> Path:
-    """<out>/<word>.safetensors: a DreamBooth-LoRA identifier's trained rows as an A1111 embedding,
-    named after the word so that the word in a prompt picks it up (A1111, --embeddings-dir)."""
-    if Path(word).name != word or word == name or not word.strip("."):
+def save_identifier_embedding(out: Path, name: str, word: str, vectors, metadata: dict[str, str],
+                              suffix: str = "") -> Path:
+    """<out>/<word><suffix>.safetensors: a DreamBooth-LoRA identifier's trained rows as an A1111
+    embedding, named after the word so that the word in a prompt picks it up (A1111 and
+    --embeddings-dir: an embedding named after a vocabulary word such as "sks" overrides it).
+    The best-so-far copy, <word>-best.safetensors, is used by writing "<word>-best" where the
+    trained prompt has the word: A1111 and stablekit replace the whole name by the embedding's
+    vectors, so the text encoder sees the same token positions as "<word>" would give."""
+    stem = f"{word}{suffix}"
+    if Path(word).name != word or stem == name or not word.strip("."):
         raise StablekitError(f"the identifier {word!r} cannot name an embedding file beside {name}.safetensors; "
                              "use a plain word such as 'sks' (or another --name)")
-    path = out / f"{word}.safetensors"
-    save_embedding(path, word, vectors, {**metadata, "stablekit_load_with": f"{name}.safetensors"})
+    path = out / f"{stem}.safetensors"
+    save_embedding(path, stem, vectors, {**metadata, "stablekit_load_with": f"{name}.safetensors"})
     return path
 
 

@@ -90,7 +90,8 @@ def with_eval(method: str, s, tc, strategy, components, record: dict, hooks=None
 
 
 def export_best(method: str, s, strategy, components, record: dict) -> Path:
-    """Export the current weights as <out>/<name>-best.* (written aside, then moved into place)."""
+    """Export the current weights as <out>/<name>-best.* (written aside, then moved into place), with
+    a DreamBooth-LoRA's identifier embeddings as <out>/<word>-best.safetensors beside it."""
     import shutil
 
     from stablekit.evaluate.in_training import move_into_place
@@ -100,8 +101,8 @@ def export_best(method: str, s, strategy, components, record: dict) -> Path:
     tmp = out / f".{s.name}-best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    export(method, s, strategy, components, tmp, {**record, "best_of_run": True})
-    move_into_place(tmp, out, lambda name: name.replace(s.name, f"{s.name}-best", 1))
+    export(method, s, strategy, components, tmp, {**record, "best_of_run": True}, suffix="-best")
+    move_into_place(tmp, out)
     return out / f"{s.name}-best.safetensors"
 
 
