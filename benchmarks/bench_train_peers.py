@@ -188,9 +188,12 @@ def main(argv=None) -> dict:
         warm_cache = out / f"cache-warm-{method}"
         shutil.rmtree(warm_cache, ignore_errors=True)
         env_warm = dict(base_env, STABLEKIT_TRAIN_CACHE=str(warm_cache))
+        fill = None
         if "stablekit-warm" in configs:
-            timed(stablekit_command(method, Path(args.model), ours_data, out / "fill", s1, args.batch), env_warm,
-                  out / "fill.log")
+            fill = timed(stablekit_command(method, Path(args.model), ours_data, out / "fill", s1, args.batch), env_warm,
+                         out / "fill.log")
+            print(f"{method} fill (cold cache) {s1} steps: {fill[0]:.1f} s, {fill[1]:.0f} MiB, CPU {fill[2]:.1f} s",
+                  flush=True)
         results: dict[str, dict[int, tuple[float, float, float]]] = {}
         # each configuration's two runs back to back: a load change between them would bias its rate
         for config in configs:
@@ -218,7 +221,9 @@ def main(argv=None) -> dict:
                 peer_rate, peer_cpu_rate = rate, cpu_rate
             rows.append({"method": method, "config": config, "samples_per_s": rate, "samples_per_cpu_s": cpu_rate,
                          "fixed_s": t1 - s1 * args.batch / rate, "peak_rss_mib": rss,
-                         "wall_s": {s1: t1, s2: t2}, "cpu_s": {s1: c1, s2: c2}})
+                         "wall_s": {s1: t1, s2: t2}, "cpu_s": {s1: c1, s2: c2},
+                         **({"fill_run": {"steps": s1, "wall_s": fill[0], "peak_rss_mib": fill[1], "cpu_s": fill[2]}}
+                            if fill and config == "stablekit-warm" else {})})
         peer_rss = next(r["peak_rss_mib"] for r in rows if r["method"] == method and r["config"] == configs[0])
         for r in rows:
             if r["method"] == method:
