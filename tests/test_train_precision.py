@@ -221,3 +221,31 @@ def test_a_bf16_run_caches_bf16_encodings_apart_from_an_fp32_run(tmp_path):
     settings = sorted((d / "settings.json").read_text() for d in cache.iterdir())
     assert sum("latents" in s for s in settings) == 2 and sum('"text"' in s for s in settings) == 2
     assert sum("bfloat16" in s for s in settings) == 2 and sum("float32" in s for s in settings) == 2
+
+
+@pytest.mark.parametrize("method", ["textual-inversion", "dreambooth-lora"])
+def test_bf16_runs_that_read_their_model_in_bf16_train_and_export(tmp_path, monkeypatch, method):
+    """Textual inversion keeps its text encoder fp32 (its new rows train); DreamBooth-LoRA draws its
+    class images with the UNet, VAE and text encoder read into bf16, before training starts."""
+    import importlib
+
+    run = importlib.import_module("stablekit.train.run")
+    loaded = []
+    monkeypatch.setattr(run, "load_components", lambda *a: loaded.append(load_model_as(*a)) or loaded[-1])
+    path = _saved(tmp_path)
+    settings = dict(model=str(path), out=tmp_path / "o", lr=1e-2, mixed_precision="bf16", cache_dir="off", **FAST)
+    if method == "textual-inversion":
+        result = stablekit.train(method, dataset=TinyImages(captions=["a <zq>"] * 4), token="<zq>", init_word="square",
+                                 **settings)
+    else:
+        result = stablekit.train("dreambooth", dataset=TinyImages(n=2), lora=True, rank=4, instance_prompt="a sks square",
+                                 class_prompt="a square", num_class_images=2, class_steps=2,
+                                 train_text_encoder=False, **settings)  # (the tiny recipe trains it)
+        assert len(list((tmp_path / "o" / "class-images").rglob("*.png"))) == 2
+    comps = loaded[0]
+    assert all(p.dtype == torch.bfloat16 for n, p in comps.unet.named_parameters() if "lora_" not in n)
+    te = {p.dtype for p in comps.text_encoder.parameters()}
+    assert te == ({torch.float32} if method == "textual-inversion" else {torch.bfloat16})
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in result["history"])
+    saved = load_file(result["artefact"])
+    assert saved and all(v.dtype == torch.float32 for v in saved.values())
