@@ -6,6 +6,8 @@
     # full-size SD 1.5 (random weights), 256 px, each side at its default precision and the peer also in bf16:
     ... --model sd15-random --resolution 256 --steps 1,3 --batch 1 --images 8 --methods lora \
         --configs diffusers,diffusers-bf16,stablekit-warm
+    # before/after in one run: an older stablekit (git archive OLD | tar -x -C DIR) as before-warm / before-nocache
+    ... --before-src DIR/src --configs diffusers,diffusers-bf16,before-warm,before-nocache,stablekit-warm,stablekit-nocache
 
 The peers are diffusers' `examples/text_to_image/train_text_to_image_lora.py` (lora),
 `train_text_to_image.py` (finetune: the full UNet), `examples/textual_inversion/textual_inversion.py`
@@ -50,7 +52,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("diffusers", "stablekit-cold", "stablekit-warm", "stablekit-nocache", "diffusers-bf16")
+CONFIGS = ("diffusers", "stablekit-cold", "stablekit-warm", "stablekit-nocache", "diffusers-bf16", "before-warm",
+           "before-nocache", "before-cold")
 PEER_SCRIPTS = {"lora": "examples/text_to_image/train_text_to_image_lora.py",
                 "finetune": "examples/text_to_image/train_text_to_image.py",
                 "textual-inversion": "examples/textual_inversion/textual_inversion.py",
@@ -161,6 +164,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--configs", default=",".join(CONFIGS[:4]), help=f"any of {','.join(CONFIGS)}")
     parser.add_argument("--out", default="runs/bench-train-peers")
+    parser.add_argument("--before-src", default="",
+                        help="another stablekit src/ folder (e.g. `git archive` of an older commit): configs "
+                             "before-warm / before-nocache run it beside this one, for before/after in one run")
     args = parser.parse_args(argv)
     s1, s2 = (int(s) for s in args.steps.split(","))
     out = Path(args.out).resolve()
@@ -188,9 +194,15 @@ def main(argv=None) -> dict:
         warm_cache = out / f"cache-warm-{method}"
         shutil.rmtree(warm_cache, ignore_errors=True)
         env_warm = dict(base_env, STABLEKIT_TRAIN_CACHE=str(warm_cache))
-        if "stablekit-warm" in configs:
-            timed(stablekit_command(method, Path(args.model), ours_data, out / "fill", s1, args.batch), env_warm,
-                  out / "fill.log")
+        env_before = dict(base_env, PYTHONPATH=os.pathsep.join([str(Path(args.before_src).resolve()),
+                                                                os.environ.get("PYTHONPATH", "")]))
+        fills = {}
+        for tag, env in (("stablekit", env_warm), ("before", dict(env_before, STABLEKIT_TRAIN_CACHE=str(warm_cache)))):
+            if f"{tag}-warm" in configs:  # (the two versions' entries sit in separate folders when their keys differ)
+                fill = fills[f"{tag}-warm"] = timed(stablekit_command(method, Path(args.model), ours_data, out / f"fill-{tag}",
+                                                                      s1, args.batch), env, out / f"fill-{tag}.log")
+                print(f"{method} {tag} fill (cold cache) {s1} steps: {fill[0]:.1f} s, {fill[1]:.0f} MiB, CPU {fill[2]:.1f} s",
+                      flush=True)
         results: dict[str, dict[int, tuple[float, float, float]]] = {}
         # each configuration's two runs back to back: a load change between them would bias its rate
         for config in configs:
@@ -203,10 +215,10 @@ def main(argv=None) -> dict:
                                        "bf16" if config == "diffusers-bf16" else "no")
                     env = base_env
                 else:
-                    cache = {"stablekit-cold": str(run / "cache"), "stablekit-warm": str(warm_cache),
-                             "stablekit-nocache": "off"}[config]
+                    tag, kind = config.split("-")
+                    cache = {"cold": str(run / "cache"), "warm": str(warm_cache), "nocache": "off"}[kind]
                     cmd, env = stablekit_command(method, Path(args.model), ours_data, run, steps, args.batch), \
-                        dict(base_env, STABLEKIT_TRAIN_CACHE=cache)
+                        dict(env_before if tag == "before" else base_env, STABLEKIT_TRAIN_CACHE=cache)
                 results.setdefault(config, {})[steps] = timed(cmd, env, run / "log.txt")
                 print(f"{method} {config} {steps} steps: {results[config][steps][0]:.1f} s, "
                       f"{results[config][steps][1]:.0f} MiB, CPU {results[config][steps][2]:.1f} s", flush=True)
@@ -218,7 +230,9 @@ def main(argv=None) -> dict:
                 peer_rate, peer_cpu_rate = rate, cpu_rate
             rows.append({"method": method, "config": config, "samples_per_s": rate, "samples_per_cpu_s": cpu_rate,
                          "fixed_s": t1 - s1 * args.batch / rate, "peak_rss_mib": rss,
-                         "wall_s": {s1: t1, s2: t2}, "cpu_s": {s1: c1, s2: c2}})
+                         "wall_s": {s1: t1, s2: t2}, "cpu_s": {s1: c1, s2: c2},
+                         **({"fill_run": dict(zip(("wall_s", "peak_rss_mib", "cpu_s"), fills[config]), steps=s1)}
+                            if config in fills else {})})
         peer_rss = next(r["peak_rss_mib"] for r in rows if r["method"] == method and r["config"] == configs[0])
         for r in rows:
             if r["method"] == method:
@@ -232,7 +246,7 @@ def main(argv=None) -> dict:
               f"{r['samples_per_cpu_s']:.3f} | {r['cpu_speed_vs_diffusers']:.2f}x | "
               f"{r['fixed_s']:.1f} | {r['peak_rss_mib']:.0f} | {r['rss_vs_diffusers']:.2f} |")
     result = {"rows": rows, "steps": [s1, s2], "batch": args.batch, "images": args.images, "model": args.model,
-              "resolution": args.resolution, "baseline": configs[0],
+              "resolution": args.resolution, "baseline": configs[0], "before_src": args.before_src,
               "diffusers_commit": commit, "machine": platform.processor() or platform.machine(),
               "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "load": os.getloadavg()}

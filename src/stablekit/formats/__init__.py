@@ -14,6 +14,7 @@ import torch
 
 from stablekit.components import Components
 from stablekit.errors import StablekitError
+from stablekit.formats.assemble import ComponentDtypes
 from stablekit.formats.tokenizer import clip_tokenizer
 from stablekit.formats.weights import parse_dtype
 
@@ -23,10 +24,13 @@ SAVE_FORMATS = ("diffusers", "single-file")
 
 
 def load_model(path, arch: str | None = None, dtype=torch.float32, allow_pickle: bool = False,
-               prediction_type: str | None = None) -> Components:
+               prediction_type: str | None = None, component_dtypes: dict | None = None) -> Components:
     """Load a model from a local diffusers folder or single file, straight into `dtype`.
 
     dtype: torch dtype or "fp32"/"fp16"/"bf16"; None keeps each tensor's dtype from the file.
+    component_dtypes: {"unet" | "vae" | "text_encoder" | "text_encoder_2": dtype} read into another
+    dtype than `dtype` (training reads its frozen UNet into bf16 and keeps the rest fp32); each
+    tensor is still cast as it is read, so no copy in `dtype` is ever made.
     arch: force "sd1", "sd2", "sd2-v" or "sdxl" instead of the file's stablekit record or key
     detection. prediction_type: force "epsilon" or "v_prediction". allow_pickle: read
     .ckpt/.pt/.bin with torch.load(weights_only=True) instead of refusing them. The result's
@@ -38,8 +42,9 @@ def load_model(path, arch: str | None = None, dtype=torch.float32, allow_pickle:
 
     path = Path(path)
     dtype = parse_dtype(dtype)
+    dtypes = ComponentDtypes(dtype, {k: parse_dtype(v) for k, v in (component_dtypes or {}).items()})
     load = load_folder if source_kind(path) == "diffusers" else load_single_file
-    return load(path, arch, dtype, allow_pickle, prediction_type)
+    return load(path, arch, dtypes, allow_pickle, prediction_type)
 
 
 def check_save_target(path, to: str | None = None) -> tuple[Path, str]:

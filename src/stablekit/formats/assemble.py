@@ -14,9 +14,27 @@ def empty_modules(configs: dict) -> tuple[dict, dict[str, dict[str, tuple]]]:
     return modules, expected
 
 
-def fill(modules: dict, state_dicts: dict[str, dict[str, torch.Tensor]], dtype: torch.dtype | None) -> dict:
-    """Load state dicts into meta modules by assignment (no second copy), eval mode."""
+class ComponentDtypes:
+    """The dtype each component is read into: `default`, or its entry in `per_component`."""
+
+    def __init__(self, default: torch.dtype | None, per_component: dict[str, torch.dtype | None] | None = None):
+        self.default, self.per_component = default, dict(per_component or {})
+
+    @classmethod
+    def of(cls, dtype) -> "ComponentDtypes":
+        """`dtype` itself if it is one, else every component in `dtype`."""
+        return dtype if isinstance(dtype, cls) else cls(dtype)
+
+    def __call__(self, component: str) -> torch.dtype | None:
+        return self.per_component.get(component, self.default)
+
+
+def fill(modules: dict, state_dicts: dict[str, dict[str, torch.Tensor]], dtype) -> dict:
+    """Load state dicts into meta modules by assignment (no second copy), eval mode. dtype: what
+    the tensors were read as (a dtype, None, or ComponentDtypes), recorded in transformers configs."""
+    dtypes = ComponentDtypes.of(dtype)
     for name, module in modules.items():
+        dtype = dtypes(name)
         module.load_state_dict(state_dicts[name], strict=True, assign=True)
         still_empty = [n for n, p in module.named_parameters() if p.is_meta]
         if still_empty:

@@ -19,7 +19,7 @@ import torch
 from stablekit.components import Components
 from stablekit.errors import StablekitError
 from stablekit.formats.archs import CONFIG_FILES, check_arch, module_configs, read_configs, tokenizers_for
-from stablekit.formats.assemble import empty_modules, fill, make_components, set_prediction_type
+from stablekit.formats.assemble import ComponentDtypes, empty_modules, fill, make_components, set_prediction_type
 from stablekit.formats.ldm import layout_for
 from stablekit.formats.model_defaults import read_defaults
 from stablekit.formats.side_file import load_extra, save_extra
@@ -111,9 +111,11 @@ def load_folder(path, arch=None, dtype=torch.float32, allow_pickle=False, predic
     arch, configs = resolve_folder(path, arch, prediction_type)
     modules, expected = empty_modules(configs)
     located = check_folder(path, expected, allow_pickle)
-    state_dicts = {component: {k: wf.get(key, dtype) for k, (wf, key) in where.items()}
+    dtypes = ComponentDtypes.of(dtype)
+    dtype = dtypes.default  # the side file's tensors (load_extra)
+    state_dicts = {component: {k: wf.get(key, dtypes(component)) for k, (wf, key) in where.items()}
                    for component, where in located.items()}
-    fill(modules, state_dicts, dtype)
+    fill(modules, state_dicts, dtypes)
     tokenizers = _load_tokenizers(path, arch, configs)
     unet_file = weight_files(path / "unet", "unet", allow_pickle)[0]
     extra = {"format": "diffusers", **load_extra(path, layout_for(arch, configs), dtype),

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import torch
 
 from stablekit.errors import StablekitError
+from stablekit.formats.assemble import ComponentDtypes
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -277,11 +278,12 @@ def check_ldm_file(weights, layout: str, configs: dict, expected: dict[str, dict
 
 
 def read_state_dicts(weights, layout: str, configs: dict, expected: dict[str, dict[str, tuple]],
-                     dtype: torch.dtype | None, what: str):
+                     dtype, what: str):
     """(state dicts {component: {diffusers key: tensor}}, unmapped file keys, renamed keys).
 
-    Each file tensor is read once, cast to `dtype` as it is read, and split into the diffusers
-    tensors it feeds (fused q/k/v are cloned apart so nothing holds the fused tensor alive).
+    Each file tensor is read once per dtype its components want (`dtype`: a dtype, None, or
+    ComponentDtypes), cast as it is read, and split into the diffusers tensors it feeds (fused
+    q/k/v are cloned apart so nothing holds the fused tensor alive).
     renamed: {canonical key: file key} for old-style keys, so a save can write them back as found.
     """
     names, file_shapes = check_ldm_file(weights, layout, configs, expected, what)
@@ -293,11 +295,14 @@ def read_state_dicts(weights, layout: str, configs: dict, expected: dict[str, di
             trace = plan[component][key]
             uses[trace.key].append((component, key, trace.ops))
     state_dicts = {component: {} for component in expected}
+    dtypes = ComponentDtypes.of(dtype)
     for canonical, targets in uses.items():
-        tensor = weights.get(names[canonical], dtype)
-        for component, key, ops in targets:
-            state_dicts[component][key] = apply_ops(tensor, ops).clone() if ops else tensor
-        del tensor
+        for want in dict.fromkeys(dtypes(component) for component, _, _ in targets):  # one read per dtype
+            tensor = weights.get(names[canonical], want)
+            for component, key, ops in targets:
+                if dtypes(component) == want:
+                    state_dicts[component][key] = apply_ops(tensor, ops).clone() if ops else tensor
+            del tensor
     unmapped = [f for k, f in names.items() if k not in uses]
     renamed = {k: f for k, f in names.items() if k != f and k in uses}
     return state_dicts, unmapped, renamed

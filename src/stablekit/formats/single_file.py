@@ -16,7 +16,7 @@ from stablekit.components import Components
 from stablekit.errors import StablekitError
 from stablekit.formats import ldm
 from stablekit.formats.archs import ARCHS, module_configs, shipped_configs, tokenizers_for
-from stablekit.formats.assemble import empty_modules, fill, make_components, set_prediction_type
+from stablekit.formats.assemble import ComponentDtypes, empty_modules, fill, make_components, set_prediction_type
 from stablekit.formats.detect import detect_arch
 from stablekit.formats.hashes import a1111_legacy_hash
 from stablekit.formats.model_defaults import read_defaults
@@ -69,8 +69,10 @@ def load_single_file(path, arch=None, dtype=torch.float32, allow_pickle=False, p
     weights = open_weights(path, allow_pickle=allow_pickle)
     arch, layout, configs = resolve(weights, arch, prediction_type)
     modules, expected = empty_modules(configs)
-    state_dicts, unmapped, renamed = ldm.read_state_dicts(weights, layout, configs, expected, dtype, what=arch)
-    fill(modules, state_dicts, dtype)
+    dtypes = ComponentDtypes.of(dtype)
+    dtype = dtypes.default  # the tensors no module takes (ldm_extra)
+    state_dicts, unmapped, renamed = ldm.read_state_dicts(weights, layout, configs, expected, dtypes, what=arch)
+    fill(modules, state_dicts, dtypes)
     del state_dicts
     extra = {
         "format": "single-file",

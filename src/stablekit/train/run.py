@@ -38,7 +38,11 @@ def run(method: str, *, config=None, dataset=None, components=None, progress: bo
     s, tc = resolve(method, config, **settings)
     method = method.replace("_", "-")
     record = as_record(method, s, tc)
-    components = components if components is not None else load_components(s.model)
+    if components is None:
+        from stablekit.train.precision import freeze_loaded, load_dtypes
+
+        components = load_components(s.model, load_dtypes(method, s, tc.mixed_precision, tc.device))
+        freeze_loaded(components)
     if dataset is None:
         dataset = load_conditioning_data(s, components) if method == "controlnet" else \
             load_sized_data(s, components) if method == "inpainting" else \
@@ -112,11 +116,12 @@ def _is_main_process() -> bool:
     return PartialState().is_main_process
 
 
-def load_components(model: str):
+def load_components(model: str, dtypes: dict | None = None):
+    """The model in fp32, except the components `dtypes` names (precision.load_dtypes)."""
     from stablekit import default_model_path
     from stablekit.formats import load_model
 
-    return load_model(model or default_model_path(), dtype=torch.float32)
+    return load_model(model or default_model_path(), dtype=torch.float32, component_dtypes=dtypes)
 
 
 def native_size(components) -> int:

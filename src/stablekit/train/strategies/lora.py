@@ -9,6 +9,7 @@ lora_B starts at zero, so the untrained adapter leaves the model's output unchan
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,23 @@ def unet_targets(unet: torch.nn.Module, conv: bool) -> list[str]:
         elif conv and isinstance(module, torch.nn.Conv2d) and any(f".{p}." in f".{name}" for p in _UNET_CONV_PARENTS):
             names.append(name)
     return names
+
+
+@contextmanager
+def _fp32_adapters(module: torch.nn.Module):
+    """peft makes each adapter in fp32 and then casts it to its base layer's dtype, so on a UNet read
+    into bf16 (train/precision.py) the adapters would train in bf16 from rounded initial values.
+    peft takes a base layer's `compute_dtype` (bitsandbytes' attribute) over its weight's dtype:
+    set to fp32 for the injection, the adapters stay exactly as made on an fp32 base."""
+    marked = [m for m in module.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)
+              and m.weight.is_floating_point() and m.weight.dtype != torch.float32 and not hasattr(m, "compute_dtype")]
+    for m in marked:
+        m.compute_dtype = torch.float32
+    try:
+        yield
+    finally:
+        for m in marked:
+            del m.compute_dtype
 
 
 def text_targets(text_encoder: torch.nn.Module) -> list[str]:
@@ -54,7 +72,8 @@ class LoraStrategy(SDStrategy):
                               init_lora_weights=True, target_modules=targets)
 
         c = self.components
-        with torch.random.fork_rng(devices=[]):  # lora_A's init is seeded, never the caller's RNG
+        # lora_A's init is seeded, never the caller's RNG
+        with torch.random.fork_rng(devices=[]), _fp32_adapters(c.unet):
             torch.manual_seed(0)
             inject_adapter_in_model(config(unet_targets(c.unet, self.conv)), c.unet)
             if self.train_text_encoder:
@@ -67,6 +86,8 @@ class LoraStrategy(SDStrategy):
         for module in self.adapted.values():
             for n, p in module.named_parameters():
                 p.requires_grad_("lora_" in n)
+                if "lora_" in n and p.dtype != torch.float32:  # a peft that ignored _fp32_adapters
+                    p.data = p.data.float()
 
     def trainable_parameters(self):
         """The adapter weights; the text encoders' ones marked for `text_encoder_lr`."""

@@ -117,8 +117,11 @@ class SDStrategy:
             c = self.components
             frozen_text = self.caption_hook is None and not any(
                 p.requires_grad for te in self.text_encoders() for p in te.parameters())
+            # the encoders' dtype (bf16 runs read them in bf16, train/precision.py) is part of the
+            # key: fp32 and bf16 entries never mix (the latents' key has it too, data/caches.py)
             settings = {"sdxl": bool(c.is_sdxl), "layer": "penultimate" if c.is_sdxl else "last",
-                        "max_length": c.tokenizer.model_max_length, "vocab": len(c.tokenizer)}
+                        "max_length": c.tokenizer.model_max_length, "vocab": len(c.tokenizer),
+                        "dtype": str(next(c.text_encoder.parameters()).dtype)}
             self._cache = None if root is None else EncoderCache(
                 root, c.vae, self.text_encoders() if frozen_text else None, settings)
         return self._cache
@@ -165,7 +168,8 @@ def _encode(model, tokenizer, captions: list[str], layer: str, pooled: bool = Fa
                     return_tensors="pt").input_ids.to(device)
     out = model(input_ids=ids, output_hidden_states=layer == "penultimate")
     hidden = out.hidden_states[-2] if layer == "penultimate" else out.last_hidden_state
-    return hidden, (out.text_embeds if pooled else None)
+    # a text encoder read into bf16 (train/precision.py) gives fp32 states all the same (no-op in fp32)
+    return hidden.float(), (out.text_embeds.float() if pooled else None)
 
 
 def sample_grid(components: Components, settings: SampleSettings, cols: int = 4):
