@@ -7,6 +7,7 @@
     ... benchmarks/teach_targets.py finetune [--base-limit 48]
     ... benchmarks/teach_targets.py METHOD --steps 300 --lr 2e-3     # any other flag goes to `stablekit train`
     ... benchmarks/teach_targets.py METHOD --skip-train              # re-judge the last artefact
+    ... benchmarks/teach_targets.py METHOD --model PATH              # teach another model than the embedded one
 
 Without extra flags the method's default recipe (train/methods.py) is measured. Writes
 OUT/NAME-report.json and a sample grid docs/reports/teach/NAME.png (prompt set order, 8 per row).
@@ -30,15 +31,16 @@ from stablekit.shapes.judge import Judge
 GRIDS = Path(__file__).resolve().parents[1] / "docs" / "reports" / "teach"
 
 
-def base_model():
-    return load_model(stablekit.EMBEDDED_MODEL, dtype=torch.float32)
+def base_model(args):
+    """The model taught: --model, or the embedded one."""
+    return load_model(args.model or stablekit.EMBEDDED_MODEL, dtype=torch.float32)
 
 
 def eval_ti(artefact: Path, args, judge) -> tuple[dict, list]:
     from stablekit.adapters.embeddings import add_embedding, expand_embeddings
     from stablekit.formats.embeddings_a1111 import load_embedding
 
-    c = base_model()
+    c = base_model(args)
     add_embedding(c, te.TOKEN, load_embedding(artefact)["vectors"])
     prompts = [(expand_embeddings(p, c.tokenizer), s, a) for p, s, a in te.ti_prompts(args.prompts)]
     figures, images = te.judge_prompts(Pipeline(c, progress=False), judge, prompts, by="color")
@@ -56,7 +58,7 @@ def is_lora(artefact: Path) -> bool:
 def eval_dreambooth(artefact: Path, args, judge) -> tuple[dict, list]:
     # DreamBooth-LoRA (--lora) writes a kohya LoRA: applied to the base model at scale 1
     lora = is_lora(artefact)
-    pipe = Pipeline(base_model() if lora else load_model(artefact, dtype=torch.float32), progress=False)
+    pipe = Pipeline(base_model(args) if lora else load_model(artefact, dtype=torch.float32), progress=False)
     settings = {"loras": [(str(artefact), 1.0)]} if lora else {}
     subject, plain = te.dreambooth_prompts(subject_color=args.subject_color)
     s, s_images = te.judge_prompts(pipe, judge, subject, by="shape", **settings)
@@ -69,7 +71,7 @@ def eval_dreambooth(artefact: Path, args, judge) -> tuple[dict, list]:
 def eval_lora(artefact: Path, args, judge) -> tuple[dict, list]:
     import numpy as np
 
-    c = base_model()
+    c = base_model(args)
     pipe = Pipeline(c, progress=False)
     prompts = te.shape_prompts(args.prompts or 32, seed=11, first_seed=2000, shapes=te.BASE_SHAPES, hollow=True)
     on, images = te.judge_prompts(pipe, judge, prompts, by="shape", loras=[(str(artefact), 1.0)])
@@ -93,7 +95,7 @@ def eval_finetune(artefact: Path, args, judge) -> tuple[dict, list]:
     tuned = Pipeline(load_model(artefact, dtype=torch.float32), progress=False)
     h, images = te.judge_prompts(tuned, judge, hexagons, by="size")
     after, _ = te.judge_prompts(tuned, judge, base_prompts)
-    before, _ = te.judge_prompts(Pipeline(base_model(), progress=False), judge, base_prompts)
+    before, _ = te.judge_prompts(Pipeline(base_model(args), progress=False), judge, base_prompts)
     return {"hexagon_adherence": h["adherence"], "hexagon_shape": h["shape"], "base_before": before["adherence"],
             "base_after": after["adherence"], "base_drop": before["adherence"] - after["adherence"],
             "n_hexagon": h["n"], "n_base": len(base_prompts), "breakdown": h["breakdown"]}, images
@@ -119,12 +121,13 @@ def main(argv=None) -> dict:
                         help="DreamBooth subject colour (default teal, the target; a base colour is a diagnostic)")
     parser.add_argument("--lora-images", type=int, default=te.LORA_IMAGES, help="LoRA: outline images rendered")
     parser.add_argument("--skip-train", action="store_true", help="judge the existing artefact")
+    parser.add_argument("--model", default=None, help="model to teach (default: the embedded model)")
     args, extra = parser.parse_known_args(argv)
     torch.set_num_threads(1)
     name = args.name or args.method
     out = Path(args.out)
     data = te.render_method_data(args.method, out / "data", args.subject_color, args.lora_images)["data"]
-    flags = list(METHOD_FLAGS.get(args.method, []))
+    flags = list(METHOD_FLAGS.get(args.method, [])) + (["--model", args.model] if args.model else [])
     if args.method == "dreambooth" and not args.no_prior:
         flags += ["--class-prompt", te.CLASS_PROMPT]
     seconds = None

@@ -4,7 +4,9 @@ Renders, per colour (the 8 palette colours and teal), n images with the object i
 n with the background in it (other colours drawn from the palette), sends them through the
 autoencoder (posterior mean) and reports: the judge's colour accuracy before and after, and the
 mean RGB error (0-255) of fully covered object / background pixels. On n normal base renders:
-PSNR of the round trip and the judge's per-attribute accuracy (small-object shape apart).
+PSNR of the round trip and the judge's per-attribute accuracy (small-object shape apart), and how
+far the posterior means moved from a reference autoencoder's (--reference, default model 3's), in
+units of the reference's latent std (1 / scaling_factor): what a UNet trained on its latents sees.
 
     nice -n 0 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/vae_colour_roundtrip.py \
         --vae /work/runs/shapes-v4/vae/final.pt --vae embedded [--n 40] [--json out.json]
@@ -56,7 +58,7 @@ def colour_sets(n: int, seed: int = 7):
     return sets
 
 
-def measure(vae, judge, n: int) -> dict:
+def measure(vae, judge, n: int, reference=None) -> dict:
     from stablekit.shapes.render import render, render_alpha, sample_spec
 
     rows = {}
@@ -82,6 +84,12 @@ def measure(vae, judge, n: int) -> dict:
         normal[attr] = float(np.mean([j.get(attr) == getattr(s, attr) for j, s in zip(judged, specs)]))
     small = [(j, s) for j, s in zip(judged, specs) if s.size == "small"]
     normal["small_shape"] = float(np.mean([j.get("shape") == s.shape for j, s in small]))
+    if reference is not None:
+        from stablekit.data.arrays import to_pixels
+        from stablekit.shapes.vae_anchor import latent_drift
+
+        drift = latent_drift(vae, reference, to_pixels(src), 1.0 / float(reference.config.scaling_factor))
+        normal.update({f"drift_{k}": v for k, v in drift.items() if k != "n"})
     return {"colours": rows, "normal": normal}
 
 
@@ -92,11 +100,12 @@ def main() -> None:
     ap.add_argument("--vae", action="append", required=True, help="repeatable: embedded, a model path or a .pt")
     ap.add_argument("--n", type=int, default=40, help="images per colour and role (normal set: 8n)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--reference", default="embedded", help="latent drift measured against this autoencoder")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    judge, results = Judge.load(), {}
+    judge, results, reference = Judge.load(), {}, load_vae(args.reference)
     for spec in args.vae:
-        results[spec] = r = measure(load_vae(spec), judge, args.n)
+        results[spec] = r = measure(load_vae(spec), judge, args.n, reference)
         print(f"\n{spec}\ncolour   object: judged before/after, rgb err | background: judged before/after, rgb err")
         for c, row in r["colours"].items():
             o, b = row["object"], row["background"]

@@ -33,7 +33,11 @@ class EdgeWeightedAutoencoderStrategy(AutoencoderStrategy):
     name: str = "vae-edge"
 
     def loss(self, batch: dict, rng):
-        x = recolour(batch["pixels"], rng, self.random_colours)
+        loss, logs, _ = self.reconstruction(recolour(batch["pixels"], rng, self.random_colours), rng)
+        return loss, logs
+
+    def reconstruction(self, x: torch.Tensor, rng):
+        """(edge-weighted L1 + MSE + KL of x's round trip, its logs, x's posterior)."""
         self.vae.train()
         posterior = self.vae.encode(x).latent_dist
         z = self.sample_latent(posterior, rng)
@@ -43,4 +47,4 @@ class EdgeWeightedAutoencoderStrategy(AutoencoderStrategy):
         l1 = ((rec - x).abs() * w).sum() / norm
         mse = ((rec - x) ** 2 * w).sum() / norm
         kl = posterior.kl().mean() / z[0].numel()
-        return l1 + mse + self.kl_weight * kl, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
+        return l1 + mse + self.kl_weight * kl, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}, posterior

@@ -48,9 +48,14 @@ def recolour(x: torch.Tensor, rng, share: float) -> torch.Tensor:
     choice and the colours, so resume stays exact). Recoloured pixels are rounded to 8-bit levels
     like a saved render. share 0 returns x and draws nothing.
     """
-    if share <= 0:
-        return x
+    return recolour_picked(x, rng, share)[0]
+
+
+def recolour_picked(x: torch.Tensor, rng, share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """recolour() and the [B] bool mask of the images it recoloured (the others are x's own)."""
     b = x.shape[0]
+    if share <= 0:
+        return x, torch.zeros(b, dtype=torch.bool, device=x.device)
     pick = rng.rand(b) < share
     colours = rng.rand(b, 2, 3).to(x.dtype) * 2 - 1  # [B, (background, object), RGB] in [-1, 1]
     bg, obj = background_and_object(x)
@@ -58,4 +63,4 @@ def recolour(x: torch.Tensor, rng, share: float) -> torch.Tensor:
     new_bg, new_obj = colours[:, 0, :, None, None], colours[:, 1, :, None, None]
     new = new_bg + alpha * (new_obj - new_bg)
     new = torch.round((new + 1) * 127.5) / 127.5 - 1
-    return torch.where(pick.view(b, 1, 1, 1), new, x)
+    return torch.where(pick.view(b, 1, 1, 1), new, x), pick
