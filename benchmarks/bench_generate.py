@@ -11,7 +11,11 @@ machine hit all alike; the table gives medians, the ratio to diffusers and PSNR 
 image. Configurations: diffusers (fp32 defaults), diffusers-tuned (bf16 + channels_last),
 stablekit (the default: `stablekit.load(path)`), stablekit-eager (the default without the UNet
 trace), stablekit-fp32, stablekit-compile, and the lossy accelerators stablekit-deepcache-N,
-stablekit-tome-R, stablekit-tiny-vae=PATH.
+stablekit-tome-R, stablekit-tiny-vae=PATH. Peer rows: diffusers-openvino and diffusers-openvino-bf16
+are diffusers' pipeline with its UNet replaced by OpenVINO's own compile of the same module
+(`openvino.convert_model`, 1 inference thread, precision hint f32 / bf16): optimum-intel does not
+install beside this stack (docs/reports/speed.md), the bare `openvino` wheel does; give its folder
+with --peer-path if it is not installed (`pip install --target DIR --no-deps openvino openvino-telemetry`).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ PROMPT, NEGATIVE, CFG, SEED = "a large red star on a blue background", "", 7.0, 
 EMBEDDED = Path(__file__).resolve().parents[1] / "src" / "stablekit" / "shapes" / "model"
 
 
-def _diffusers(folder: Path, tuned: bool, steps: int, size: int):
+def _diffusers(folder: Path, tuned: bool, steps: int, size: int, openvino: str | None = None, threads: int = 1):
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     from stablekit.generate.noise import ImageNoise
@@ -41,6 +45,7 @@ def _diffusers(folder: Path, tuned: bool, steps: int, size: int):
     if tuned:  # diffusers' documented CPU settings
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
+    compiled = _openvino_unet(pipe, openvino, threads) if openvino else None
     pipe.set_progress_bar_config(disable=True)
     f = pipe.vae_scale_factor
     latents = ImageNoise([SEED]).initial_latents(pipe.unet.config.in_channels, size // f, size // f)
@@ -49,7 +54,39 @@ def _diffusers(folder: Path, tuned: bool, steps: int, size: int):
         return pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=CFG, height=size,
                     width=size, latents=latents.to(pipe.unet.dtype), output_type="np").images[0]
 
+    if compiled is not None:
+        return image, lambda: f"OpenVINO {compiled['version']} {openvino}: convert + compile {compiled['seconds']:.1f} s"
     return image, ""
+
+
+def _openvino_unet(pipe, precision: str, threads: int) -> None:
+    """Route diffusers' UNet calls through OpenVINO: converted from the same module at the first call's
+    shapes (so its static-shape compile fits this benchmark), weights and math otherwise untouched."""
+    import openvino as ov
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    from stablekit.generate.traced import _Call
+
+    unet, compiled = pipe.unet, {}
+    module = _Call(unet, type(unet).forward.__get__(unet)).eval()
+
+    def forward(sample, timestep, encoder_hidden_states=None, *args, return_dict=True, **kwargs):
+        t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1).expand(sample.shape[0]).contiguous()
+        inputs = (sample.float().contiguous(), t, encoder_hidden_states.float().contiguous())
+        if "request" not in compiled:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model = ov.convert_model(module, example_input=inputs)
+            config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision,
+                      "PERFORMANCE_HINT": "LATENCY"}
+            compiled["request"] = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+            compiled["seconds"] = time.perf_counter() - t0
+        out = torch.from_numpy(compiled["request"].infer([x.numpy() for x in inputs])[0].copy())
+        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
+
+    unet.forward = forward
+    compiled["version"] = ov.__version__
+    return compiled
 
 
 def _stablekit(model, config: str, steps: int):
@@ -92,7 +129,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--configs", default="diffusers,stablekit,stablekit-eager")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--peer-path", default=None, help="a folder with the openvino package (pip install --target)")
     args = ap.parse_args()
+    if args.peer_path:
+        import sys
+
+        sys.path.append(args.peer_path)
     torch.set_num_threads(args.threads)
     folder = Path(args.model) if args.model else EMBEDDED / "diffusers"
     model = args.model or None
@@ -104,7 +146,8 @@ def main() -> None:
     for c in configs:
         t0 = time.perf_counter()
         if c.startswith("diffusers"):
-            fns[c], notes[c] = _diffusers(folder, c == "diffusers-tuned", args.steps, size)
+            openvino = ("bf16" if c.endswith("bf16") else "f32") if c.startswith("diffusers-openvino") else None
+            fns[c], notes[c] = _diffusers(folder, c == "diffusers-tuned", args.steps, size, openvino, args.threads)
         else:
             fns[c], notes[c], pipe = _stablekit(model, c, args.steps)
         setup[c] = time.perf_counter() - t0
@@ -115,28 +158,36 @@ def main() -> None:
             images[c] = fn()
             first[c] = time.perf_counter() - t0
         times: dict[str, list[float]] = {c: [] for c in configs}
+        cpu: dict[str, list[float]] = {c: [] for c in configs}
         for _ in range(args.repeats):
             for c, fn in fns.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 times[c].append(time.perf_counter() - t0)
+                cpu[c].append(time.process_time() - c0)
     med = {c: statistics.median(t) for c, t in times.items()}
-    ref = med.get("diffusers")
+    med_cpu = {c: statistics.median(t) for c, t in cpu.items()}
+    ref, ref_cpu = med.get("diffusers"), med_cpu.get("diffusers")
     load = os.getloadavg()
     print(f"# {folder.name if args.model else 'embedded'}: {size}x{size}, {args.steps} Euler steps, CFG {CFG}, batch 1, "
           f"{args.threads} thread(s), {args.repeats} interleaved rounds, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"load average {load[0]:.1f}")
-    print("\n| configuration | median s/image | speed vs diffusers | PSNR vs diffusers (dB) | setup s | first image s |")
-    print("|---|---|---|---|---|---|")
+    # CPU seconds (all threads of this process) beside wall time: on a shared machine the wall ratio
+    # swings with load, the CPU ratio much less (equal thread counts everywhere)
+    print("\n| configuration | median s/image | speed vs diffusers | CPU s/image | CPU speed vs diffusers "
+          "| PSNR vs diffusers (dB) | setup s | first image s |")
+    print("|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
     for c in configs:
-        q = psnr(images[c], images["diffusers"]) if "diffusers" in images else float("nan")
-        print(f"| {c} | {med[c]:.3f} | {ref / med[c] if ref else float('nan'):.2f}x | {q:.1f} | {setup[c]:.1f} | "
-              f"{first[c]:.2f} |")
+        q = psnr(images[c], images["diffusers"]) if "diffusers" in images else nan
+        print(f"| {c} | {med[c]:.3f} | {ref / med[c] if ref else nan:.2f}x | {med_cpu[c]:.3f} | "
+              f"{ref_cpu / med_cpu[c] if ref_cpu else nan:.2f}x | {q:.1f} | {setup[c]:.1f} | {first[c]:.2f} |")
+    notes = {c: n() if callable(n) else n for c, n in notes.items()}  # OpenVINO compiles at the first image
     for c, n in notes.items():
         if n:
             print(f"# {c}: {n}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"median_s": med, "first_s": first, "setup_s": setup, "notes": notes,
+        Path(args.json).write_text(json.dumps({"median_s": med, "median_cpu_s": med_cpu, "first_s": first, "setup_s": setup, "notes": notes,
                                                "threads": args.threads, "steps": args.steps, "load": load}, indent=1))
 
 
