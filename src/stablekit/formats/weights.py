@@ -99,6 +99,13 @@ class WeightFile:
                 if cache is not None:
                     cache.put(key, out)
                 return out
+            if self._cast_reader is not None and not self._cast_reader.aligned(key):
+                # Float data at a file offset that is not 64-byte aligned is read into fresh (aligned)
+                # memory: oneDNN/MKL sum in a different order for unaligned weights, so a zero-copy view
+                # gave results 1e-7..1e-6 away from the same weights held in ordinary tensors, and
+                # whether a tensor was aligned depended on the header's length (measured: fp32 txt2img
+                # from a file vs the same model built in memory differed, or not, by library version).
+                return cast(self._cast_reader(key, self.entries[key][1]), dtype)
             return cast(self._reader(key), dtype)
         except StablekitError:
             raise
@@ -217,6 +224,12 @@ class _CastReader:
         self.map: mmap.mmap | None = None
         self.buf: torch.Tensor | None = None
         self.lock = threading.Lock()
+
+    def aligned(self, key: str) -> bool:
+        """Whether `key` can be used straight from the map: not a float, or at a 64-byte-aligned offset."""
+        entry = self.header[key]
+        stored = _ST_DTYPES[entry["dtype"]]
+        return not stored.is_floating_point or (self.data_start + entry["data_offsets"][0]) % 64 == 0
 
     def __call__(self, key: str, dtype: torch.dtype) -> torch.Tensor:
         entry = self.header[key]
