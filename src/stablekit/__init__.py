@@ -25,7 +25,7 @@ def default_model_path() -> Path:
 
 def load(path: str | Path | None = None, *, device="auto", dtype="auto", arch: str | None = None,
          allow_pickle: bool = False, prediction_type: str | None = None, progress: bool = True,
-         compile: bool = False):
+         compile: bool = False, backend: str = "torch"):
     """Load a model (diffusers folder, single .safetensors; None: the embedded model) as a Pipeline.
 
     device: "auto" (CUDA, else Apple MPS, else CPU), "cpu", "cuda", "cuda:N", "mps" or a
@@ -33,6 +33,9 @@ def load(path: str | Path | None = None, *, device="auto", dtype="auto", arch: s
     path measured on this machine, bf16 where its kernels are faster for this model, else fp32;
     STABLEKIT_DTYPE overrides) or a torch dtype / name "fp32", "fp16", "bf16" (fp32: exactly the
     reference computation). compile: torch.compile the UNet and VAE decoder (slow first image).
+    backend: "torch" (default) or "openvino": UNet calls compiled by OpenVINO for the CPU
+    (generate/openvino_unet.py; needs `pip install openvino==2026.4.1`); there dtype is OpenVINO's
+    precision (auto: bf16 where the CPU has bf16 kernels, else f32) and the torch modules stay fp32.
     The choice is in `pipe.acceleration` (generate/acceleration.py). Bad values are one-line
     StablekitErrors naming the argument.
     """
@@ -50,14 +53,35 @@ def load(path: str | Path | None = None, *, device="auto", dtype="auto", arch: s
         raise StablekitError(f"model {path} does not exist; give a .safetensors file or diffusers folder, "
                              "or leave out --model (path=None) to use the embedded shapes model")
     path = path or default_model_path()
+    precision = _openvino_precision(backend, dtype, target, compile)  # before loading: a missing package fails at once
     # chosen before reading weights, so they are read straight into the chosen dtype
-    acc = choose(dtype, target, unet_config_of(path, arch, allow_pickle), compile)
+    acc = choose("fp32" if precision else dtype, target, unet_config_of(path, arch, allow_pickle), compile)
     components = load_model(path, arch=arch, dtype=acc.dtype, allow_pickle=allow_pickle,
                             prediction_type=prediction_type)
     pipe = Pipeline(components, progress=progress, device=target)
     apply(components, acc)
+    if precision:
+        from stablekit.generate import openvino_unet
+
+        openvino_unet.install(components.unet, precision, openvino_unet.cache_root(), trace_fallback=bool(acc.trace))
+        acc.backend, acc.openvino_precision = "openvino", precision
     pipe.acceleration = acc
     return pipe
+
+
+def _openvino_precision(backend, dtype, device, compile: bool) -> str | None:
+    """OpenVINO's precision for backend="openvino" (None for torch); one-line errors for what it cannot do."""
+    from stablekit.errors import StablekitError
+    from stablekit.generate.openvino_unet import check_backend, choose_precision, import_openvino
+
+    if check_backend(backend) == "torch":
+        return None
+    if device.type != "cpu":
+        raise StablekitError(f"backend 'openvino' runs on the CPU (got device {device}); use device='cpu' or backend 'torch'")
+    if compile:
+        raise StablekitError("compile=True is torch.compile, for backend 'torch'; leave it out with backend 'openvino'")
+    import_openvino()
+    return choose_precision(dtype)
 
 
 __all__ = ["load", "__version__"]

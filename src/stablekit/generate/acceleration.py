@@ -55,6 +55,8 @@ class Acceleration:
     vae_channels_last: bool = False  # the VAE's own layout (auto: always; see apply)
     compile_seconds: float = 0.0
     trace: bool | None = None  # TorchScript-traced UNet calls; None: decided in apply (small UNets on the CPU)
+    backend: str = "torch"  # "openvino": UNet calls compiled by OpenVINO (generate/openvino_unet.py)
+    openvino_precision: str | None = None  # its inference precision hint, f32 or bf16
 
     def describe(self) -> str:
         from stablekit.formats.weights import DTYPE_NAMES
@@ -62,6 +64,8 @@ class Acceleration:
         layout = f"UNet {'channels_last' if self.channels_last else 'contiguous'}, VAE " + (
             "channels_last" if self.vae_channels_last else "contiguous")
         compiled = ", torch.compile" if self.compile else ", traced UNet" if self.trace else ""
+        if self.backend == "openvino":
+            compiled = f", OpenVINO UNet {self.openvino_precision}" + (" (torch fallback traced)" if self.trace else "")
         return f"{DTYPE_NAMES.get(self.dtype, self.dtype)}, {layout}, {self.attention} attention{compiled} ({self.reason})"
 
 
