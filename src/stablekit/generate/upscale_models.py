@@ -178,9 +178,9 @@ def list_upscalers(dirs=()) -> list[tuple[str, Path]]:
     return sorted(found.items(), key=lambda item: item[0].lower())
 
 
-def find_upscaler(name_or_path, dirs=()) -> Path:
+def lookup_upscaler(name_or_path, dirs=()) -> Path | None:
     """A model file by path, by A1111 label ("R-ESRGAN 4x+") or by file stem ("4x-UltraSharp"), in
-    any case, searched in the upscaler dirs; an unknown name is one line listing what was found."""
+    any case, searched in the upscaler dirs; None when there is none."""
     given = Path(str(name_or_path)).expanduser()
     if given.is_file():
         return given
@@ -188,12 +188,25 @@ def find_upscaler(name_or_path, dirs=()) -> Path:
     for name, path in list_upscalers(dirs):
         if wanted in (name.lower(), path.stem.lower(), path.name.lower()):
             return path
+    return None
+
+
+def search_note(dirs=()) -> str:
+    """Where models were looked for and what was found there, for one-line errors."""
     searched = [str(d) for d in upscaler_dirs(dirs)]
+    if not searched:
+        return f"no upscaler dir given: --upscaler-dir DIR or ${ENV_DIR}"
     found = [name for name, _ in list_upscalers(dirs)]
-    where = (f"found in {', '.join(searched)}: {', '.join(found) or 'no model files'}" if searched else
-             f"no upscaler dir given (--upscaler-dir DIR or ${ENV_DIR})")
-    raise StablekitError(f"unknown upscaler model {str(name_or_path)!r} ({where}); give a path to an ESRGAN-family "
-                         ".pth/.safetensors file or put it in an upscaler dir")
+    return f"found in {', '.join(searched)}: {', '.join(found) or 'no .pth/.safetensors files'}"
+
+
+def find_upscaler(name_or_path, dirs=()) -> Path:
+    """lookup_upscaler, with an unknown name as one line listing what was found."""
+    found = lookup_upscaler(name_or_path, dirs)
+    if found is None:
+        raise StablekitError(f"unknown upscaler model {str(name_or_path)!r} ({search_note(dirs)}); give a path to an "
+                             "ESRGAN-family .pth/.safetensors file or put it in an upscaler dir")
+    return found
 
 
 def run_model(model: nn.Module, image: Image.Image) -> Image.Image:
