@@ -216,7 +216,7 @@ def run_model(model: nn.Module, image: Image.Image) -> Image.Image:
     bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1].transpose(2, 0, 1)) / 255
     with torch.inference_mode():
         out = model(torch.from_numpy(bgr)[None].to(param.device, param.dtype))[0]
-    arr = (255.0 * np.moveaxis(out.float().cpu().clamp_(0, 1).numpy(), 0, 2)).round().astype(np.uint8)
+    arr = (255.0 * np.moveaxis(out.float().cpu().clamp(0, 1).numpy(), 0, 2)).round().astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(arr[:, :, ::-1]), "RGB")
 
 
