@@ -8,6 +8,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	# the tests' reference for upscaler models (tests/test_upscale_models.py); --no-deps: its torchvision
+	# requirement cannot be met beside our torch, and the tests stub the two names it imports
+	$(VENV)/bin/pip install -q --no-deps spandrel==0.4.2 einops==0.8.2
 	touch $(STAMP)
 
 .PHONY: demo test venv

@@ -63,13 +63,20 @@ def add_arguments(p) -> None:
                    help="steps of the hires pass (default 0: as many as --steps)")
     p.add_argument("--hires-denoise", "--hires-strength", type=float, default=None, metavar="X",
                    help="denoising strength of the hires pass, 0..1 (default 0.7)")
-    p.add_argument("--hires-upscaler", default=None, metavar="NAME",
-                   help=f"{', '.join(UPSCALERS)} (any case; default Latent)")
+    p.add_argument("--hires-upscaler", default=None, metavar="NAME|PATH",
+                   help=f"{', '.join(UPSCALERS)} (any case; default Latent), or an ESRGAN-family model: a "
+                        ".pth/.safetensors path, or its name in an --upscaler-dir (file stem, or A1111's label "
+                        "such as 'R-ESRGAN 4x+')")
+    p.add_argument("--upscaler-dir", action="append", default=[], metavar="DIR",
+                   help="a folder of upscaler models for --hires-upscaler NAME (repeatable; searched before "
+                        "$STABLEKIT_UPSCALER_DIR)")
 
 
 def hires_from_args(args, replay):
-    """The HiresFix of the flags over the PNG's (None: no hires fix); flags without a scale are one line."""
+    """The HiresFix of the flags over the PNG's (None: no hires fix); flags without a scale are one line.
+    A model upscaler is found (--upscaler-dir) and read here, before the diffusion model loads."""
     from stablekit.generate.hires import HiresFix
+    from stablekit.generate.upscale_models import load_upscaler
 
     given = {k: v for k, v in (("scale", args.hires_scale), ("steps", args.hires_steps), ("denoise", args.hires_denoise),
                                ("upscaler", args.hires_upscaler)) if v is not None}
@@ -78,10 +85,14 @@ def hires_from_args(args, replay):
                              "(the hires fix's upscale factor)")
     if replay.hires is None and not given:
         return None
-    base = replay.hires or HiresFix()
-    hires = HiresFix(**{**base.record(), **given}).validate()
+    base = (replay.hires or HiresFix()).record()
+    if "upscaler" in given:
+        base.pop("upscaler_path", None)  # the PNG's model file is not the one asked for
+    hires = HiresFix(**{**base, **given}, upscaler_dirs=tuple(getattr(args, "upscaler_dir", None) or ())).validate()
     if args.init_image is not None:
         raise StablekitError("the hires fix is for txt2img; leave out --hires-* flags with --init-image")
+    if hires.upscaler_path:
+        load_upscaler(hires.upscaler_path)  # a file that is no upscaler fails now; the model is kept for the pass
     return hires
 
 

@@ -4,16 +4,18 @@ Follows A1111 `modules/processing.py` (StableDiffusionProcessingTxt2Img.sample_h
   1. the first pass at width x height, as plain txt2img;
   2. upscale to int(width * scale) x int(height * scale): in latent space (the "Latent ..." modes,
      torch interpolate on the latents) or in pixel space (decode, 8-bit image, Lanczos / nearest
-     resize, encode again);
+     resize or an ESRGAN-family model (generate/upscale_models.py), encode again);
   3. a second pass: img2img of the upscaled latents with its own steps (default: the first pass's)
      and denoising strength (int(strength * steps) + 1 steps of the schedule run), the prompt
      conditioned at the new size, fresh noise from the same seeds (A1111 re-seeds for the pass).
 The PNG text carries what A1111 writes: `Denoising strength`, `Hires upscale`, `Hires steps` (when
-set), `Hires upscaler`, and `Size` stays the first pass's size, so A1111 reads it back the same.
+set), `Hires upscaler` (a model by the name A1111 shows for it: "R-ESRGAN 4x+", "4x-UltraSharp"), and
+`Size` stays the first pass's size, so A1111 reads it back the same.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,34 +32,64 @@ IMAGE_UPSCALERS = {"Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}
 UPSCALERS = (*LATENT_MODES, *IMAGE_UPSCALERS)
 
 
-def upscaler_name(name: str) -> str:
-    """A1111's upscaler name for a name in any case (latent, lanczos, "latent (bicubic)", ...)."""
+def builtin_name(name: str) -> str | None:
+    """A1111's name of a built-in upscaler in any case (latent, lanczos, "latent (bicubic)", ...); None
+    for any other name."""
     for known in UPSCALERS:
         if str(name).strip().lower() == known.lower():
             return known
-    raise StablekitError(f"unknown hires upscaler {name!r}; use one of: {', '.join(UPSCALERS)} (ESRGAN-family "
-                         "model files are not supported yet)")
+    return None
+
+
+def resolve_upscaler(name: str, path: str | None = None, dirs=()) -> tuple[str, str | None]:
+    """(A1111 name, model file or None) of a hires upscaler: a built-in, a model path, or a model's
+    name found in the upscaler dirs (generate/upscale_models.py); unknown names are one line."""
+    from stablekit.generate.upscale_models import a1111_name, lookup_upscaler, search_note
+
+    known = builtin_name(name)
+    if known is not None:
+        return known, None
+    if path is not None and Path(path).is_file():  # a replayed record's own file
+        return a1111_name(path), str(path)
+    found = lookup_upscaler(name, dirs)
+    if found is None:
+        raise StablekitError(f"unknown hires upscaler {name!r}; use one of: {', '.join(UPSCALERS)}, or a model "
+                             f"({search_note(dirs)}; or give a path to an ESRGAN-family .pth/.safetensors file)")
+    return a1111_name(found), str(found)
 
 
 @dataclass
 class HiresFix:
     """A1111's hires fix settings: scale (Hires upscale), steps (Hires steps; 0: the first pass's),
-    denoise (Denoising strength of the second pass), upscaler (Hires upscaler)."""
+    denoise (Denoising strength of the second pass), upscaler (Hires upscaler: a built-in, or an
+    ESRGAN-family model's name or path), upscaler_path (the model file, set by validate()),
+    upscaler_dirs (folders searched for a model name, before $STABLEKIT_UPSCALER_DIR)."""
 
     scale: float = 2.0
     steps: int = 0
     denoise: float = 0.7
     upscaler: str = "Latent"
+    upscaler_path: str | None = None
+    upscaler_dirs: tuple = ()
 
     def validate(self) -> "HiresFix":
-        """A copy with the canonical upscaler name; bad numbers are one-line errors."""
+        """A copy with the canonical upscaler name and its model file found; bad numbers and unknown
+        upscalers are one-line errors."""
+        checked = self._checked()
+        name, path = resolve_upscaler(checked.upscaler, checked.upscaler_path, checked.upscaler_dirs)
+        return replace(checked, upscaler=name, upscaler_path=path)
+
+    def _checked(self) -> "HiresFix":
+        """validate() without looking for a model (a PNG's fields and records: the CLI adds the dirs)."""
         if not isinstance(self.scale, (int, float)) or isinstance(self.scale, bool) or not 1 <= self.scale <= 8:
             raise StablekitError(f"hires scale must be between 1 and 8 (got {self.scale!r})")
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
             raise StablekitError(f"hires steps must be a whole number >= 0 (0: the first pass's; got {self.steps!r})")
         if not isinstance(self.denoise, (int, float)) or isinstance(self.denoise, bool) or not 0 <= self.denoise <= 1:
             raise StablekitError(f"hires denoising strength must be between 0 and 1 (got {self.denoise!r})")
-        return replace(self, scale=float(self.scale), denoise=float(self.denoise), upscaler=upscaler_name(self.upscaler))
+        return replace(self, scale=float(self.scale), denoise=float(self.denoise),
+                       upscaler=builtin_name(self.upscaler) or str(self.upscaler).strip(),
+                       upscaler_dirs=tuple(str(d) for d in self.upscaler_dirs or ()))
 
     def target(self, width: int, height: int, multiple: int = 8) -> tuple[int, int]:
         """The second pass's size: int(size * scale), rounded down to whole latents."""
@@ -70,7 +102,9 @@ class HiresFix:
                 "Hires steps": self.steps or None, "Hires upscaler": self.upscaler}
 
     def record(self) -> dict:
-        return asdict(self)
+        """The settings for stablekit's JSON record (a model's file too, so a replay finds it again)."""
+        record = {"scale": self.scale, "steps": self.steps, "denoise": self.denoise, "upscaler": self.upscaler}
+        return {**record, "upscaler_path": self.upscaler_path} if self.upscaler_path else record
 
     @classmethod
     def from_fields(cls, fields: dict) -> "HiresFix | None":
@@ -84,7 +118,7 @@ class HiresFix:
         try:
             return cls(scale=float(fields["Hires upscale"]), steps=int(float(fields.get("Hires steps", 0))),
                        denoise=float(fields.get("Denoising strength", 0.7)),
-                       upscaler=str(fields.get("Hires upscaler", "Latent"))).validate()
+                       upscaler=str(fields.get("Hires upscaler", "Latent")))._checked()
         except ValueError as exc:
             raise StablekitError(f"the PNG's hires fix fields are not numbers: {exc}") from None
 
@@ -92,7 +126,8 @@ class HiresFix:
     def from_record(cls, record: dict | None) -> "HiresFix | None":
         if not record:
             return None
-        return cls(**{k: record[k] for k in ("scale", "steps", "denoise", "upscaler") if k in record}).validate()
+        keys = ("scale", "steps", "denoise", "upscaler", "upscaler_path")
+        return cls(**{k: record[k] for k in keys if k in record})._checked()
 
 
 def upscale_latents(latents: Tensor, width: int, height: int, upscaler: str, factor: int = 8) -> Tensor:
@@ -102,11 +137,19 @@ def upscale_latents(latents: Tensor, width: int, height: int, upscaler: str, fac
     return torch.nn.functional.interpolate(latents.float(), size=size, mode=mode, antialias=antialias).to(latents.dtype)
 
 
-def upscale_images(pixels: np.ndarray, width: int, height: int, upscaler: str) -> np.ndarray:
-    """Float images [B, H, W, 3] in [0, 1] -> 8-bit, resized with PIL, back to float [B, h, w, 3]."""
-    resample = IMAGE_UPSCALERS[upscaler]
-    out = [np.asarray(Image.fromarray(a).resize((width, height), resample), dtype=np.float32) / 255.0
-           for a in (pixels * 255).round().astype(np.uint8)]
+def upscale_images(pixels: np.ndarray, width: int, height: int, upscaler: str, model=None) -> np.ndarray:
+    """Float images [B, H, W, 3] in [0, 1] -> 8-bit, resized with PIL (or upscaled by `model` as
+    A1111 does, generate/upscale_models.py), back to float [B, h, w, 3]."""
+    from stablekit.generate.upscale_models import upscale_with_model
+
+    out = []
+    for a in (pixels * 255).round().astype(np.uint8):
+        image = Image.fromarray(a)
+        if model is not None:
+            image = upscale_with_model(model, image, width, height)
+        else:
+            image = image.resize((width, height), IMAGE_UPSCALERS[upscaler])
+        out.append(np.asarray(image, dtype=np.float32) / 255.0)
     return np.stack(out)
 
 
@@ -151,6 +194,11 @@ def second_pass(components, denoiser, second: SecondPass, latents: Tensor, sampl
     if upscaler in LATENT_MODES:
         start = upscale_latents(latents, second.width, second.height, upscaler, components.vae_scale_factor)
     else:
-        pixels = upscale_images(decode(components, latents), second.width, second.height, upscaler)
+        model = None
+        if second.hires.upscaler_path:
+            from stablekit.generate.upscale_models import load_upscaler
+
+            model = load_upscaler(second.hires.upscaler_path, components.device)
+        pixels = upscale_images(decode(components, latents), second.width, second.height, upscaler, model)
         start = encode_image(components, pixels)
     return sample(denoiser, start, second.sigmas, sampling, second.conditioning, noise, callback)

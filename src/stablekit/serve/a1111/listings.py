@@ -39,11 +39,16 @@ def schedulers() -> list[dict]:
 
 
 def upscalers() -> list[dict]:
-    """UpscalerItem for what the hires fix can use in pixel space ("None" resizes with Lanczos)."""
+    """UpscalerItem for what the hires fix can use in pixel space ("None" resizes with Lanczos), then
+    the ESRGAN-family models in $STABLEKIT_UPSCALER_DIR by the names A1111 gives them (scale as A1111
+    lists it: 2 for R-ESRGAN 2x+, else 4)."""
     from stablekit.generate.hires import IMAGE_UPSCALERS
+    from stablekit.generate.upscale_models import ALIAS_SCALES, list_upscalers
 
-    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4.0}
-            for name in ("None", *IMAGE_UPSCALERS)]
+    items = [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4.0}
+             for name in ("None", *IMAGE_UPSCALERS)]
+    return items + [{"name": name, "model_name": None, "model_path": str(path), "model_url": None,
+                     "scale": float(ALIAS_SCALES.get(name, 4))} for name, path in list_upscalers()]
 
 
 def latent_upscale_modes() -> list[dict]:
