@@ -9,12 +9,18 @@ In one run: the plain model with each "masked content" choice in --fills (A1111'
 
     .venv/bin/python benchmarks/inpaint_replace.py [--n 40] [--model PATH] [--inpaint-model PATH]
         [--fills original "latent noise"] [--only-masked 0 8] [--json out.json] [--grid grid.png]
+
+--only-masked runs every model (plain and each 9-channel variant) with A1111's "Only masked" too;
+`--fills` with no value leaves out the plain model's rows. Each row reports cpu_s_per_image: this
+process's CPU seconds per inpainted image (time.process_time; run with OMP_NUM_THREADS=1, so it is
+the single-core cost whatever else shares the machine).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +40,19 @@ def run_variant(pipe, options: dict | None, items, judge) -> tuple[dict, list[np
     its outputs and the judge's reading of each."""
     outs, reads = [], []
     unchanged = True
+    cpu = 0.0
+    settings = {} if options is None else {"inpaint_options": InpaintOptions(**options)}
+    image, mask, prompt = items[0][:3]
+    pipe.inpaint(Image.fromarray(image), mask, prompt, seed=1, **settings)  # warm-up (speed probe, caches): not timed
     for image, mask, prompt, shape, color in items:
-        settings = {} if options is None else {"inpaint_options": InpaintOptions(**options)}
+        start = time.process_time()  # this process's CPU time: fair on a shared machine, unlike wall time
         out = np.asarray(pipe.inpaint(Image.fromarray(image), mask, prompt, seed=1, **settings)[0])
+        cpu += time.process_time() - start
         unchanged &= bool(np.array_equal(out[mask == 0], image[mask == 0]))
         outs.append(out)
         reads.append(judge.judge([out])[0])
-    return {**score(reads, items), "unchanged_outside_mask": unchanged}, outs, reads
+    return {**score(reads, items), "unchanged_outside_mask": unchanged,
+            "cpu_s_per_image": round(cpu / len(items), 3)}, outs, reads
 
 
 def score(reads: list[dict], items) -> dict:
@@ -146,14 +158,15 @@ def main() -> None:
     ap.add_argument("--inpaint-model", default=None,
                     help="a 9-channel model (stablekit train inpainting) or a step-NNNNNN.pt checkpoint of that run")
     ap.add_argument("--fills", nargs="*", default=["original"],
-                    help="masked-content choices for the plain model: original, fill, 'latent noise', 'latent nothing'")
+                    help="masked-content choices for the plain model: original, fill, 'latent noise', 'latent nothing' "
+                         "(--fills with no value: no plain-model rows, e.g. to measure only --inpaint-model)")
     ap.add_argument("--inpaint-variants", nargs="*", default=["plain"], choices=["plain", "noise-mask"],
                     help="runs of the 9-channel model: plain (diffusers' behaviour), noise-mask (A1111's latent "
                          "blend, InpaintOptions(noise_mask=True))")
     ap.add_argument("--mask-blur", type=int, default=0, help="A1111's Mask blur for every run (default 0)")
     ap.add_argument("--only-masked", type=int, nargs="*", default=None, metavar="PADDING",
-                    help="also run the plain model with A1111's 'Inpaint area: Only masked' at each of these "
-                         "paddings (pixels), masked content = the first of --fills")
+                    help="also run A1111's 'Inpaint area: Only masked' at each of these paddings (pixels): the "
+                         "plain model (masked content = the first of --fills) and every --inpaint-variants run")
     ap.add_argument("--name-position", action="store_true",
                     help="name the object's place in the prompt as the training captions do ('... at the top on a')")
     ap.add_argument("--ideal", action="store_true",
@@ -193,7 +206,7 @@ def main() -> None:
     for fill in args.fills:
         report(f"plain model, masked content {fill}",
                *run_variant(plain, {"fill": fill, "mask_blur": args.mask_blur}, items, judge))
-    for padding in args.only_masked or ():
+    for padding in (args.only_masked or []) if args.fills else []:  # no fills: no plain rows at all
         report(f"plain model, only masked, padding {padding}",
                *run_variant(plain, {"fill": args.fills[0], "mask_blur": args.mask_blur, "only_masked": True,
                                     "padding": padding}, items, judge))
@@ -202,6 +215,9 @@ def main() -> None:
         for variant in args.inpaint_variants:
             options = {"noise_mask": variant == "noise-mask", "mask_blur": args.mask_blur}
             report(f"inpainting model (9-channel), {variant}", *run_variant(model, options, items, judge))
+            for padding in args.only_masked or ():
+                report(f"inpainting model (9-channel), {variant}, only masked, padding {padding}",
+                       *run_variant(model, {**options, "only_masked": True, "padding": padding}, items, judge))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model or "embedded", "inpaint_model": args.inpaint_model,

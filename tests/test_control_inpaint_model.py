@@ -68,3 +68,47 @@ def test_inpainting_model_without_a_mask_is_one_line():
         pipe.generate(PROMPT, steps=2, width=64, height=64)
     with pytest.raises(StablekitError, match="inpainting model"):
         pipe.img2img(images()[0], PROMPT, steps=2)
+
+
+def blurred_mask() -> np.ndarray:
+    """A box mask Gaussian-blurred (sigma 4): grey levels on every edge, as a feathered mask from an editor."""
+    from PIL import ImageFilter
+
+    return np.asarray(images()[1].filter(ImageFilter.GaussianBlur(4)))
+
+
+@pytest.mark.parametrize("options", [None, {"mask_blur": 4}, {"mask_blur": 0}])
+def test_blurred_mask_is_binarised_as_diffusers_mask_processor(options, monkeypatch):
+    """The 9-channel conditioning (mask channel and masked-image latents) equals diffusers' for the same
+    blurred mask: VaeImageProcessor(do_binarize=True) at 0.5, then nearest-resized to latent size."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    from stablekit.generate import inpaint_unet
+    from stablekit.generate.inpaint_options import InpaintOptions
+
+    c = inpainting_components()
+    image, _ = images()
+    seen = {}
+    real = inpaint_unet.inpaint_conditioning
+
+    def spy(components, init, mask):
+        seen["mask"], seen["latents"] = real(components, init, mask)
+        seen["repaint"] = mask
+        return seen["mask"], seen["latents"]
+
+    monkeypatch.setattr(inpaint_unet, "inpaint_conditioning", spy)
+    settings = {} if options is None else {"inpaint_options": InpaintOptions(**options)}
+    Pipeline(c, progress=False).inpaint(image, blurred_mask(), PROMPT, steps=1, seed=0, output="np", **settings)
+    # diffusers gets the mask A1111 would hand on: the blurred one itself, or the option's re-blurred mask
+    source = getattr(seen["repaint"], "blurred", None)
+    source = blurred_mask() if source is None else np.rint(source * 255).astype(np.uint8)
+    assert 0 < ((source > 0) & (source < 255)).mean()  # really soft
+    processor = VaeImageProcessor(vae_scale_factor=8, do_normalize=False, do_binarize=True, do_convert_grayscale=True)
+    full = processor.preprocess(Image.fromarray(source), height=64, width=64)
+    theirs = torch.nn.functional.interpolate(full, size=(8, 8))
+    assert torch.equal(seen["mask"].float(), theirs)
+    pixels = VaeImageProcessor(vae_scale_factor=8).preprocess(image, height=64, width=64)
+    masked = pixels * (full < 0.5)
+    with torch.no_grad():
+        latents = c.vae.encode(masked).latent_dist.mode() * c.vae.config.scaling_factor
+    assert torch.allclose(seen["latents"].float(), latents, atol=1e-5)

@@ -152,6 +152,13 @@ def _check_inputs(args, params, replay) -> None:
                              "(or leave out --strength for txt2img)")
     if args.mask and args.init_image is None:
         raise StablekitError("--mask needs --init-image FILE: the image to inpaint")
+    if args.mask:  # the mask size rule against the image as given, before the model loads (generate/mask_size.py)
+        from stablekit.generate.mask_size import check_mask_size
+        from stablekit.generate.notes import note
+
+        text = check_mask_size(args.mask, args.init_image)
+        if text:
+            note(text)
     generate_control.hires_from_args(args, replay)  # hires flags checked before the model loads
     if replay.controlnet and not args.control_units:
         raise StablekitError(f"{args.from_png} was made with {len(replay.controlnet)} ControlNet unit(s): give them "
@@ -162,6 +169,7 @@ def _check_inputs(args, params, replay) -> None:
 
 def _generate(pipe, params, args, replay, networks: dict) -> list:
     """txt2img, img2img or inpainting, by the inputs given; warns when an input differs from the PNG's."""
+    from stablekit.generate.inpaint_options import _mask_array
     from stablekit.generate.notes import warn
     from stablekit.generate.steps import InitImage, InpaintMask
 
@@ -197,9 +205,9 @@ def _generate(pipe, params, args, replay, networks: dict) -> list:
     options = _inpaint_options(args, mask, replay)
     if mask is None:
         return pipe.img2img(init, params.prompt, strength=_strength(params, 0.75), **settings)
-    if options is not None:  # the mask as given: blur and invert read its grey levels
+    if options is not None:  # the mask's grey levels at the image's size: blur and invert read them
         settings["inpaint_options"] = options
-        mask = args.mask or mask
+        mask = _mask_array(args.mask, init.width, init.height) if args.mask else mask
     return pipe.inpaint(init, mask, params.prompt, strength=_strength(params, 1.0), **settings)
 
 

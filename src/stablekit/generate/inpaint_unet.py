@@ -46,15 +46,27 @@ class InpaintUNet(torch.nn.Module):
         return self.unet(torch.cat([sample, extra], dim=1), timestep, *args, **kwargs)
 
 
+def conditioning_mask(mask) -> np.ndarray:
+    """float [H, W] in {0, 1}: the mask a 9-channel model sees, binarised at 0.5 before it is resized to
+    latent size, as diffusers' mask processor (VaeImageProcessor(do_binarize=True): < 0.5 -> 0, else 1)
+    and A1111 (inpainting_image_conditioning rounds the mask) do. A blurred mask (InpaintOptions'
+    mask_blur, an "only masked" crop: a SoftMask) is binarised from its blurred mask, A1111's latent
+    mask, not from the wider paste-back alpha; the released models were trained on binary masks."""
+    soft = getattr(mask, "blurred", None)
+    soft = mask.repaint if soft is None else soft
+    return (np.asarray(soft, dtype=np.float32) >= 0.5).astype(np.float32)
+
+
 def inpaint_conditioning(components, init, mask) -> tuple[Tensor, Tensor]:
     """(mask [1, 1, h, w] in {0, 1}, masked-image latents [1, 4, h, w]) for an InitImage and an
     InpaintMask, in the UNet's dtype on its device (VAE posterior mean, as every encode here)."""
     from stablekit.generate.steps import encode
 
     f = components.vae_scale_factor
-    full = torch.from_numpy(mask.repaint.astype(np.float32)).to(components.device)
+    binary = conditioning_mask(mask)
+    full = torch.from_numpy(binary).to(components.device)
     small = torch.nn.functional.interpolate(full[None, None], size=(init.height // f, init.width // f))
-    keep = (mask.repaint < 0.5).astype(np.float32)[:, :, None]
+    keep = (1 - binary)[:, :, None]
     # masked pixels become 0 in [-1, 1] (grey): 0.5 in [0, 1]
     masked = init.pixels * keep + 0.5 * (1 - keep)
     latents = encode(components, masked[None])

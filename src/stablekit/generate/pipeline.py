@@ -19,6 +19,7 @@ from stablekit.generate.denoiser import Denoiser
 from stablekit.generate.guidance import take as take_guidance
 from stablekit.generate.hires import plan, second_pass
 from stablekit.generate.inpaint_unet import inpaint_denoiser, is_inpainting_unet
+from stablekit.generate.mask_size import check_mask_size
 from stablekit.generate.noise import ImageNoise, batch_seeds, resolve_seed
 from stablekit.generate.networks import ExtraNetworks, UsedNetworks, use_networks
 from stablekit.generate.notes import note, size_note
@@ -139,9 +140,13 @@ class Pipeline:
         """Inpainting with any (non-inpainting) model, as A1111 does it: img2img whose x0
         prediction is reset to the image's latents outside the mask after every step, then the
         original pixels pasted back outside the mask, so they are unchanged exactly. `mask`:
-        path, PIL image, [H, W] array or InpaintMask, white = repaint."""
+        path, PIL image, [H, W] array or InpaintMask, white = repaint; the init image's size, or its
+        aspect ratio (resized, with a note), else a one-line error (generate/mask_size.py)."""
         if image is None:
             raise StablekitError("a mask needs an image to inpaint: pass init_image (CLI: --init-image)")
+        text = check_mask_size(mask, image)
+        if text:
+            note(text)
         options = _inpaint_options(settings.pop("inpaint_options", None))  # generate/inpaint_options.py
         if options is not None and options.only_masked:
             from stablekit.generate.inpaint_options import only_masked

@@ -6,7 +6,8 @@ clip_skip, subseed, subseed_strength, init_image, strength, mask, hires_scale, h
 hires_denoise, hires_upscaler, lora ([NAME or {"name", "scale"}] from --models-dir/loras), model (a
 listed checkpoint name; never a path), format (png/jpg/webp), grid. init_image and mask are a file
 name in DATA_DIR/input or an image as base64 / data URL (saved under input/jobs/ at submit, so the
-queue row stays small). Everything is checked at submit (400 with one line), before any compute.
+queue row stays small); a mask of another aspect ratio than init_image is refused (the same ratio is
+resized, generate/mask_size.py). Everything is checked at submit (400 with one line), before any compute.
 Outputs go to DATA_DIR/output/jobs/<job id>/ with their A1111 parameters and stablekit record.
 """
 from __future__ import annotations
@@ -81,7 +82,18 @@ def check_generate(payload: dict, state) -> dict:
     for key in IMAGE_KEYS:
         if key in opts:
             opts[key] = _store_image(opts[key], key, state)
+    if "mask" in opts:
+        _mask_size(opts, state)  # another aspect ratio than the image's: 400 naming both sizes
     return opts
+
+
+def _mask_size(opts: dict, state) -> str | None:
+    """The mask size rule (generate/mask_size.py) for the payload's stored mask and init image: None
+    for equal sizes, a note for the same aspect ratio (the mask is resized), else StablekitError."""
+    from stablekit.generate.mask_size import check_mask_size
+
+    folder = state.settings.input_dir
+    return check_mask_size(safe_path(folder, opts["mask"]), safe_path(folder, opts["init_image"]))
 
 
 def _hires(opts: dict, cls):
@@ -151,6 +163,7 @@ def run_generate(ctx: JobContext, payload: dict) -> dict:
     """Run a checked generate payload; returns {"images": [{"filename", "url", "seed", "parameters"}],
     "model", "folder"}."""
     from stablekit.generate.hires import HiresFix
+    from stablekit.generate.notes import note
     from stablekit.generate.steps import InitImage, InpaintMask
     from stablekit.metadata.outputs import plan_outputs, write_outputs
 
@@ -182,6 +195,9 @@ def run_generate(ctx: JobContext, payload: dict) -> dict:
                                   settings.get("width"), settings.get("height"))
             settings.update(width=init.width, height=init.height)
             if "mask" in opts:
+                text = _mask_size(opts, state)
+                if text:
+                    note(text)
                 mask = InpaintMask.load(safe_path(state.settings.input_dir, opts["mask"]), init.width, init.height)
                 images = pipe.inpaint(init, mask, prompt, strength=opts.get("strength", 1.0), callback=on_step,
                                       **settings)
