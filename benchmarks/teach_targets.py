@@ -8,6 +8,7 @@
     ... benchmarks/teach_targets.py METHOD --steps 300 --lr 2e-3     # any other flag goes to `stablekit train`
     ... benchmarks/teach_targets.py METHOD --skip-train              # re-judge the last artefact
     ... benchmarks/teach_targets.py METHOD --model PATH              # teach another model than the embedded one
+    ... benchmarks/teach_targets.py textual-inversion --skip-train --double-extra   # the pre-session-13 spelling
 
 Without extra flags the method's default recipe (train/methods.py) is measured. Writes
 OUT/NAME-report.json and a sample grid docs/reports/teach/NAME.png (prompt set order, 8 per row).
@@ -36,16 +37,33 @@ def base_model(args):
     return load_model(args.model or stablekit.EMBEDDED_MODEL, dtype=torch.float32)
 
 
+def doubled_spelling(tokenizer) -> str:
+    """The token as evaluation spelled it before session 13 (comparison only, --double-extra): the
+    name followed by its other tokens twice, NAME NAME_1..NAME_{n-1} NAME_1..NAME_{n-1} (8 vectors: 15
+    tokens). That is what the prompt encoder made of "NAME NAME_1 ..." text until commit 4251915."""
+    from stablekit.prompts.embedding_tokens import embedding_spellings
+
+    spelled = embedding_spellings(tokenizer).get(te.TOKEN, [te.TOKEN])
+    return " ".join([*spelled, *spelled[1:]])
+
+
 def eval_ti(artefact: Path, args, judge) -> tuple[dict, list]:
-    from stablekit.adapters.embeddings import add_embedding, expand_embeddings
+    from stablekit.adapters.embeddings import add_embedding
     from stablekit.formats.embeddings_a1111 import load_embedding
+    from stablekit.prompts.embedding_tokens import embedding_token_spelling
 
     c = base_model(args)
     add_embedding(c, te.TOKEN, load_embedding(artefact)["vectors"])
-    prompts = [(expand_embeddings(p, c.tokenizer), s, a) for p, s, a in te.ti_prompts(args.prompts)]
+    prompts = te.ti_prompts(args.prompts)  # the token by its name: the prompt encoder spells it as training did
+    if args.double_extra:
+        prompts = [(p.replace(te.TOKEN, doubled_spelling(c.tokenizer)), s, a) for p, s, a in prompts]
+    spelling = [{"prompt": p, "seed": s, "embedding_tokens": embedding_token_spelling(p, c.tokenizer)}
+                for p, s, _ in prompts]
     figures, images = te.judge_prompts(Pipeline(c, progress=False), judge, prompts, by="color")
     return {"hexagon": figures["shape"], "color": figures["color"], "both": figures["all"], "n": figures["n"],
-            "judged_shape": figures["breakdown"]["judged"]["shape"]}, images
+            "judged_shape": figures["breakdown"]["judged"]["shape"], "double_extra": args.double_extra,
+            "embedding_tokens_per_prompt": sorted({len(r["embedding_tokens"]) for r in spelling}),
+            "spelling": spelling}, images
 
 
 def is_lora(artefact: Path) -> bool:
@@ -122,9 +140,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--lora-images", type=int, default=te.LORA_IMAGES, help="LoRA: outline images rendered")
     parser.add_argument("--skip-train", action="store_true", help="judge the existing artefact")
     parser.add_argument("--model", default=None, help="model to teach (default: the embedded model)")
+    parser.add_argument("--double-extra", action="store_true",
+                        help="textual inversion: evaluate with the old doubled spelling (NAME NAME_1..n-1 twice), "
+                             "for comparison with figures before session 13; report and grid get '-double-extra'")
     args, extra = parser.parse_known_args(argv)
     torch.set_num_threads(1)
     name = args.name or args.method
+    label = name + ("-double-extra" if args.double_extra else "")  # report and grid; the artefact stays NAME
     out = Path(args.out)
     data = te.render_method_data(args.method, out / "data", args.subject_color, args.lora_images)["data"]
     flags = list(METHOD_FLAGS.get(args.method, [])) + (["--model", args.model] if args.model else [])
@@ -139,15 +161,16 @@ def main(argv=None) -> dict:
     t = time.time()
     figures, images = EVALUATORS[args.method](artefact, args, Judge.load())
     config = (out / "runs" / f"{name}.toml").read_text()
-    report = {"method": args.method, "name": name, "subject_color": args.subject_color, "figures": figures,
+    report = {"method": args.method, "name": label, "subject_color": args.subject_color, "figures": figures,
               "met": te.met(args.method, figures),
               "targets": te.TARGETS[args.method], "train_seconds": seconds, "eval_seconds": time.time() - t,
               "extra_flags": flags + extra, "command": " ".join(["benchmarks/teach_targets.py", *(argv or sys.argv[1:])]),
               "config": config}
-    te.write_report(out / f"{name}-report.json", report)
+    te.write_report(out / f"{label}-report.json", report)
     GRIDS.mkdir(parents=True, exist_ok=True)
-    te.grid(images[:32]).save(GRIDS / f"{name}.png")
-    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=2))
+    te.grid(images[:32]).save(GRIDS / f"{label}.png")
+    shown = {**report, "figures": {k: v for k, v in figures.items() if k != "spelling"}}  # the json keeps it
+    print(json.dumps({k: v for k, v in shown.items() if k != "config"}, indent=2))
     return report
 
 

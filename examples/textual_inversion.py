@@ -27,6 +27,7 @@ import stablekit
 import stablekit.train
 from stablekit.formats import load_model
 from stablekit.generate.pipeline import Pipeline
+from stablekit.prompts.embedding_tokens import embedding_token_spelling
 from stablekit.shapes.captions import render_dataset
 from stablekit.shapes.judge import Judge
 from stablekit.shapes.render import COLORS
@@ -72,10 +73,12 @@ def main() -> None:
                              token="<hexagon>", init_word="circle", batch_size=5, sample_every=0, checkpoint_every=50,
                              **overrides)
     minutes = (time.time() - t) / 60
-    # the trained components hold the new tokens; the prompt encoder turns "<hexagon>" into all its vectors
+    # the trained components hold the new tokens; the prompt encoder turns "<hexagon>" into all its
+    # vectors with the spelling training used (prompts/embedding_tokens.py), recorded in the report
     trained = evaluate(components, "<hexagon>", args.prompts)
     config = result["config"]
     report = {"baseline_plain_word": baseline, "textual_inversion": trained, "train_minutes": round(minutes, 1),
+              "embedding_tokens": embedding_token_spelling("<hexagon>", components.tokenizer),
               **{k: config[k] for k in ("steps", "vectors", "lr", "lr_schedule")}, "artefact": result["artefact"]}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

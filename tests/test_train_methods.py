@@ -55,8 +55,8 @@ def test_textual_inversion_refuses_a_known_token_and_expands_captions():
     with pytest.raises(StablekitError, match="initializer word"):
         TextualInversionStrategy(tiny("sd1"), token="<new>", init_word=" ")
     s = TextualInversionStrategy(tiny("sd1"), token="<zq>", init_word="square", vectors=3)
-    assert s.caption_hook("a red <zq>") == "a red <zq> <zq>_1 <zq>_2"
-    assert s.caption_hook("a circle") == "<zq> <zq>_1 <zq>_2 a circle"
+    # the caption keeps the name; caption_ids spells it (tests/test_embedding_tokens.py)
+    assert s.caption_hook("a circle") == "<zq> a circle"
     ids = s.components.tokenizer("a red <zq> <zq>_1 <zq>_2").input_ids
     assert ids[3:6] == s.parts["emb_params"].ids
 

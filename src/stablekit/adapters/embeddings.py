@@ -24,7 +24,7 @@ import torch
 
 from stablekit.errors import StablekitError
 from stablekit.formats.embeddings_a1111 import SUFFIXES, load_embedding
-from stablekit.prompts.embedding_tokens import override_text, override_token
+from stablekit.prompts.embedding_tokens import override_token, spell_embeddings
 
 
 def embedding_files(folder_or_files) -> list[Path]:
@@ -120,14 +120,6 @@ def load_embeddings(components, folder_or_files) -> list[str]:
 def expand_embeddings(prompt: str, tokenizer) -> str:
     """The prompt as a tokenizer must read it to use the loaded embeddings: a NAME that overrides a
     vocabulary word written as its private token, and each multi-vector embedding NAME as
-    "NAME NAME_1 ... NAME_{n-1}"."""
-    prompt = override_text(prompt, tokenizer)
-    added = tokenizer.get_added_vocab()
-    for token in sorted(set(tokenizer.tokenize(prompt)) & set(added), key=len, reverse=True):
-        extra, i = [], 1
-        while f"{token}_{i}" in added:
-            extra.append(f"{token}_{i}")
-            i += 1
-        if extra:
-            prompt = prompt.replace(token, " ".join([token, *extra]))
-    return prompt
+    "NAME NAME_1 ... NAME_{n-1}" (prompts/embedding_tokens.spell_embeddings, the spelling the prompt
+    encoder and training use; text already spelled out stays as it is)."""
+    return spell_embeddings(prompt, tokenizer)

@@ -202,14 +202,3 @@ def move_into_place(tmp_dir: Path, out: Path) -> list[Path]:
         moved.append(dest)
     shutil.rmtree(tmp_dir, ignore_errors=True)
     return moved
-
-
-def token_expander(strategy) -> Callable[[str], str] | None:
-    """Textual inversion with several vectors: "<tok>" -> "<tok> <tok>_1 ..." in eval prompts, as in training."""
-    token, vectors = getattr(strategy, "token", None), getattr(strategy, "vectors", 1)
-    if not token or vectors <= 1:
-        return None
-    from stablekit.train.strategies.textual_inversion import placeholder_tokens
-
-    expanded = " ".join(placeholder_tokens(token, vectors))
-    return lambda prompt: prompt.replace(token, expanded)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 OVERRIDE = "</embedding>"  # suffix of the private tokens of an embedding named after a vocabulary word
 
 
@@ -71,6 +73,22 @@ def override_ids(token_lists: list[list[int]], tokenizer) -> list[list[int]]:
     return out
 
 
+def embedding_spellings(tokenizer) -> dict[str, list[str]]:
+    """{first token: [first token, NAME_1, ..., NAME_{n-1}]} for every loaded multi-vector embedding:
+    the one definition of how an embedding is spelled in tokens (diffusers' naming, as textual
+    inversion training adds them). A one-vector embedding is its first token alone and is not listed."""
+    added = tokenizer.get_added_vocab()
+    out = {}
+    for token in added:
+        i, extra = 1, []
+        while f"{token}_{i}" in added:
+            extra.append(f"{token}_{i}")
+            i += 1
+        if extra:
+            out[token] = [token, *extra]
+    return out
+
+
 def expand_embedding_ids(token_lists: list[list[int]], tokenizer) -> list[list[int]]:
     """The ids a prompt is encoded with: overriding names replaced (`override_ids`), then each
     multi-vector embedding's first token followed by its others (NAME, NAME_1, ..., NAME_{n-1}, as
@@ -78,15 +96,8 @@ def expand_embedding_ids(token_lists: list[list[int]], tokenizer) -> list[list[i
     A NAME already followed by all its other tokens (text from `adapters.expand_embeddings`, or a
     training caption spelled out) is left as it is, so spelling it out never adds vectors."""
     token_lists = override_ids(token_lists, tokenizer)
-    added = tokenizer.get_added_vocab()
-    follow = {}
-    for token, token_id in added.items():
-        i, extra = 1, []
-        while f"{token}_{i}" in added:
-            extra.append(added[f"{token}_{i}"])
-            i += 1
-        if extra:
-            follow[token_id] = extra
+    follow = {tokenizer.convert_tokens_to_ids(first): tokenizer.convert_tokens_to_ids(spelled[1:])
+              for first, spelled in embedding_spellings(tokenizer).items()}
     if not follow:
         return token_lists
     out = []
@@ -97,6 +108,52 @@ def expand_embedding_ids(token_lists: list[list[int]], tokenizer) -> list[list[i
             result += [token, *(() if ids[i + 1:i + 1 + len(extra)] == extra else extra)]
         out.append(result)
     return out
+
+
+def embedding_ids(texts: list[str], tokenizer) -> list[list[int]]:
+    """Token ids of each text (no BOS/EOS, not truncated) with every loaded embedding spelled once:
+    what the prompt encoder (prompts/encode.py) and textual-inversion training (`caption_ids`) both
+    read, so a caption and a prompt with the same text give the same ids."""
+    ids = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    return expand_embedding_ids(ids, tokenizer)
+
+
+def caption_ids(texts: list[str], tokenizer, max_length: int | None = None) -> torch.Tensor:
+    """[B, max_length] ids of training captions: `embedding_ids`, cut to max_length - 2, framed as
+    BOS ... EOS and padded with the tokenizer's pad token (EOS without one). For text without
+    embeddings this is exactly `tokenizer(texts, padding="max_length", truncation=True)` (tested)."""
+    max_length = int(max_length or tokenizer.model_max_length)
+    pad = tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+    rows = []
+    for ids in embedding_ids(texts, tokenizer):
+        row = [tokenizer.bos_token_id, *ids[:max_length - 2], tokenizer.eos_token_id]
+        rows.append(row + [pad] * (max_length - len(row)))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def embedding_token_spelling(text: str, tokenizer) -> list[str]:
+    """The embedding tokens `text` is read with, in order (e.g. ["<h>", "<h>_1", ...]): a record of
+    how a prompt spelled its embeddings (benchmarks write it beside their figures)."""
+    added = set(tokenizer.get_added_vocab()) - set(tokenizer.all_special_tokens)
+    tokens = tokenizer.convert_ids_to_tokens(embedding_ids([text], tokenizer)[0])
+    return [t for t in tokens if t in added]
+
+
+def spell_embeddings(prompt: str, tokenizer) -> str:
+    """The prompt as text a tokenizer reads with the loaded embeddings: an overriding NAME written as
+    its private token (`override_text`), each multi-vector NAME as "NAME NAME_1 ... NAME_{n-1}"
+    (`embedding_spellings`). A NAME already spelled out is left as it is, and NAME_1 is not read as
+    NAME, so spelling twice changes nothing (tokenizing the result gives `embedding_ids`' ids)."""
+    prompt = override_text(prompt, tokenizer)
+    spellings = embedding_spellings(tokenizer)
+    if not spellings:
+        return prompt
+    firsts = sorted(spellings, key=len, reverse=True)  # one pass, longest name first: no rescans
+    runs = "|".join(re.escape(f) + "(?:" + "".join(rf"\s+{re.escape(t)}" for t in spellings[f][1:]) + ")?"
+                    for f in firsts)
+    lookup = {f: " ".join(spellings[f]) for f in firsts}
+    return re.sub(rf"(?:{runs})(?!_\d)", lambda m: lookup[next(f for f in firsts if m.group(0).startswith(f))],
+                  prompt)
 
 
 def embedding_names(text: str, tokenizer) -> list[str]:

@@ -24,7 +24,7 @@ import torch
 from stablekit.errors import StablekitError
 from stablekit.prompts.chunks import CHUNK_LENGTH, Chunk, frame_chunk, split_chunks
 from stablekit.prompts.conditioning import Conditioning
-from stablekit.prompts.embedding_tokens import expand_embedding_ids
+from stablekit.prompts.embedding_tokens import embedding_ids
 from stablekit.prompts.parse import ParsedPrompt, parse_prompt_attention
 from stablekit.prompts.schedule import prompt_schedule
 
@@ -133,8 +133,7 @@ class PromptEncoder:
         tok = self.encoders[0].tokenizer
 
         def tokenize(texts: list[str]) -> list[list[int]]:
-            ids = tok(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-            return expand_embedding_ids(ids, tok)
+            return embedding_ids(texts, tok)  # embeddings spelled as training spells its captions
 
         return split_chunks(parse_prompt_attention(text), tokenize, self._comma_id, self.chunk_length)
 

@@ -76,8 +76,8 @@ def with_eval(method: str, s, tc, strategy, components, record: dict, hooks=None
     from stablekit.train.loop import TrainHooks
 
     settings = in_training.settings_from(tc)
-    evaluation = in_training.build_evaluation(settings, shapes=components.arch == "shapes",
-                                              prompt_hook=in_training.token_expander(strategy))
+    # a textual-inversion token is used by its name: the prompt encoder spells it as training did
+    evaluation = in_training.build_evaluation(settings, shapes=components.arch == "shapes")
     save_best = None
     if settings.keep_best:
         def save_best():

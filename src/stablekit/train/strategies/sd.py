@@ -19,6 +19,7 @@ import torch
 
 from stablekit.components import Components
 from stablekit.generate.denoiser import alphas_cumprod_from_config
+from stablekit.prompts.embedding_tokens import caption_ids
 from stablekit.train.strategies.diffusion import diffusion_loss
 
 
@@ -164,8 +165,8 @@ class SDStrategy:
 
 def _encode(model, tokenizer, captions: list[str], layer: str, pooled: bool = False):
     device = next(model.parameters()).device
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids.to(device)
+    # embeddings (textual inversion's new tokens) spelled by the prompt encoder's own function
+    ids = caption_ids(captions, tokenizer).to(device)
     out = model(input_ids=ids, output_hidden_states=layer == "penultimate")
     hidden = out.hidden_states[-2] if layer == "penultimate" else out.last_hidden_state
     # a text encoder read into bf16 (train/precision.py) gives fp32 states all the same (no-op in fp32)

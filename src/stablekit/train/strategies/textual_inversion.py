@@ -1,8 +1,11 @@
 """Textual inversion (Gal et al. 2022): a new word whose embedding vectors are the only thing that trains.
 
 The placeholder token becomes `vectors` new tokens ("<tok>", "<tok>_1", ...; diffusers' naming)
-in the tokenizer(s), and each caption's "<tok>" is expanded to all of them (as A1111 expands an
-embedding's name into its vectors). The embedding matrix itself stays frozen: a forward hook on
+in the tokenizer(s). Captions keep the name "<tok>" (a caption without it gets it in front); the
+caption ids come from prompts/embedding_tokens.caption_ids, which spells the name into all its
+tokens with the function the prompt encoder uses at generation, so training and inference read the
+same ids (as A1111 expands an embedding's name into its vectors; a caption already spelled out
+"<tok> <tok>_1 ..." is not spelled again). The embedding matrix itself stays frozen: a forward hook on
 the token-embedding layer substitutes the trainable vectors for the new ids, so no optimizer,
 weight decay or mixed-precision cast can touch another row (the Keras tutorial and diffusers'
 script restore the other rows after each step instead). The new rows are written into the matrix
@@ -14,7 +17,6 @@ random with the placeholder in it ("a photo of a <tok>"), as those scripts do.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -141,10 +143,8 @@ class TextualInversionStrategy(SDStrategy):
             if tok2 is c.tokenizer:
                 raise StablekitError("SDXL textual inversion needs a tokenizer per text encoder")
             self.parts["clip_g"] = _Vectors(c.text_encoder_2, tok2, tokens, self.init_word)
-        expanded = " ".join(tokens)
-        pattern = re.compile(re.escape(self.token))
-        self.caption_hook = lambda caption: (pattern.sub(expanded, caption) if self.token in caption
-                                             else f"{expanded} {caption}".strip())
+        token = self.token  # the name only: caption_ids (train/strategies/sd.py) spells it into its tokens
+        self.caption_hook = lambda caption: caption if token in caption else f"{token} {caption}".strip()
 
     def loss(self, batch: dict, rng):
         captions = template_captions(batch["captions"], self.templates, self.token, rng)
