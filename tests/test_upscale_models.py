@@ -295,3 +295,16 @@ def test_a1111_upscalers_list_the_env_dir(tmp_path, monkeypatch):
     items = listings.upscalers()
     assert [u["name"] for u in items] == ["None", "Lanczos", "Nearest", "4x-Foo", "R-ESRGAN 2x+"]
     assert items[-1]["model_path"] == str(tmp_path / "RealESRGAN_x2plus.pth") and items[-1]["scale"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make, layout", [(lambda: RRDBNet(3, 3, 64, 23, 32, 2), _old_esrgan),  # ESRGAN_4x
+                                          (lambda: RRDBNet(3, 3, 64, 23, 32, 2, shuffle=2), None),  # x2plus
+                                          (lambda: CompactNet(3, 3, 64, 32, 4), None)])  # general-x4v3
+def test_full_size_models_run_as_spandrel_runs_them(tmp_path, spandrel, make, layout):
+    state = _random(make())
+    path = _save(tmp_path / "full.pth", layout(state) if layout else state, None if layout else "params_ema")
+    ours, theirs = build(read_upscaler(path), path), spandrel.ModelLoader().load_from_file(str(path)).model
+    x = torch.rand(1, 3, 24, 20, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-5, rtol=0)
