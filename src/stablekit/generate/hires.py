@@ -118,7 +118,7 @@ class HiresFix:
         try:
             return cls(scale=float(fields["Hires upscale"]), steps=int(float(fields.get("Hires steps", 0))),
                        denoise=float(fields.get("Denoising strength", 0.7)),
-                       upscaler=str(fields.get("Hires upscaler", "Latent")))._checked()
+                       upscaler=_a1111_none(str(fields.get("Hires upscaler", "Latent"))))._checked()
         except ValueError as exc:
             raise StablekitError(f"the PNG's hires fix fields are not numbers: {exc}") from None
 
@@ -128,6 +128,11 @@ class HiresFix:
             return None
         keys = ("scale", "steps", "denoise", "upscaler", "upscaler_path")
         return cls(**{k: record[k] for k in keys if k in record})._checked()
+
+
+def _a1111_none(name: str) -> str:
+    """A1111's upscaler "None" resizes with Lanczos (images.resize_image)."""
+    return "Lanczos" if name.strip() == "None" else name
 
 
 def upscale_latents(latents: Tensor, width: int, height: int, upscaler: str, factor: int = 8) -> Tensor:

@@ -97,7 +97,8 @@ class RRDBNet(nn.Module):
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
         for i in range(self.upsamples):
-            feat = F.leaky_relu(getattr(self, f"conv_up{i + 1}")(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
+            up = F.interpolate(feat, scale_factor=2, mode="nearest")
+            feat = F.leaky_relu(getattr(self, f"conv_up{i + 1}")(up), 0.2)
         out = self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2))
         return out[..., :h * self.scale, :w * self.scale] if self.shuffle > 1 else out
 
