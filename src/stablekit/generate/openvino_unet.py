@@ -284,7 +284,10 @@ def install(unet, precision: str = "f32", cache_dir: Path | None = None, trace_f
     if isinstance(current, TracedForward):
         del unet.forward
     fwd = OpenVINOForward(unet, precision, cache_dir, trace_fallback)
-    fwd.cache_dir = cache_root().parent / "traces" if cache_dir is not None else None  # torch traces, as the default path
+    fwd.cache_dir = Path(cache_dir).parent / "traces" if cache_dir is not None else None  # torch traces, as the default path
+    # The module as loaded is the reference: processors replaced later (PAG) send calls to torch. (A
+    # TracedForward takes it at its first call and traces whatever processors are set then.)
+    fwd.reference = fwd._snapshot()
     unet.forward = fwd
     return fwd
 
