@@ -228,3 +228,14 @@ def test_cli_backend_flag(monkeypatch, tmp_path):
     assert asked and (tmp_path / "a.png").exists()  # the OpenVINO forward was asked; the stub sent it to torch
     assert main(["generate", "a red circle", "--backend", "onnx", "--out", str(tmp_path / "b.png")]) == 2
     assert main(["generate", "a red circle", "--backend", "openvino", "--compile", "--out", str(tmp_path / "c.png")]) == 2
+
+
+def test_cache_keeps_the_newest_entries(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("STABLEKIT_OPENVINO_CACHE_ENTRIES", "2")
+    for i in range(4):
+        (tmp_path / f"unet-{i}").mkdir()
+        os.utime(tmp_path / f"unet-{i}", (1000 + i, 1000 + i))
+    openvino_unet._evict(tmp_path, keep=tmp_path / "unet-0")  # the one just written stays whatever its age
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet-0", "unet-2", "unet-3"]
