@@ -11,7 +11,9 @@ machine hit all alike; the table gives medians, the ratio to diffusers and PSNR 
 image. Configurations: diffusers (fp32 defaults), diffusers-tuned (bf16 + channels_last),
 stablekit (the default: `stablekit.load(path)`), stablekit-eager (the default without the UNet
 trace), stablekit-fp32, stablekit-compile, and the lossy accelerators stablekit-deepcache-N,
-stablekit-tome-R, stablekit-tiny-vae=PATH. Peer rows: diffusers-openvino and diffusers-openvino-bf16
+stablekit-tome-R, stablekit-tiny-vae=PATH; stablekit's OpenVINO backend (generate/openvino_unet.py):
+stablekit-openvino (dtype auto: bf16 where OpenVINO has bf16 kernels, else f32), stablekit-openvino-f32,
+stablekit-openvino-bf16 (its first image converts, or loads the model cached by an earlier run). Peer rows: diffusers-openvino and diffusers-openvino-bf16
 are diffusers' pipeline with its UNet replaced by OpenVINO's own compile of the same module
 (`openvino.convert_model`, 1 inference thread, precision hint f32 / bf16): optimum-intel does not
 install beside this stack (docs/reports/speed.md), the bare `openvino` wheel does; give its folder
@@ -95,9 +97,10 @@ def _stablekit(model, config: str, steps: int):
     env = {"STABLEKIT_TRACE": "0"} if config == "stablekit-eager" else {}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    backend = "openvino" if config.startswith("stablekit-openvino") else "torch"
+    dtype = {"stablekit-fp32": "fp32", "stablekit-openvino-f32": "fp32", "stablekit-openvino-bf16": "bf16"}.get(config, "auto")
     try:
-        pipe = stablekit.load(model, progress=False, dtype="fp32" if config == "stablekit-fp32" else "auto",
-                              compile=config == "stablekit-compile")
+        pipe = stablekit.load(model, progress=False, dtype=dtype, compile=config == "stablekit-compile", backend=backend)
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -113,6 +116,12 @@ def _stablekit(model, config: str, steps: int):
     def image():
         return pipe.generate(PROMPT, **settings)[0]
 
+    if backend == "openvino":  # converts (or loads the cached model) at the first image
+        from stablekit.generate.openvino_unet import installed
+
+        fwd = installed(pipe.components.unet)
+        return image, lambda: (f"{pipe.acceleration.describe()}; OpenVINO convert/load + compile {fwd.convert_seconds:.1f} s "
+                               f"(converted {fwd.stats['converted']}, loaded from cache {fwd.stats['loaded']})"), pipe
     return image, pipe.acceleration.describe(), pipe
 
 

@@ -88,6 +88,10 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the UNet and VAE decoder: faster steps after a slow first compile "
                         "(default --no-compile)")
+    p.add_argument("--backend", choices=("torch", "openvino"), default="torch",
+                   help="what runs the UNet: torch (default) or openvino (compiled for the CPU, cached; needs "
+                        "pip install openvino==2026.4.1; --dtype then picks its precision: auto = bf16 where the CPU "
+                        "has bf16 kernels, else f32; ControlNet, SDXL, FreeU, PAG, ToMe, DeepCache run on torch)")
     p.add_argument("--trace", action=argparse.BooleanOptionalAction, default=None, help="UNet calls through "
                    "per-shape TorchScript traces (bit-exact, cached; default: on for small UNets on the CPU)")
     p.add_argument("--deepcache", type=int, default=None, metavar="N", help="lossy, opt-in: DeepCache, the full UNet "
@@ -232,6 +236,11 @@ def _set_trace(pipe, trace: bool | None) -> None:
 
     if trace is None or pipe.acceleration is None:
         return
+    from stablekit.generate.openvino_unet import installed
+
+    if installed(pipe.components.unet) is not None:  # OpenVINO's torch fallbacks: traced or eager
+        installed(pipe.components.unet).trace_fallback = pipe.acceleration.trace = trace
+        return
     if trace:
         traced.install(pipe.components.unet, cache_file().parent / "traces")
     else:
@@ -273,7 +282,7 @@ def run(args) -> int:
     if model is None and replay.model.get("source") and Path(replay.model["source"]).exists():
         model = replay.model["source"]
     pipe = stablekit.load(model, device=args.device, dtype=args.dtype, arch=args.arch, allow_pickle=args.allow_pickle,
-                          progress=not args.no_progress, compile=args.compile)
+                          progress=not args.no_progress, compile=args.compile, backend=args.backend)
     _set_trace(pipe, args.trace)
     if args.cfg is None and not args.from_png and "cfg" in pipe.model_defaults:
         params.cfg = pipe.model_defaults["cfg"]  # the model's own default when the user gives none

@@ -49,7 +49,8 @@ def run_prompts(args) -> int:
 
     def load():
         return stablekit.load(args.model, device=args.device, dtype=args.dtype, arch=args.arch,
-                              allow_pickle=args.allow_pickle, progress=not args.no_progress, compile=args.compile)
+                              allow_pickle=args.allow_pickle, progress=not args.no_progress, compile=args.compile,
+                              backend=getattr(args, "backend", "torch"))
 
     # Process 0 loads first, so its measured dtype/layout verdict (generate/acceleration.py, cached per
     # machine) is the one every process reads: processes probing at once under load could disagree and
