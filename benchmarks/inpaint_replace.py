@@ -167,6 +167,9 @@ def main() -> None:
     ap.add_argument("--only-masked", type=int, nargs="*", default=None, metavar="PADDING",
                     help="also run A1111's 'Inpaint area: Only masked' at each of these paddings (pixels): the "
                          "plain model (masked content = the first of --fills) and every --inpaint-variants run")
+    ap.add_argument("--no-whole-picture", action="store_true",
+                    help="leave out the whole-picture rows of the 9-channel variants (only their --only-masked rows): "
+                         "to split one measurement across processes")
     ap.add_argument("--name-position", action="store_true",
                     help="name the object's place in the prompt as the training captions do ('... at the top on a')")
     ap.add_argument("--ideal", action="store_true",
@@ -214,7 +217,8 @@ def main() -> None:
         model = load_inpainting(args.inpaint_model, args.model)
         for variant in args.inpaint_variants:
             options = {"noise_mask": variant == "noise-mask", "mask_blur": args.mask_blur}
-            report(f"inpainting model (9-channel), {variant}", *run_variant(model, options, items, judge))
+            if not args.no_whole_picture:
+                report(f"inpainting model (9-channel), {variant}", *run_variant(model, options, items, judge))
             for padding in args.only_masked or ():
                 report(f"inpainting model (9-channel), {variant}, only masked, padding {padding}",
                        *run_variant(model, {**options, "only_masked": True, "padding": padding}, items, judge))

@@ -98,12 +98,14 @@ def test_unet_only_and_refiner_files(tmp_path):
     assert "refiner" in load_error(refiner)
 
 
-def test_inpainting_unet_refused(sd1_file, tmp_path):
+@pytest.mark.parametrize("channels, kind", [(8, "instruct-pix2pix"), (5, "depth"), (7, "not a model kind")])
+def test_unet_input_channels_other_than_4_or_9_refused(sd1_file, tmp_path, channels, kind):
     tensors, _ = tensors_and_metadata(sd1_file)
-    tensors["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, 9, 3, 3)
-    path = tmp_path / "inpaint.safetensors"
+    tensors["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, channels, 3, 3)
+    path = tmp_path / "pix2pix.safetensors"
     save_file(tensors, str(path))  # no stablekit record: detection runs
-    assert "9 input channels" in load_error(path)
+    message = load_error(path)
+    assert f"{channels} input channels" in message and kind in message and "inpainting (9" in message
 
 
 def test_missing_keys_are_counted_and_named(sd1_file, tmp_path):

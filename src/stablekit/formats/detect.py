@@ -7,8 +7,10 @@ Rules, in order (prefixes as written by the original CompVis / Stability code):
       `v_pred` key is present, else by ComfyUI's test: the std of
       output_blocks.11.1.transformer_blocks.0.norm1.bias is above 0.09 in v-models
   cond_stage_model.transformer.*           -> sd1 (OpenAI CLIP ViT-L)
-A UNet whose first convolution does not take 4 channels (inpainting 9, instruct-pix2pix 8) is
-refused. 512 vs 768 cannot be told from weights: "sd2" is 2.x-base (512, epsilon), "sd2-v" is
+The UNet's first convolution gives the model kind: 4 input channels is text-to-image, 9 an
+inpainting model (latents + mask + masked-image latents: runwayml's SD 1.5, SD 2 and SDXL
+inpainting), loaded with the same config and in_channels = 9; any other count (instruct-pix2pix's
+8, a depth model's 5) is refused. 512 vs 768 cannot be told from weights: "sd2" is 2.x-base (512, epsilon), "sd2-v" is
 2.x (768, v); override with arch= / prediction_type=.
 """
 from __future__ import annotations
@@ -18,6 +20,9 @@ import torch
 from stablekit.errors import StablekitError
 
 _V_PROBE = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+FIRST_CONV = "model.diffusion_model.input_blocks.0.0.weight"
+INPAINT_CHANNELS = 9  # as generate/inpaint_unet.py (not imported: formats/ stays below generate/)
+KNOWN_CHANNELS = {8: "an instruct-pix2pix model", 5: "a depth-conditioned model (SD 2 depth)"}
 
 
 def _has_prefix(keys, prefix: str) -> bool:
@@ -28,17 +33,26 @@ def detect_arch(weights) -> tuple[str, str | None]:
     """(arch, prediction_type or None) of an LDM file; one-line StablekitError if unknown."""
     keys = weights.keys()
     family = detect_family(weights.path, keys)
-    first_conv = "model.diffusion_model.input_blocks.0.0.weight"
-    if first_conv in weights and len(weights.shape(first_conv)) == 4 and weights.shape(first_conv)[1] != 4:
-        channels = weights.shape(first_conv)[1]
-        raise StablekitError(
-            f"{weights.path}: the UNet takes {channels} input channels (an inpainting or instruct-pix2pix "
-            "model); only text-to-image checkpoints (4 channels) are supported")
+    unet_in_channels(weights)  # 4 or 9, else refused before anything is read
     if family == "sdxl":
         return "sdxl", "v_prediction" if "v_pred" in weights else None
     if family == "sd2":
         return ("sd2-v", None) if is_v_model(weights) else ("sd2", None)
     return "sd1", "v_prediction" if "v_pred" in weights else None
+
+
+def unet_in_channels(weights) -> int:
+    """The UNet's input channels from its first convolution: 4 (text-to-image) or 9 (inpainting);
+    a file without that tensor counts as 4 (the key check names what is missing). Others: one line."""
+    if FIRST_CONV not in weights or len(weights.shape(FIRST_CONV)) != 4:
+        return 4
+    channels = int(weights.shape(FIRST_CONV)[1])
+    if channels not in (4, INPAINT_CHANNELS):
+        kind = KNOWN_CHANNELS.get(channels, "not a model kind stablekit knows")
+        raise StablekitError(
+            f"{weights.path}: the UNet takes {channels} input channels ({kind}); stablekit loads text-to-image "
+            f"(4 channels) and inpainting (9 channels) checkpoints")
+    return channels
 
 
 def detect_family(path, keys) -> str:

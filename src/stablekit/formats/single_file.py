@@ -17,7 +17,7 @@ from stablekit.errors import StablekitError
 from stablekit.formats import ldm
 from stablekit.formats.archs import ARCHS, module_configs, shipped_configs, tokenizers_for
 from stablekit.formats.assemble import ComponentDtypes, empty_modules, fill, make_components, set_prediction_type
-from stablekit.formats.detect import detect_arch
+from stablekit.formats.detect import detect_arch, unet_in_channels
 from stablekit.formats.hashes import a1111_legacy_hash
 from stablekit.formats.model_defaults import read_defaults
 from stablekit.formats.weights import cast, open_weights, write_safetensors
@@ -53,6 +53,9 @@ def resolve(weights, arch: str | None, prediction_type: str | None) -> tuple[str
         elif arch not in ARCHS:
             raise StablekitError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHS)}")
         configs = shipped_configs(arch)
+        channels = unet_in_channels(weights)
+        if channels != configs["unet"]["in_channels"]:  # an inpainting model: its UNet takes 9 channels
+            configs["unet"] = dict(configs["unet"], in_channels=channels)
         layout = ldm.layout_for(arch, configs)
         prediction_type = prediction_type or detected_prediction
     return arch, layout, set_prediction_type(configs, prediction_type)
