@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=7860, metavar="N", help="port to listen on (default 7860)")
     _common(p)
     p.add_argument("--models-dir", default=None, metavar="DIR",
-                   help="folder with checkpoints/ (and loras/, vae/, controlnet/); the embedded model is always offered")
+                   help="folder with checkpoints/ (and loras/, vae/, controlnet/; upscalers in ESRGAN/, RealESRGAN/, "
+                        "upscale_models/); the embedded model is always offered")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help="require this key on every route: 'Authorization: Bearer KEY', 'X-API-Key: KEY' or ?token=KEY")
     p.add_argument("--api-auth", default=None, metavar="USER:PASS",

@@ -41,9 +41,10 @@ def builtin_name(name: str) -> str | None:
     return None
 
 
-def resolve_upscaler(name: str, path: str | None = None, dirs=()) -> tuple[str, str | None]:
+def resolve_upscaler(name: str, path: str | None = None, dirs=(), paths: bool = True) -> tuple[str, str | None]:
     """(A1111 name, model file or None) of a hires upscaler: a built-in, a model path, or a model's
-    name found in the upscaler dirs (generate/upscale_models.py); unknown names are one line."""
+    name found in the upscaler dirs (generate/upscale_models.py); unknown names are one line.
+    paths=False: a model only by its name in the dirs (servers)."""
     from stablekit.generate.upscale_models import a1111_name, lookup_upscaler, search_note
 
     known = builtin_name(name)
@@ -51,10 +52,11 @@ def resolve_upscaler(name: str, path: str | None = None, dirs=()) -> tuple[str, 
         return known, None
     if path is not None and Path(path).is_file():  # a replayed record's own file
         return a1111_name(path), str(path)
-    found = lookup_upscaler(name, dirs)
+    found = lookup_upscaler(name, dirs, paths=paths)
     if found is None:
+        hint = "; or give a path to an ESRGAN-family .pth/.safetensors file" if paths else ""
         raise StablekitError(f"unknown hires upscaler {name!r}; use one of: {', '.join(UPSCALERS)}, or a model "
-                             f"({search_note(dirs)}; or give a path to an ESRGAN-family .pth/.safetensors file)")
+                             f"({search_note(dirs)}{hint})")
     return a1111_name(found), str(found)
 
 
@@ -72,11 +74,11 @@ class HiresFix:
     upscaler_path: str | None = None
     upscaler_dirs: tuple = ()
 
-    def validate(self) -> "HiresFix":
+    def validate(self, paths: bool = True) -> "HiresFix":
         """A copy with the canonical upscaler name and its model file found; bad numbers and unknown
-        upscalers are one-line errors."""
+        upscalers are one-line errors. paths=False: a model only by its name in the dirs (servers)."""
         checked = self._checked()
-        name, path = resolve_upscaler(checked.upscaler, checked.upscaler_path, checked.upscaler_dirs)
+        name, path = resolve_upscaler(checked.upscaler, checked.upscaler_path, checked.upscaler_dirs, paths)
         return replace(checked, upscaler=name, upscaler_path=path)
 
     def _checked(self) -> "HiresFix":

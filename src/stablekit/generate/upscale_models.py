@@ -24,12 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
+from torch import Tensor, nn
 
 from stablekit.errors import StablekitError
 from stablekit.formats.upscalers import SUFFIXES, UpscalerSpec, read_upscaler
 
 ENV_DIR = "STABLEKIT_UPSCALER_DIR"
+# the folders under a server's --models-dir that hold upscalers: A1111's models/ESRGAN and
+# models/RealESRGAN (modules/esrgan_model.py, realesrgan_model.py), ComfyUI's models/upscale_models
+MODELS_SUBDIRS = ("ESRGAN", "RealESRGAN", "upscale_models")
 # A1111's labels for Real-ESRGAN's and ESRGAN's released models -> the file stems they are saved as
 ALIASES = {
     "R-ESRGAN 4x+": ("RealESRGAN_x4plus",),
@@ -157,6 +160,11 @@ def upscaler_dirs(dirs=()) -> list[Path]:
     return found
 
 
+def models_dir_upscalers(models_dir) -> list[Path]:
+    """A models folder's upscaler subfolders (MODELS_SUBDIRS), in that order; none for None."""
+    return [Path(models_dir) / sub for sub in MODELS_SUBDIRS] if models_dir is not None else []
+
+
 def a1111_name(path) -> str:
     """The name A1111 shows and writes for a model file: its label for Real-ESRGAN's and ESRGAN's
     released files, else the file stem."""
@@ -179,11 +187,12 @@ def list_upscalers(dirs=()) -> list[tuple[str, Path]]:
     return sorted(found.items(), key=lambda item: item[0].lower())
 
 
-def lookup_upscaler(name_or_path, dirs=()) -> Path | None:
+def lookup_upscaler(name_or_path, dirs=(), paths: bool = True) -> Path | None:
     """A model file by path, by A1111 label ("R-ESRGAN 4x+") or by file stem ("4x-UltraSharp"), in
-    any case, searched in the upscaler dirs; None when there is none."""
+    any case, searched in the upscaler dirs; None when there is none. paths=False: names only (a
+    server's clients name a model in its folders, never a file on its disk)."""
     given = Path(str(name_or_path)).expanduser()
-    if given.is_file():
+    if paths and given.is_file():
         return given
     wanted = str(name_or_path).strip().lower()
     for name, path in list_upscalers(dirs):
@@ -196,7 +205,8 @@ def search_note(dirs=()) -> str:
     """Where models were looked for and what was found there, for one-line errors."""
     searched = [str(d) for d in upscaler_dirs(dirs)]
     if not searched:
-        return f"no upscaler dir given: --upscaler-dir DIR or ${ENV_DIR}"
+        return (f"no upscaler dir given: --upscaler-dir DIR or ${ENV_DIR} (stablekit serve: --models-dir with "
+                f"{', '.join(d + '/' for d in MODELS_SUBDIRS)})")
     found = [name for name, _ in list_upscalers(dirs)]
     return f"found in {', '.join(searched)}: {', '.join(found) or 'no .pth/.safetensors files'}"
 
@@ -238,3 +248,41 @@ def upscale_with_model(model: nn.Module, image: Image.Image, width: int, height:
     if image.size != (width, height):
         image = image.resize((width, height), Image.LANCZOS)
     return image
+
+
+def _comfy_pad(model: nn.Module, x: Tensor) -> Tensor:
+    """spandrel's size requirements for the two architectures (ESRGAN: at least 2 px, a multiple of 4
+    with pixel-unshuffle; Compact: none), padded as its pad_tensor: reflect, then replicate."""
+    if not isinstance(model, RRDBNet):
+        return x
+    multiple = 4 if model.shuffle > 1 else 1
+    h, w = x.shape[-2:]
+    pad_h, pad_w = (-(-max(2, size) // multiple) * multiple - size for size in (h, w))
+    reflect_w, reflect_h = min(pad_w, w - 1), min(pad_h, h - 1)
+    if reflect_w or reflect_h:
+        x = F.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect")
+    if pad_w - reflect_w or pad_h - reflect_h:
+        x = F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
+    return x
+
+
+def upscale_tensor(model: nn.Module, images: Tensor) -> Tensor:
+    """An IMAGE [B, H, W, C] of floats in [0, 1] upscaled by the model's scale, as ComfyUI's
+    ImageUpscaleWithModel (comfy_extras/nodes_upscale_model.py) runs a spandrel model: the RGB
+    floats as they are (A1111's run_model feeds 8-bit BGR instead), one pass per image, padded as
+    spandrel's ImageModelDescriptor pads and cropped back, clamped to [0, 1]; a 4th (alpha) channel is
+    resized bilinearly. ComfyUI splits images larger than 512 px into 512 px tiles with 32 px of
+    feathered overlap; stablekit runs the whole image, the same model without seams."""
+    param = next(model.parameters())
+    out = []
+    for image in images[..., :3].movedim(-1, 1):
+        x = image[None].to(param.device, param.dtype)
+        h, w = x.shape[-2:]
+        with torch.inference_mode():
+            y = model(_comfy_pad(model, x)).clamp(0, 1)[..., :h * model.scale, :w * model.scale]
+        out.append(y.float().cpu())
+    upscaled = torch.cat(out).movedim(1, -1)
+    if images.shape[-1] == 4:
+        alpha = F.interpolate(images[..., 3:4].movedim(-1, 1).float(), size=upscaled.shape[1:3], mode="bilinear")
+        upscaled = torch.cat((upscaled, alpha.movedim(1, -1)), dim=-1)
+    return upscaled

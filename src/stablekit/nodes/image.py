@@ -1,5 +1,5 @@
-"""Image nodes: LoadImage, LoadImageMask, ImageScale, ImageScaleBy, SaveImage, PreviewImage
-(ComfyUI names, inputs, outputs and file naming).
+"""Image nodes: LoadImage, LoadImageMask, ImageScale, ImageScaleBy, ImageUpscaleWithModel, SaveImage,
+PreviewImage (ComfyUI names, inputs, outputs and file naming).
 
 IMAGE is [B, H, W, C] float32 in [0, 1] and MASK [B, H, W] (ComfyUI's layouts). Saved PNGs carry
 ComfyUI's "prompt" and "workflow" text chunks (metadata.comfy) and, as ComfyUI, 8-bit values
@@ -128,6 +128,24 @@ class ImageScaleBy:
     def upscale(self, image, upscale_method, scale_by):
         w, h = round(image.shape[2] * scale_by), round(image.shape[1] * scale_by)
         return (upscale(image.movedim(-1, 1), w, h, upscale_method, "disabled").movedim(1, -1),)
+
+
+@register
+class ImageUpscaleWithModel:
+    """The image upscaled by an UPSCALE_MODEL's scale as ComfyUI runs it (upscale_models.upscale_tensor)."""
+
+    @classmethod
+    def INPUT_TYPES(cls, folders=None):
+        return {"required": {"upscale_model": ("UPSCALE_MODEL",), "image": ("IMAGE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+    CATEGORY = "image/upscaling"
+
+    def upscale(self, upscale_model, image):
+        from stablekit.generate.upscale_models import upscale_tensor
+
+        return (upscale_tensor(upscale_model, image),)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

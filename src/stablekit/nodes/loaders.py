@@ -1,6 +1,7 @@
-"""Loader nodes: CheckpointLoaderSimple, VAELoader, LoraLoader, ControlNetLoader (ComfyUI names).
+"""Loader nodes: CheckpointLoaderSimple, VAELoader, LoraLoader, ControlNetLoader, UpscaleModelLoader
+(ComfyUI names).
 
-Files come from the engine's Folders (models/checkpoints, loras, vae, controlnet); the embedded
+Files come from the engine's Folders (models/checkpoints, loras, vae, controlnet, upscale_models); the embedded
 shapes model is the checkpoint "shapes.safetensors". Checkpoints load exactly as `stablekit.load`
 loads them (generate/acceleration.py: the dtype and layout measured fastest on this machine, unless
 STABLEKIT_DTYPE says otherwise), so a workflow is as fast as the CLI; stand-alone VAEs stay fp32.
@@ -120,3 +121,27 @@ class ControlNetLoader:
         from stablekit.formats.controlnet import load_controlnet
 
         return (load_controlnet(self.ctx.folders.resolve("controlnet", control_net_name)),)
+
+
+@register
+class UpscaleModelLoader:
+    """An ESRGAN-family upscaler (ESRGAN, Real-ESRGAN, SRVGGNetCompact; generate/upscale_models.py) from
+    models/upscale_models; ComfyUI reads more architectures through spandrel, those are one line here."""
+
+    @classmethod
+    def INPUT_TYPES(cls, folders=None):
+        return {"required": {"model_name": (folders.list("upscale_models") if folders else [],)}}
+
+    RETURN_TYPES = ("UPSCALE_MODEL",)
+    FUNCTION = "load_model"
+    CATEGORY = "loaders"
+
+    @classmethod
+    def IS_CHANGED(cls, folders, model_name=None, **_):
+        return _file_state(folders, "upscale_models", model_name)
+
+    def load_model(self, model_name):
+        from stablekit.devices import resolve_device
+        from stablekit.generate.upscale_models import load_upscaler
+
+        return (load_upscaler(self.ctx.folders.resolve("upscale_models", model_name), resolve_device("auto")),)

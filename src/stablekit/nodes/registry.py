@@ -26,9 +26,10 @@ from stablekit.errors import StablekitError
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 EMBEDDED_CHECKPOINT = "shapes.safetensors"  # the embedded model, always listed as a checkpoint
-# ComfyUI's models/<kind> folders and the files each lists (pickles are never offered).
+# ComfyUI's models/<kind> folders and the files each lists (pickles are never offered, but for
+# upscalers, whose .pth files formats/upscalers.py reads as tensors only).
 MODEL_KINDS = {"checkpoints": (".safetensors",), "loras": (".safetensors",), "vae": (".safetensors",),
-               "controlnet": (".safetensors",)}
+               "controlnet": (".safetensors",), "upscale_models": (".pth", ".pt", ".safetensors")}  # = upscalers.SUFFIXES
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -60,8 +61,8 @@ def load_node_families() -> dict[str, type]:
 class Folders:
     """Where nodes find models and images and write results (ComfyUI's models/, input/, output/, temp/).
 
-    models: a folder with checkpoints/, loras/, vae/, controlnet/ subfolders (files directly in
-    it count as checkpoints too); None: only the embedded model. input: LoadImage's folder.
+    models: a folder with checkpoints/, loras/, vae/, controlnet/, upscale_models/ subfolders (files
+    directly in it count as checkpoints too); None: only the embedded model. input: LoadImage's folder.
     output: SaveImage's folder. temp: PreviewImage's (a fresh temporary folder by default).
     """
 

@@ -3,7 +3,8 @@
 Payload keys are the CLI's flags with underscores (hyphens accepted too): prompt, negative (or
 negative_prompt), steps, cfg, sampler, schedule, seed, width, height, batch_size, batch_count,
 clip_skip, subseed, subseed_strength, init_image, strength, mask, hires_scale, hires_steps,
-hires_denoise, hires_upscaler, lora ([NAME or {"name", "scale"}] from --models-dir/loras), model (a
+hires_denoise, hires_upscaler (a built-in or a model's name in --models-dir's ESRGAN/, RealESRGAN/,
+upscale_models/ or $STABLEKIT_UPSCALER_DIR), lora ([NAME or {"name", "scale"}] from --models-dir/loras), model (a
 listed checkpoint name; never a path), format (png/jpg/webp), grid. init_image and mask are a file
 name in DATA_DIR/input or an image as base64 / data URL (saved under input/jobs/ at submit, so the
 queue row stays small); a mask of another aspect ratio than init_image is refused (the same ratio is
@@ -72,7 +73,7 @@ def check_generate(payload: dict, state) -> dict:
             raise StablekitError("hires_* options need hires_scale (the hires fix's upscale factor)")
         if "init_image" in opts:
             raise StablekitError("the hires fix is for txt2img; leave out hires_* with init_image")
-        _hires(opts, HiresFix)
+        _hires(opts, HiresFix, state)
     if opts.get("format", "png") not in FORMATS:
         raise StablekitError(f"unknown format {opts['format']!r}; use one of {', '.join(FORMATS)}")
     if not isinstance(opts.get("grid", False), bool):
@@ -96,10 +97,11 @@ def _mask_size(opts: dict, state) -> str | None:
     return check_mask_size(safe_path(folder, opts["mask"]), safe_path(folder, opts["init_image"]))
 
 
-def _hires(opts: dict, cls):
+def _hires(opts: dict, cls, state):
+    """The payload's HiresFix; a model upscaler by its name in the server's upscaler dirs, never a path."""
     given = {k[len("hires_"):]: opts[k] for k in ("hires_scale", "hires_steps", "hires_denoise", "hires_upscaler")
              if k in opts}
-    return cls(**given).validate()
+    return cls(**given, upscaler_dirs=state.settings.upscaler_dirs).validate(paths=False)
 
 
 def _loras(opts: dict, state) -> list:
@@ -188,7 +190,7 @@ def run_generate(ctx: JobContext, payload: dict) -> dict:
     prompt = opts.get("prompt", "")
     with state.models.use(opts["model"]) as pipe:
         if "init_image" not in opts:
-            hires = _hires(opts, HiresFix) if "hires_scale" in opts else None
+            hires = _hires(opts, HiresFix, state) if "hires_scale" in opts else None
             images = pipe.generate(prompt, callback=on_step, hires=hires, **settings)
         else:
             init = InitImage.load(safe_path(state.settings.input_dir, opts["init_image"]),

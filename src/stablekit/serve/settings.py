@@ -55,6 +55,14 @@ class ServeSettings:
         return self.data_dir / "user"
 
     @property
+    def upscaler_dirs(self) -> tuple[str, ...]:
+        """Where hires upscaler models are found (before $STABLEKIT_UPSCALER_DIR): --models-dir's
+        ESRGAN/ and RealESRGAN/ (A1111's folders) and upscale_models/ (ComfyUI's)."""
+        from stablekit.generate.upscale_models import models_dir_upscalers
+
+        return tuple(str(d) for d in models_dir_upscalers(self.models_dir))
+
+    @property
     def resolved_queue_url(self) -> str:
         """The queue URL to open: the given one, or SQLite in the data folder."""
         return self.queue_url or f"sqlite:///{(self.data_dir / 'queue.sqlite3').resolve()}"

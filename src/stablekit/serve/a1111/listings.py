@@ -38,17 +38,19 @@ def schedulers() -> list[dict]:
     return items
 
 
-def upscalers() -> list[dict]:
+def upscalers(state=None) -> list[dict]:
     """UpscalerItem for what the hires fix can use in pixel space ("None" resizes with Lanczos), then
-    the ESRGAN-family models in $STABLEKIT_UPSCALER_DIR by the names A1111 gives them (scale as A1111
-    lists it: 2 for R-ESRGAN 2x+, else 4)."""
+    the ESRGAN-family models in --models-dir's ESRGAN/, RealESRGAN/, upscale_models/ and
+    $STABLEKIT_UPSCALER_DIR by the names A1111 gives them (scale as A1111 lists it: 2 for R-ESRGAN 2x+,
+    else 4)."""
     from stablekit.generate.hires import IMAGE_UPSCALERS
     from stablekit.generate.upscale_models import ALIAS_SCALES, list_upscalers
 
     items = [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4.0}
              for name in ("None", *IMAGE_UPSCALERS)]
     return items + [{"name": name, "model_name": None, "model_path": str(path), "model_url": None,
-                     "scale": float(ALIAS_SCALES.get(name, 4))} for name, path in list_upscalers()]
+                     "scale": float(ALIAS_SCALES.get(name, 4))}
+                     for name, path in list_upscalers(state.settings.upscaler_dirs if state is not None else ())]
 
 
 def latent_upscale_modes() -> list[dict]:
@@ -166,5 +168,7 @@ def cmd_flags(state) -> dict:
             "ckpt_dir": str(s.models_dir / "checkpoints") if s.models_dir else None,
             "lora_dir": str(s.models_dir / "loras") if s.models_dir else None,
             "embeddings_dir": str(s.models_dir / "embeddings") if s.models_dir else None,
+            "esrgan_models_path": str(s.models_dir / "ESRGAN") if s.models_dir else None,
+            "realesrgan_models_path": str(s.models_dir / "RealESRGAN") if s.models_dir else None,
             "styles_file": [str(s.data_dir / "styles.csv")], "skip_torch_cuda_test": True, "no_half": True,
             "use_cpu": [], "api_log": False, "disable_safe_unpickle": False}

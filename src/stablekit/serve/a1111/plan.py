@@ -88,7 +88,7 @@ def build(kind: str, req: dict, state, *, decode: bool = True) -> Plan:
     _check_settings(prompt, settings)
     plan = Plan("txt2img", prompt, settings, req["n_iter"], checkpoint, styles=list(req["styles"] or []))
     if kind == "txt2img":
-        plan.hires = _hires(req, width, height)
+        plan.hires = _hires(req, width, height, state.settings.upscaler_dirs)
         return plan
     plan.mode, plan.strength = "img2img", req["denoising_strength"]
     if not 0 <= plan.strength <= 1:
@@ -161,9 +161,10 @@ def _check_settings(prompt: str, settings: dict) -> None:
         raise PayloadError(str(exc)) from None
 
 
-def _hires(req: dict, width: int, height: int):
+def _hires(req: dict, width: int, height: int, dirs=()):
     """HiresFix for enable_hr (None without it). hr_resize_x/y are turned into a scale; a target
-    with another aspect ratio than width:height (A1111 crops for it) is refused."""
+    with another aspect ratio than width:height (A1111 crops for it) is refused. A model upscaler is
+    found by name in `dirs` (the server's upscaler dirs, then $STABLEKIT_UPSCALER_DIR), never by path."""
     if not req["enable_hr"]:
         return None
     from stablekit.generate.hires import HiresFix
@@ -180,7 +181,8 @@ def _hires(req: dict, width: int, height: int):
     upscaler = "Lanczos" if upscaler == "None" else upscaler  # A1111's "None" resizes with Lanczos
     denoise = 0.7 if req["denoising_strength"] is None else req["denoising_strength"]
     try:
-        hires = HiresFix(scale=scale, steps=req["hr_second_pass_steps"], denoise=denoise, upscaler=upscaler).validate()
+        hires = HiresFix(scale=scale, steps=req["hr_second_pass_steps"], denoise=denoise, upscaler=upscaler,
+                         upscaler_dirs=dirs).validate(paths=False)
     except StablekitError as exc:
         raise PayloadError(str(exc)) from None
     target = hires.target(width, height)

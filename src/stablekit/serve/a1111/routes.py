@@ -231,7 +231,7 @@ def _listing(path: str, fn, with_state: bool = True, method: str = "GET"):
 
 for _path, _fn, _with_state in (
     ("samplers", listings.samplers, False), ("schedulers", listings.schedulers, False),
-    ("upscalers", listings.upscalers, False), ("latent-upscale-modes", listings.latent_upscale_modes, False),
+    ("upscalers", listings.upscalers, True), ("latent-upscale-modes", listings.latent_upscale_modes, False),
     ("sd-models", listings.sd_models, True), ("sd-vae", listings.sd_vaes, True), ("loras", listings.loras, True),
     ("embeddings", listings.embeddings, True), ("prompt-styles", listings.prompt_styles, True),
     ("scripts", listings.scripts, False), ("memory", listings.memory, False), ("cmd-flags", listings.cmd_flags, True),

@@ -20,7 +20,8 @@ DISPLAY_NAMES = {
     "EmptyLatentImage": "Empty Latent Image", "LatentUpscale": "Upscale Latent",
     "LatentUpscaleBy": "Upscale Latent By", "SaveImage": "Save Image", "PreviewImage": "Preview Image",
     "LoadImage": "Load Image", "LoadImageMask": "Load Image (as Mask)", "ImageScale": "Upscale Image",
-    "ImageScaleBy": "Upscale Image By",
+    "ImageScaleBy": "Upscale Image By", "UpscaleModelLoader": "Load Upscale Model",
+    "ImageUpscaleWithModel": "Upscale Image (using Model)",
 }
 
 

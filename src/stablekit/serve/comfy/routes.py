@@ -27,7 +27,7 @@ from stablekit.serve.comfy.uploads import upload_router
 from stablekit.serve.comfy.view import view_router
 
 api = APIRouter()
-MODEL_FOLDERS = ("checkpoints", "loras", "vae", "controlnet", "embeddings")
+MODEL_FOLDERS = ("checkpoints", "loras", "vae", "controlnet", "upscale_models", "embeddings")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 PROMPT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a uuid4 as ComfyUI's clients send, or any such name
 
