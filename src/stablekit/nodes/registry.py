@@ -27,9 +27,9 @@ from stablekit.errors import StablekitError
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 EMBEDDED_CHECKPOINT = "shapes.safetensors"  # the embedded model, always listed as a checkpoint
 # ComfyUI's models/<kind> folders and the files each lists (pickles are never offered, but for
-# upscalers, whose .pth files formats/upscalers.py reads as tensors only).
+# upscalers: formats/upscalers.py reads their .pth/.pt as tensors only; its SUFFIXES).
 MODEL_KINDS = {"checkpoints": (".safetensors",), "loras": (".safetensors",), "vae": (".safetensors",),
-               "controlnet": (".safetensors",), "upscale_models": (".pth", ".pt", ".safetensors")}  # = upscalers.SUFFIXES
+               "controlnet": (".safetensors",), "upscale_models": (".pth", ".pt", ".safetensors")}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
