@@ -29,6 +29,8 @@ CPU_BY_DESIGN = {
     "samplers/schedules.py": "sigma schedules are computed on the CPU in float64, as diffusers does",
     "samplers/unipc.py": "UniPC's small coefficient systems are solved on the CPU and used as Python floats",
     "generate/noise.py": "noise is drawn on the CPU generator per image (A1111's CPU RNG) and moved",
+    "generate/openvino_unet.py": "OpenVINO runs on the CPU: its inputs and outputs are CPU tensors by design",
+    "prompts/embedding_tokens.py": "training caption ids are built on the CPU by the data loader and moved with the batch",
 }
 CREATORS = {"tensor", "zeros", "ones", "empty", "full", "arange", "linspace", "randn", "rand", "randint", "eye"}
 

@@ -133,7 +133,7 @@ class OpenVINOForward(TracedForward):
                 return self.eager(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
             return super().__call__(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
         self.stats["openvino"] += 1
-        inputs = [t.detach().contiguous().numpy() for t in (sample, timestep, encoder_hidden_states)]
+        inputs = [t.detach().cpu().contiguous().numpy() for t in (sample, timestep, encoder_hidden_states)]
         request.infer(inputs, share_inputs=True)
         out = torch.from_numpy(request.get_output_tensor(0).data.copy())  # the request reuses its buffer
         if return_dict:
@@ -297,7 +297,7 @@ def weights_digest(unet) -> str:
     for name, t in (*unet.named_parameters(), *unet.named_buffers()):
         t = t.detach()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
