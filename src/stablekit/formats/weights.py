@@ -59,7 +59,8 @@ def cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 class WeightFile:
     """Tensors of one file by name: shapes and dtypes from the header, data on demand.
 
-    A tensor read in its own dtype comes from safetensors' memory map (zero-copy). A tensor cast to
+    A tensor read in its own dtype comes from safetensors' memory map (zero-copy; float data at an
+    offset not 64-byte aligned is copied into aligned memory, see _open_safetensors). A tensor cast to
     another dtype is read with plain file reads, a few MiB at a time, cast as it is read: read
     through the map, every fp32 page touched stayed mapped (and counted in the process's resident
     memory) for as long as the file was open, so loading SD 1.5 into bf16 peaked at the bf16 model
@@ -99,13 +100,6 @@ class WeightFile:
                 if cache is not None:
                     cache.put(key, out)
                 return out
-            if self._cast_reader is not None and not self._cast_reader.aligned(key):
-                # Float data at a file offset that is not 64-byte aligned is read into fresh (aligned)
-                # memory: oneDNN/MKL sum in a different order for unaligned weights, so a zero-copy view
-                # gave results 1e-7..1e-6 away from the same weights held in ordinary tensors, and
-                # whether a tensor was aligned depended on the header's length (measured: fp32 txt2img
-                # from a file vs the same model built in memory differed, or not, by library version).
-                return cast(self._cast_reader(key, self.entries[key][1]), dtype)
             return cast(self._reader(key), dtype)
         except StablekitError:
             raise
@@ -197,8 +191,20 @@ def _open_safetensors(path: Path) -> WeightFile:
         handle = safe_open(str(path), framework="pt")
     except SafetensorError as exc:
         raise StablekitError(f"{path} is not a valid safetensors file ({exc}); it is corrupt or truncated") from None
-    weights = WeightFile(path, entries, dict(metadata), handle.get_tensor, "safetensors")
-    weights._cast_reader = _CastReader(path, header)
+    cast_reader = _CastReader(path, header)
+
+    def read(key: str) -> torch.Tensor:
+        # Float data at a file offset that is not 64-byte aligned is read into fresh (aligned) memory:
+        # oneDNN/MKL sum in another order for unaligned weights, so a zero-copy view gave results
+        # 1e-7..1e-6 away from the same weights held in ordinary tensors, and whether a tensor was
+        # aligned depended on the header's length (measured: fp32 txt2img from a file vs the same
+        # model built in memory differed, or not, by library version). Chunked: no page stays resident.
+        if cast_reader.aligned(key):
+            return handle.get_tensor(key)
+        return cast_reader(key, _ST_DTYPES[header[key]["dtype"]])
+
+    weights = WeightFile(path, entries, dict(metadata), read, "safetensors")
+    weights._cast_reader = cast_reader
     from stablekit.formats.weight_cache import finish_all
 
     # the cast tensors written during this load become a cache entry once the file is let go

@@ -251,10 +251,14 @@ class ControlNetControl:
         if inputs.added_cond_kwargs is not None:
             added = {k: v[first:] if v.shape[0] == inputs.sample.shape[0] else v
                      for k, v in inputs.added_cond_kwargs.items()}
+        # contiguous NCHW rows, as diffusers' pipeline passes them (cat/repeat): a channels-last or
+        # broadcast hint made oneDNN pick another convolution, 1e-6 away (the node graph and the
+        # pipeline differed at cfg 1, where the hint's strides were the only difference)
+        hint = prepared.hint.expand(rows, -1, -1, -1).contiguous()
         with torch.no_grad():
             down, mid = prepared.net(inputs.sample[first:], inputs.timestep[first:],
                                      encoder_hidden_states=inputs.encoder_hidden_states[first:],
-                                     controlnet_cond=prepared.hint.expand(rows, -1, -1, -1),
+                                     controlnet_cond=hint,
                                      conditioning_scale=1.0, added_cond_kwargs=added, return_dict=False)
         return [*down, mid]
 
