@@ -145,7 +145,7 @@ class OpenVINOForward(TracedForward):
     def extra_trace(self, key, module, inputs):
         """DeepCache's traced full and shallow calls (generate/deepcache.py): torch, not OpenVINO."""
         _note_once("DeepCache", "OpenVINO UNet: DeepCache runs on the torch path")
-        return super().extra_trace(key, module, inputs)
+        return super().extra_trace(key, module, inputs) if self.trace_fallback else None
 
     # ------------------------------------------------------------------------- what runs where
     def _fallback(self, key, sample, kwargs) -> str | None:
