@@ -168,6 +168,8 @@ class OpenVINOForward(TracedForward):
         if any(v is not None for block in self._freeu() for v in block):
             return "FreeU"
         if not self._unchanged():
+            if type(self.unet.__dict__.get("forward")).__name__ == "DeepCache":  # its full calls hook an up block
+                return "DeepCache"
             return "a UNet with hooks or replaced attention processors (FreeU_V2, PAG, ToMe)"
         return None
 
