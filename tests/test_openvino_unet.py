@@ -91,14 +91,14 @@ def test_other_weights_do_not_load_the_cached_model(small):
 
 
 def test_weights_changed_in_place_rebuild_the_model(small, capsys):
-    c, pipe, reference, _ = small
-    fwd = openvino_unet.install(c.unet, "f32", None)  # no cache folder: converts in this process only
+    c, pipe, reference, cache = small
+    fwd = openvino_unet.install(c.unet, "f32", cache)
     try:
         pipe.generate("a cat", **SETTINGS)
         with torch.no_grad():
             c.unet.conv_in.weight.mul_(1.5)  # as adapters/apply.py fuses a LoRA: copy_/mul_ on the parameter
         patched = pipe.generate("a cat", **SETTINGS)[0]
-        assert fwd.stats["converted"] == 2
+        assert fwd.stats["converted"] >= 1 and fwd.stats["converted"] + fwd.stats["loaded"] == 2  # the first may be cached
         assert "weights changed" in capsys.readouterr().err
         _uninstall(c.unet)
         torch_patched = pipe.generate("a cat", **SETTINGS)[0]
@@ -161,7 +161,7 @@ def test_what_openvino_does_not_take_runs_on_torch_with_one_note(tiny, reason, e
     monkeypatch.setattr(openvino_unet, "_NOTED", set())
     monkeypatch.setattr(ov, "convert_model", lambda *a, **k: pytest.fail("converted a call it cannot take"))
     expected = pipe.generate("a cat", **SETTINGS, **extra)[0]
-    fwd = openvino_unet.install(c.unet, "f32", None)
+    fwd = openvino_unet.install(c.unet, "f32", None, trace_fallback=False)  # eager fallback: no torch tracing either
     try:
         ours = pipe.generate("a cat", **SETTINGS, **extra)[0]
         pipe.generate("a cat", **SETTINGS, **extra)

@@ -145,7 +145,7 @@ class OpenVINOForward(TracedForward):
     def extra_trace(self, key, module, inputs):
         """DeepCache's traced full and shallow calls (generate/deepcache.py): torch, not OpenVINO."""
         _note_once("DeepCache", "OpenVINO UNet: DeepCache runs on the torch path")
-        return super().extra_trace(key, module, inputs)
+        return super().extra_trace(key, module, inputs) if self.trace_fallback else None
 
     # ------------------------------------------------------------------------- what runs where
     def _fallback(self, key, sample, kwargs) -> str | None:
@@ -168,6 +168,8 @@ class OpenVINOForward(TracedForward):
         if any(v is not None for block in self._freeu() for v in block):
             return "FreeU"
         if not self._unchanged():
+            if type(self.unet.__dict__.get("forward")).__name__ == "DeepCache":  # its full calls hook an up block
+                return "DeepCache"
             return "a UNet with hooks or replaced attention processors (FreeU_V2, PAG, ToMe)"
         return None
 
