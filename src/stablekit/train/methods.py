@@ -146,9 +146,11 @@ TINY_RECIPES: dict[str, dict] = {
     "finetune": dict(lr=5e-5, steps=2400, lr_schedule="cosine", warmup_steps=20, train_text_encoder=True),
     # textual inversion, model 3 (56 prompts, init word "circle"): the method defaults (1 vector, lr
     # 5e-3 constant, 1000 steps; m3-ti-defaults) draw a hexagon in 1 of 56 (0.02), 8 vectors at lr
-    # 5e-3 with a cosine decay over 400 steps (kohya-style; m3-ti-v8-lr5e-3-400, reproduced by
-    # m3-ti-v8-lr5e-3-400-rerun) in 10 of 56 (0.18), colour 0.95 both, in under half the time. The
-    # 0.70 target stays out of reach of the frozen UNet (per-image ceiling 0.55, teach_ti_ceiling.py).
+    # 5e-3 with a cosine decay over 400 steps (kohya-style; m3-ti-v8-s13, session 13, evaluated with
+    # the 8 tokens it was trained with) in 3 of 56 (0.05), colour 0.95 both: no better at the shape,
+    # the same colour in 400 steps instead of 1000. (The 0.18 once quoted here read the 8 vectors as
+    # 15 tokens; withdrawn.) The 0.70 target stays out of reach of the frozen UNet (per-image
+    # ceiling 0.55, teach_ti_ceiling.py).
     "textual-inversion": dict(vectors=8, lr=5e-3, steps=400, lr_schedule="cosine", warmup_steps=20),
     # db-prior: class 0.63 (subject 0.00) -- the best of three measured; training the text encoder
     # too at this lr broke the class prompts (db-prior-te: class 0.17), so it stays off; on model 2
