@@ -144,6 +144,8 @@ def main(argv=None) -> dict:
                         help="textual inversion: evaluate with the old doubled spelling (NAME NAME_1..n-1 twice), "
                              "for comparison with figures before session 13; report and grid get '-double-extra'")
     args, extra = parser.parse_known_args(argv)
+    if args.double_extra and args.method != "textual-inversion":
+        parser.error(f"--double-extra is a textual-inversion evaluation option (method: {args.method})")
     torch.set_num_threads(1)
     name = args.name or args.method
     label = name + ("-double-extra" if args.double_extra else "")  # report and grid; the artefact stays NAME
