@@ -220,7 +220,7 @@ def main() -> None:
             print(f"# {c}: {n}")
     print(f"# peak RSS of this process ({', '.join(configs)}): {peak_rss:.0f} MiB")
     if args.json:
-        Path(args.json).write_text(json.dumps({"median_s": med, "median_cpu_s": med_cpu, "first_s": first, "setup_s": setup, "notes": notes,
+        Path(args.json).write_text(json.dumps({"median_s": med, "median_cpu_s": med_cpu, "wall_s": times, "cpu_s": cpu, "first_s": first, "setup_s": setup, "notes": notes,
                                                "threads": args.threads, "steps": args.steps, "size": size, "load": load,
                                                "peak_rss_mib": peak_rss,
                                                "psnr_db": {c: psnr(images[c], reference) if reference is not None else None
