@@ -1,7 +1,16 @@
 """Generation speed: stablekit vs diffusers' StableDiffusionPipeline, same weights and sampler, one process.
 
     nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_generate.py [--model PATH]
-        [--steps 20] [--repeats 5] [--threads 1] [--configs ...] [--json OUT]
+        [--steps 20] [--repeats 5] [--threads 1] [--size N] [--configs ...] [--json OUT]
+        [--save-images DIR] [--reference NPY]
+
+A full-size model one configuration per process (clean peak RSS per configuration; PSNR against
+diffusers' image saved by an earlier process):
+
+    python benchmarks/bench_generate.py --model sd15/diffusers --size 256 --steps 10 --repeats 2 \
+        --configs diffusers --save-images imgs
+    python benchmarks/bench_generate.py ... --configs stablekit-openvino --save-images imgs \
+        --reference imgs/diffusers.npy
 
 One image, batch 1, CFG 7, Euler with the same sigmas and the same start latents everywhere, warm
 (one untimed image first; trace / compile time is printed separately). diffusers loads its own
@@ -138,6 +147,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--configs", default="diffusers,stablekit,stablekit-eager")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's native size)")
+    ap.add_argument("--save-images", default=None, metavar="DIR", help="write each configuration's image to DIR/<config>.npy")
+    ap.add_argument("--reference", default=None, metavar="NPY",
+                    help="PSNR against this image (diffusers' from an earlier run) when diffusers is not among --configs")
     ap.add_argument("--peer-path", default=None, help="a folder with the openvino package (pip install --target)")
     args = ap.parse_args()
     if args.peer_path:
@@ -150,7 +163,7 @@ def main() -> None:
     configs = args.configs.split(",")
     import stablekit
 
-    size = stablekit.load(model, progress=False, dtype="fp32").native_size
+    size = args.size or stablekit.load(model, progress=False, dtype="fp32").native_size
     fns, notes, setup = {}, {}, {}
     for c in configs:
         t0 = time.perf_counter()
@@ -177,6 +190,16 @@ def main() -> None:
     med = {c: statistics.median(t) for c, t in times.items()}
     med_cpu = {c: statistics.median(t) for c, t in cpu.items()}
     ref, ref_cpu = med.get("diffusers"), med_cpu.get("diffusers")
+    if args.save_images:
+        Path(args.save_images).mkdir(parents=True, exist_ok=True)
+        for c, img in images.items():
+            np.save(Path(args.save_images) / f"{c}.npy", img)
+    reference = images.get("diffusers")
+    if reference is None and args.reference:
+        reference = np.load(args.reference)
+    import resource
+
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
     load = os.getloadavg()
     print(f"# {folder.name if args.model else 'embedded'}: {size}x{size}, {args.steps} Euler steps, CFG {CFG}, batch 1, "
           f"{args.threads} thread(s), {args.repeats} interleaved rounds, {time.strftime('%Y-%m-%d %H:%M')}, "
@@ -188,16 +211,20 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     nan = float("nan")
     for c in configs:
-        q = psnr(images[c], images["diffusers"]) if "diffusers" in images else nan
+        q = psnr(images[c], reference) if reference is not None else nan
         print(f"| {c} | {med[c]:.3f} | {ref / med[c] if ref else nan:.2f}x | {med_cpu[c]:.3f} | "
               f"{ref_cpu / med_cpu[c] if ref_cpu else nan:.2f}x | {q:.1f} | {setup[c]:.1f} | {first[c]:.2f} |")
     notes = {c: n() if callable(n) else n for c, n in notes.items()}  # OpenVINO compiles at the first image
     for c, n in notes.items():
         if n:
             print(f"# {c}: {n}")
+    print(f"# peak RSS of this process ({', '.join(configs)}): {peak_rss:.0f} MiB")
     if args.json:
-        Path(args.json).write_text(json.dumps({"median_s": med, "median_cpu_s": med_cpu, "first_s": first, "setup_s": setup, "notes": notes,
-                                               "threads": args.threads, "steps": args.steps, "load": load}, indent=1))
+        Path(args.json).write_text(json.dumps({"median_s": med, "median_cpu_s": med_cpu, "wall_s": times, "cpu_s": cpu, "first_s": first, "setup_s": setup, "notes": notes,
+                                               "threads": args.threads, "steps": args.steps, "size": size, "load": load,
+                                               "peak_rss_mib": peak_rss,
+                                               "psnr_db": {c: psnr(images[c], reference) if reference is not None else None
+                                                           for c in configs}}, indent=1))
 
 
 if __name__ == "__main__":
