@@ -100,7 +100,7 @@ def _openvino_unet(pipe, precision: str, threads: int) -> None:
     return compiled
 
 
-def _stablekit(model, config: str, steps: int):
+def _stablekit(model, config: str, steps: int, size: int | None = None):
     import stablekit
 
     env = {"STABLEKIT_TRACE": "0"} if config == "stablekit-eager" else {}
@@ -115,6 +115,8 @@ def _stablekit(model, config: str, steps: int):
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     settings = dict(negative_prompt=NEGATIVE, steps=steps, cfg=CFG, sampler="Euler", schedule="Normal", seed=SEED,
                     output="np")
+    if size:  # else the model's native size (diffusers' rows are given `size` too)
+        settings.update(width=size, height=size)
     if config.startswith("stablekit-deepcache-"):
         settings["deepcache"] = int(config.rsplit("-", 1)[1])
     if config.startswith("stablekit-tome-"):
@@ -171,7 +173,7 @@ def main() -> None:
             openvino = ("bf16" if c.endswith("bf16") else "f32") if c.startswith("diffusers-openvino") else None
             fns[c], notes[c] = _diffusers(folder, c == "diffusers-tuned", args.steps, size, openvino, args.threads)
         else:
-            fns[c], notes[c], pipe = _stablekit(model, c, args.steps)
+            fns[c], notes[c], pipe = _stablekit(model, c, args.steps, size)
         setup[c] = time.perf_counter() - t0
     images, first = {}, {}
     with torch.inference_mode():
