@@ -9,11 +9,15 @@ Settings (adherence of each is measured by `stablekit shapes eval --sampler S --
   stablekit-20   stablekit's default: DPM++ 2M, 20 steps, CFG 7 (the spec's 20-step base)
   lcm-4-cfg2     stablekit, LCM sampler, 4 steps, CFG 2 (no distillation)
   lcm-8-cfg1     stablekit, LCM sampler, 8 steps, CFG 1 (one UNet call per step)
+  openvino-20, openvino-lcm-4-cfg2   the same two settings with `--backend openvino` (the UNet
+                 compiled by OpenVINO; converted or read from the cache before timing)
   lora-lcm-4-cfg1, lora-lcm-2-cfg1   with --lora: an LCM-LoRA patched into a second pipeline once
                  (generation then runs at the base model's speed), LCM sampler, 4 / 2 steps, CFG 1
 diffusers-20 always runs (the ratios' base); --settings picks the others (default: all that apply).
 The same eval-v1 prompts and seeds for every setting; the settings take turns image by image, so
-load drift on a shared machine hits all alike; one untimed warm-up image each first.
+load drift on a shared machine hits all alike; one untimed warm-up image each first. Each image is
+timed in wall seconds and in this process's CPU seconds (one thread: the steadier figure when the
+machine is shared); the ratios use CPU seconds.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import torch
 
 SETTINGS = {"stablekit-20": dict(steps=20, cfg=7.0), "lcm-4-cfg2": dict(steps=4, cfg=2.0, sampler="LCM"),
             "lcm-8-cfg1": dict(steps=8, cfg=1.0, sampler="LCM")}
+OPENVINO_SETTINGS = {"openvino-20": SETTINGS["stablekit-20"], "openvino-lcm-4-cfg2": SETTINGS["lcm-4-cfg2"]}
 LORA_SETTINGS = {"lora-lcm-4-cfg1": dict(steps=4, cfg=1.0, sampler="LCM"),
                  "lora-lcm-2-cfg1": dict(steps=2, cfg=1.0, sampler="LCM")}
 
@@ -37,7 +42,7 @@ def main() -> None:
     ap.add_argument("--lora", default="", help="an LCM-LoRA file: adds the lora-* settings")
     ap.add_argument("--settings", default="", help="comma-separated settings besides diffusers-20 (default: all)")
     a = ap.parse_args()
-    known = {**SETTINGS, **(LORA_SETTINGS if a.lora else {})}
+    known = {**SETTINGS, **OPENVINO_SETTINGS, **(LORA_SETTINGS if a.lora else {})}
     chosen = [n.strip() for n in a.settings.split(",") if n.strip()] or list(known)
     if any(n not in known for n in chosen):
         raise SystemExit(f"unknown settings {[n for n in chosen if n not in known]}; use some of {', '.join(known)}")
@@ -49,7 +54,9 @@ def main() -> None:
 
     items = load_prompt_set("eval-v1")[:a.n]
     pipe = stablekit.load(stablekit.default_model_path(), progress=False)
-    lora_pipe = None
+    lora_pipe = ov_pipe = None
+    if any(n in OPENVINO_SETTINGS for n in chosen):
+        ov_pipe = stablekit.load(stablekit.default_model_path(), progress=False, backend="openvino")
     if any(n in LORA_SETTINGS for n in chosen):
         from stablekit.adapters import apply_adapters
 
@@ -63,6 +70,8 @@ def main() -> None:
         if name == "diffusers-20":
             g = torch.Generator().manual_seed(seed)
             ref(prompt, num_inference_steps=20, guidance_scale=7.0, height=64, width=64, generator=g, output_type="np")
+        elif name in OPENVINO_SETTINGS:
+            ov_pipe.generate(prompt, seed=seed, output="np", **OPENVINO_SETTINGS[name])
         elif name in LORA_SETTINGS:
             lora_pipe.generate(prompt, seed=seed, output="np", **LORA_SETTINGS[name])
         else:
@@ -70,17 +79,21 @@ def main() -> None:
 
     names = ["diffusers-20", *chosen]
     times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for name in names:
-        run(name, items[0].prompt, items[0].seed)  # warm: traces, caches
+        run(name, items[0].prompt, items[0].seed)  # warm: traces, caches, OpenVINO conversion
     for item in items:
         for name in names:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run(name, item.prompt, item.seed)
             times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["diffusers-20"])
-    result = {n: {"s_per_image": statistics.median(t), "x_diffusers_20": base / statistics.median(t)} for n, t in times.items()}
+            cpu[name].append(time.process_time() - c0)
+    base = statistics.median(cpu["diffusers-20"])
+    result = {n: {"s_per_image": statistics.median(times[n]), "cpu_s_per_image": statistics.median(cpu[n]),
+                  "x_diffusers_20": base / statistics.median(cpu[n])} for n in names}
     for n, r in result.items():
-        print(f"{n:14s} {r['s_per_image']:.3f} s/image  {r['x_diffusers_20']:.2f}x diffusers-20")
+        print(f"{n:20s} {r['s_per_image']:.3f} s/image  {r['cpu_s_per_image']:.3f} CPU s/image  "
+              f"{r['x_diffusers_20']:.2f}x diffusers-20 (CPU)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"n": a.n, "lora": a.lora or None, "results": result}, f, indent=1)

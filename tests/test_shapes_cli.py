@@ -37,9 +37,21 @@ def test_eval_uses_stablekit_load(tmp_path, monkeypatch, capsys):
             seen.update(steps=steps, size=(width, height), **kw)
             return [Image.fromarray(render(truth[prompt]))]
 
-    monkeypatch.setattr(stablekit, "load", lambda *a, **k: FakePipeline(), raising=False)
+    loaded = {}
+
+    def fake_load(*a, **k):
+        loaded.update(k)
+        return FakePipeline()
+
+    monkeypatch.setattr(stablekit, "load", fake_load, raising=False)
     assert main(["shapes", "eval", "--model", "fake", "--steps", "5", "--sampler", "euler",
                  "--limit", "10", "--out", str(tmp_path)]) == 0
     assert seen == {"steps": 5, "size": (64, 64), "sampler": "euler"}
-    assert json.loads((tmp_path / "report.json").read_text())["adherence"] == 1.0
+    assert loaded["backend"] == "torch"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["adherence"] == 1.0 and report["backend"] == "torch"
     assert "prompt adherence 1.000" in capsys.readouterr().out
+    assert main(["shapes", "eval", "--model", "fake", "--backend", "openvino", "--limit", "2",
+                 "--out", str(tmp_path / "ov")]) == 0
+    assert loaded["backend"] == "openvino"
+    assert json.loads((tmp_path / "ov" / "report.json").read_text())["backend"] == "openvino"

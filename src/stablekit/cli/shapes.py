@@ -2,7 +2,7 @@
 
     stablekit shapes render --n 5000 --out DIR [--seed S] [--shapes ...] [--hollow]
     stablekit shapes judge DIR [--json]
-    stablekit shapes eval [--model M] [--steps 20] [--sampler NAME] [--prompt-set eval-v2] [--out DIR]
+    stablekit shapes eval [--model M] [--steps 20] [--sampler NAME] [--prompt-set eval-v2] [--backend openvino] [--out DIR]
     stablekit shapes eval --rescore DIR    (judge an earlier evaluation's images again)
     stablekit shapes pretrain ...          (the recipe lives in stablekit.shapes.pretrain)
 """
@@ -58,6 +58,8 @@ def register(subparsers) -> None:
     p.add_argument("--cfg", type=float, default=None, help="CFG scale (default: the pipeline's)")
     p.add_argument("--prompt-set", default="eval-v1", choices=list(PROMPT_SETS),
                    help="fixed prompt set with seeds (default eval-v1)")
+    p.add_argument("--backend", choices=("torch", "openvino"), default="torch",
+                   help="UNet backend, as stablekit generate --backend (default torch)")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts (smoke test)")
     p.add_argument("--out", default=None,
                    help="folder for report.json, report.md, grid.png, abstentions.png and images.npz")
@@ -164,9 +166,9 @@ def run_eval(args) -> int:
         print(markdown_table(report))
         print(f"report written to {args.out or args.rescore}")
         return 0
-    generate = model_generate_fn(args.model, cfg=args.cfg)
+    generate = model_generate_fn(args.model, cfg=args.cfg, backend=args.backend)
     report = evaluate_model(generate, steps=args.steps, sampler=args.sampler, prompt_set=args.prompt_set,
-                            out_dir=args.out, limit=args.limit, meta={"cfg": args.cfg},
+                            out_dir=args.out, limit=args.limit, meta={"cfg": args.cfg, "backend": args.backend},
                             label=Path(args.model).name if args.model else "embedded model")
     print(markdown_table(report))
     if args.out:

@@ -249,7 +249,7 @@ def rescore(folder: str | Path, out_dir: str | Path | None = None, judge=None) -
     items = load_prompt_set(old.get("prompt_set", "eval-v1"))[:len(images)]
     report = evaluate_images(items, images, judge=judge)
     report.update({k: old.get(k) for k in ("prompt_set", "steps", "sampler", "label", "limit",
-                                             "generation_seconds", "cfg")})
+                                             "generation_seconds", "cfg", "backend")})
     write_report(report, list(images), items, out_dir or folder)
     return report
 
