@@ -205,3 +205,17 @@ def tiny_controlnet(arch: str = "sd1", seed: int = 0):
             for p in net.parameters():
                 p.add_(torch.randn(p.shape, generator=gen) * 0.02)
     return net.eval()
+
+
+def a1111_text_only_png(source, dest, size=None):
+    """A PNG whose only metadata is `source`'s A1111 "parameters" text (no stablekit record), as
+    A1111 writes it; blank pixels of `size` (default: the source's size)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    with Image.open(source) as im:
+        text, size = im.info["parameters"], size or im.size
+    info = PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", size).save(dest, pnginfo=info)
+    return dest

@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fixtures import tiny_components
+from fixtures import a1111_text_only_png, tiny_components
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from stablekit.cli import main
 from stablekit.errors import StablekitError
@@ -95,10 +94,7 @@ def test_cli_hires_and_from_png_of_an_a1111_hires_png(tmp_path, capsys):
     assert main(["generate", "--from-png", str(out), "--model", str(model), "--out", str(again), "--no-progress"]) == 0
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
     # an A1111 PNG: its text alone (no stablekit record) gives the same image
-    a1111 = tmp_path / "a1111.png"
-    info = PngInfo()
-    info.add_text("parameters", Image.open(out).info["parameters"])
-    Image.new("RGB", (96, 96)).save(a1111, pnginfo=info)
+    a1111 = a1111_text_only_png(out, tmp_path / "a1111.png")
     third = tmp_path / "third.png"
     assert main(["generate", "--from-png", str(a1111), "--model", str(model), "--out", str(third), "--no-progress"]) == 0
     assert "warning" not in capsys.readouterr().err

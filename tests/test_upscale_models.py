@@ -9,9 +9,8 @@ import types
 import numpy as np
 import pytest
 import torch
-from fixtures import tiny_components
+from fixtures import a1111_text_only_png, tiny_components
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from safetensors.torch import save_file
 
 from stablekit.cli import main
@@ -270,10 +269,7 @@ def test_cli_hires_with_a_model_file_and_from_png(tmp_path, capsys, monkeypatch)
     again = tmp_path / "again.png"
     assert main(["generate", "--from-png", str(out), "--model", str(model), "--out", str(again), "--no-progress"]) == 0
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
-    a1111 = tmp_path / "a1111.png"
-    info = PngInfo()
-    info.add_text("parameters", Image.open(out).info["parameters"])
-    Image.new("RGB", (96, 96)).save(a1111, pnginfo=info)
+    a1111 = a1111_text_only_png(out, tmp_path / "a1111.png")
     third = tmp_path / "third.png"
     replay = ["generate", "--from-png", str(a1111), "--model", str(model), "--out", str(third), "--no-progress"]
     capsys.readouterr()
