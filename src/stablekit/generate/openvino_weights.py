@@ -71,6 +71,10 @@ def release(unet: torch.nn.Module, entry: Path) -> list[torch.Tensor]:
                 continue
             t.data = torch.frombuffer(whole, dtype=t.dtype, count=t.numel(), offset=offset).view(t.shape)
             mapped.append(t)
+    if mapped:  # the old storages were freed, but glibc keeps most of them (heap, not mmap): give them back
+        from stablekit.formats.weight_cache import trim_heap
+
+        trim_heap()
     return mapped
 
 
