@@ -68,8 +68,64 @@ def test_f32_matches_torch_and_the_cache_is_reused_without_converting(small, mon
         fwd = openvino_unet.install(c.unet, "f32", cache)
         fwd._trace = lambda *a: pytest.fail("traced again despite the cache")
         again = pipe.generate("a cat", **SETTINGS)[0]
-        assert fwd.stats == {"openvino": SETTINGS["steps"], "torch": 0, "converted": 0, "loaded": 1}
+        assert fwd.stats == {"openvino": SETTINGS["steps"], "torch": 0, "converted": 0, "loaded": 1, "released": fwd.stats["released"]}
         assert np.array_equal(again, first)
+    finally:
+        _uninstall(c.unet)
+
+
+def test_torch_weights_are_mapped_from_the_cache_and_a_fallback_after_that_is_exact(small, monkeypatch):
+    c, pipe, _, cache = small
+    freeu = {"guidance": {"freeu": (1.3, 1.4, 0.8, 0.3)}}
+    expected = pipe.generate("a cat", **SETTINGS, **freeu)[0]  # torch, before the backend
+    before = {n: t.clone() for n, t in c.unet.state_dict().items()}
+    monkeypatch.setattr(openvino_unet, "_NOTED", set())
+    fwd = openvino_unet.install(c.unet, "f32", cache, trace_fallback=False)
+    try:
+        pipe.generate("a cat", **SETTINGS)
+        mapped = list(fwd.mapped)
+        assert fwd.stats["released"] == len(mapped) > 0.5 * len(before)  # biases folded by OpenVINO stay resident
+        assert sum(t.numel() for t in mapped) > 0.99 * sum(t.numel() for t in before.values())
+        assert all(torch.equal(c.unet.state_dict()[n], t) for n, t in before.items())  # same bytes, mapped
+        assert fwd.versions == fwd._versions()  # the new storage is not taken for new weights
+        ours = pipe.generate("a cat", **SETTINGS, **freeu)[0]  # FreeU: the torch path, on weights read back
+        assert fwd.stats["torch"] == SETTINGS["steps"] and fwd.mapped == []
+        assert all(t.data_ptr() % 64 == 0 for t in mapped)  # fresh memory again: the fallback's own sums
+        assert np.array_equal(ours, expected)
+    finally:
+        _uninstall(c.unet)
+
+
+def test_uninstalling_gives_the_weights_their_own_memory_and_in_place_changes_never_reach_the_file(small):
+    import hashlib
+
+    c, pipe, _, cache = small
+    fwd = openvino_unet.install(c.unet, "f32", cache)
+    try:
+        pipe.generate("a cat", **SETTINGS)
+        assert fwd.mapped and fwd.mapped[0] is c.unet.conv_in.weight
+        entry = next(p for p in cache.glob("unet-*") if (p / "unet.bin").exists()
+                     and openvino_unet.weights_digest(c.unet) in (p / "key.json").read_text())
+        digest = hashlib.sha256((entry / "unet.bin").read_bytes()).hexdigest()
+        with torch.no_grad():
+            c.unet.conv_in.weight.mul_(2.0)  # copy-on-write: this process's page only
+            c.unet.conv_in.weight.div_(2.0)
+        assert hashlib.sha256((entry / "unet.bin").read_bytes()).hexdigest() == digest
+    finally:
+        _uninstall(c.unet)
+    assert fwd.mapped == [] and c.unet.conv_in.weight.data_ptr() % 64 == 0
+
+
+def test_release_can_be_turned_off_and_the_compile_settings_are_exact_ones(small):
+    c, pipe, _, cache = small
+    fwd = openvino_unet.install(c.unet, "f32", cache, release_weights=False)
+    try:
+        pipe.generate("a cat", **SETTINGS)
+        assert fwd.mapped == [] and fwd.stats["released"] == 0 and fwd.stats["loaded"] == 1
+        compiled = next(r for r in fwd.compiled.values() if r is not None).get_compiled_model()
+        assert compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 0
+        assert compiled.get_property("NUM_STREAMS") == 1
+        assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
     finally:
         _uninstall(c.unet)
 

@@ -103,7 +103,8 @@ def cache_root() -> Path:
 class OpenVINOForward(TracedForward):
     """The replacement `forward` of one UNet: OpenVINO per input signature, else TracedForward's path."""
 
-    def __init__(self, unet, precision: str = "f32", cache_dir: Path | None = None, trace_fallback: bool = True):
+    def __init__(self, unet, precision: str = "f32", cache_dir: Path | None = None, trace_fallback: bool = True,
+                 release_weights: bool = True):
         super().__init__(unet)
         if precision not in PRECISIONS:
             raise StablekitError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
@@ -114,7 +115,9 @@ class OpenVINOForward(TracedForward):
         self.digest: str | None = None  # sha256 of the weights the compiled models hold
         self.versions: tuple | None = None  # (data_ptr, _version) per tensor when `digest` was taken
         self.convert_seconds = 0.0  # spent tracing, converting, compiling or loading models
-        self.stats = {"openvino": 0, "torch": 0, "converted": 0, "loaded": 0}
+        self.stats = {"openvino": 0, "torch": 0, "converted": 0, "loaded": 0, "released": 0}
+        self.release_weights = release_weights  # map the torch weights from the cache entry (openvino_weights.py)
+        self.mapped: list = []  # the torch tensors now mapped from an entry's unet.bin
 
     def __call__(self, sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
         key = self._key(sample, timestep, encoder_hidden_states, args, kwargs)
@@ -129,6 +132,7 @@ class OpenVINOForward(TracedForward):
             if reason is not None:
                 _note_once(reason, f"OpenVINO UNet: {reason} runs on the torch path")
             self.stats["torch"] += 1
+            self._restore_weights()
             if not self.trace_fallback:
                 return self.eager(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
             return super().__call__(sample, timestep, encoder_hidden_states, *args, return_dict=return_dict, **kwargs)
@@ -142,9 +146,14 @@ class OpenVINOForward(TracedForward):
             return UNet2DConditionOutput(sample=out)
         return (out,)
 
+    def close(self) -> None:
+        """Uninstalled: the torch module is on its own again, with its weights in ordinary memory."""
+        self._restore_weights()
+
     def extra_trace(self, key, module, inputs):
         """DeepCache's traced full and shallow calls (generate/deepcache.py): torch, not OpenVINO."""
         _note_once("DeepCache", "OpenVINO UNet: DeepCache runs on the torch path")
+        self._restore_weights()
         return super().extra_trace(key, module, inputs) if self.trace_fallback else None
 
     # ------------------------------------------------------------------------- what runs where
@@ -178,10 +187,35 @@ class OpenVINOForward(TracedForward):
         return [t for d, _, _ in self.reference for t in (*d["_parameters"].values(), *d["_buffers"].values())
                 if t is not None]
 
+    def _versions(self) -> tuple:
+        return tuple((t.data_ptr(), t._version) for t in self._tensors())
+
+    def _release_weights(self, entry: Path) -> None:
+        """Once `entry` holds the converted model for the current weights: the torch weights are read
+        from its unet.bin when needed instead of kept in RAM (openvino_weights.py)."""
+        if not self.release_weights or self.mapped or self.versions != self._versions():
+            return  # off, already mapped, or changed in place since they were hashed
+        from stablekit.generate.openvino_weights import release
+
+        self.mapped = release(self.unet, entry)
+        self.versions = self._versions()  # same bytes, new storage
+        self.stats["released"] = len(self.mapped)
+
+    def _restore_weights(self) -> None:
+        """Before a torch call: mapped weights back into ordinary memory (once; exact bytes)."""
+        if not self.mapped:
+            return
+        from stablekit.generate.openvino_weights import restore
+
+        unchanged = self.versions == self._versions()
+        restore(self.mapped)
+        if unchanged:
+            self.versions = self._versions()
+
     def _check_weights(self) -> None:
         """Hash the weights at the first call, and again (dropping the compiled models) when a
         parameter's storage or in-place version changed since."""
-        versions = tuple((t.data_ptr(), t._version) for t in self._tensors())
+        versions = self._versions()
         if versions == self.versions:
             return
         digest = weights_digest(self.unet)
@@ -198,8 +232,7 @@ class OpenVINOForward(TracedForward):
         ov = import_openvino()
         t0 = time.perf_counter()
         entry = self._entry(key)
-        config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": self.precision,
-                  "PERFORMANCE_HINT": "LATENCY"}
+        config = compile_config(self.precision)
         core = ov.Core()
         try:
             xml = entry / "unet.xml" if entry is not None else None
@@ -215,6 +248,8 @@ class OpenVINOForward(TracedForward):
                     _evict(entry.parent, keep=entry)
             if entry is not None:
                 config["CACHE_DIR"] = str(entry / "compiled")
+                if model == str(entry / "unet.xml"):  # before compiling: the peak is torch's copy + OpenVINO's
+                    self._release_weights(entry)
             request = core.compile_model(model, "CPU", config).create_infer_request()
         except Exception as exc:  # noqa: BLE001 - any failure: this signature runs on torch
             _note_once("failed", f"OpenVINO UNet: conversion failed ({type(exc).__name__}: "
@@ -247,6 +282,15 @@ class OpenVINOForward(TracedForward):
             return None
         desc = json.dumps(self._describe(key), sort_keys=True, default=str)
         return self.ov_dir / f"unet-{hashlib.sha256(desc.encode()).hexdigest()[:24]}"
+
+
+def compile_config(precision: str) -> dict:
+    """The CPU plugin's properties: one stream of torch's thread count, the precision asked for, and
+    dynamic quantization off (it applies to compressed weights only, which this model has none of:
+    set so nothing lossy can come in by a default). Pinning, hyper-threading, streams and snippets
+    settings measured no faster on the embedded UNet (docs/reports/speed.md, Session 14)."""
+    return {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
 
 
 def _ov_type(ov, t: torch.Tensor):
@@ -303,7 +347,8 @@ def weights_digest(unet) -> str:
     return h.hexdigest()
 
 
-def install(unet, precision: str = "f32", cache_dir: Path | None = None, trace_fallback: bool = True) -> OpenVINOForward:
+def install(unet, precision: str = "f32", cache_dir: Path | None = None, trace_fallback: bool = True,
+            release_weights: bool = True) -> OpenVINOForward:
     """Route `unet`'s calls through OpenVINO (replacing a TracedForward); returns the OpenVINOForward.
     cache_dir: where converted models are kept (None: this process only)."""
     import_openvino()
@@ -311,8 +356,9 @@ def install(unet, precision: str = "f32", cache_dir: Path | None = None, trace_f
     if isinstance(current, OpenVINOForward) and current.precision == precision:
         return current
     if isinstance(current, TracedForward):
+        current.close()
         del unet.forward
-    fwd = OpenVINOForward(unet, precision, cache_dir, trace_fallback)
+    fwd = OpenVINOForward(unet, precision, cache_dir, trace_fallback, release_weights)
     fwd.cache_dir = Path(cache_dir).parent / "traces" if cache_dir is not None else None  # torch traces, as the default path
     # The module as loaded is the reference: processors replaced later (PAG) send calls to torch. (A
     # TracedForward takes it at its first call and traces whatever processors are set then.)

@@ -102,6 +102,9 @@ class TracedForward:
             self.trace_seconds += time.perf_counter() - t0
         return found
 
+    def close(self) -> None:
+        """Called when uninstalled (OpenVINOForward gives the torch weights back their own memory)."""
+
     def _freeu(self) -> tuple:
         """diffusers-math FreeU's values per up block (all None when off), read from the instance dicts."""
         ups = self.unet.__dict__["_modules"].get("up_blocks")
@@ -233,7 +236,9 @@ def install(unet, cache_dir: Path | None = None) -> TracedForward:
 
 def uninstall(unet) -> None:
     """Back to diffusers' forward (e.g. before training the module)."""
-    if isinstance(unet.__dict__.get("forward"), TracedForward):
+    current = unet.__dict__.get("forward")
+    if isinstance(current, TracedForward):
+        current.close()
         del unet.forward
 
 
