@@ -2,7 +2,8 @@
 
 A run's settings are the method's dataclass (model, data, output, what trains) plus TrainConfig
 (steps, lr, schedule, ...), read in this order, later winning: the method's defaults, the
-model family's recipe (TINY_RECIPES: for the embedded shapes model and other tiny models; SD 1.x,
+model family's recipe (TINY_RECIPES: for the embedded shapes model and other tiny models, chosen
+by the other settings given where one recipe does not fit all, as tiny DreamBooth's; SD 1.x,
 2.x and SDXL keep the reference trainers' defaults), a TOML file (flat keys, `batch_size` or
 `batch-size`), keyword arguments / CLI flags. Unknown keys are an error that names them. `resolve()` returns the typed pair; `as_record()` the flat dict written
 beside every checkpoint and printed by `--print-config`.
