@@ -184,8 +184,9 @@ TINY_RECIPES: dict[str, dict] = {
 # identifier's token row at a textual-inversion rate beside a slower UNet, text encoder frozen.
 # Model 3, orange diagnostic subject, n 20 subject / 24 plain-square prompts: subject 0.85 (target
 # 0.80) with plain squares 0.83 (target 0.85; m3-db-orange-prior-idlr5e-3, session 5, reproduced
-# exactly as m3-db-orange-idlr-s13); the recipe above gives subject 0.40 there. Teal target: plain
-# squares 0.88 against the recipe's 0.67 (m3-db-teal-idlr-s13; teal itself is lost to the
+# exactly as m3-db-orange-idlr-s13 and, with no train flags, m3-db-orange-recipe-s14); the recipe
+# above gives subject 0.00 (orange 0.40) with plain squares 0.46 there (m3-db-orange-prior-te1e-5).
+# Teal target: plain squares 0.88 against the recipe's 0.67 (m3-db-teal-idlr-s13; teal itself is lost to the
 # autoencoder). At UNet lr 1e-4 the plain squares fell to 0.50, at 5e-5 to 0.67 (session 5).
 # Only where it was measured: identifier_lr needs a class prompt (identifier_words) and without
 # prior preservation nothing keeps the plain squares (pivotal, no prior, 200 steps at 1e-4: class
