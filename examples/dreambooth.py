@@ -9,12 +9,12 @@
    model's autoencoder turns teal blue or green, docs/reports/teach.md);
 2. train with the instance prompt "a sks square" and, unless --no-prior, prior preservation: the
    model draws images of "a square" itself first (cached in OUT/class-images and reused). Settings
-   not given come from the embedded model's recipe (train/methods.py): with prior preservation,
-   pivotal tuning (`TINY_DREAMBOOTH_PIVOTAL`: the identifier's own token row "sks" at lr 5e-3
-   beside the UNet at lr 3e-5, 400 steps, text encoder frozen, 20 class images; docs/training.md),
-   measured on the orange subject at subject 0.85 with plain squares 0.83 (docs/reports/teach.md,
-   session 14); with --no-prior or --lora, `TINY_RECIPES["dreambooth"]` (lr 1e-4, 200 steps, the
-   text encoder at text_encoder_lr 1e-5, no pivotal tuning). --identifier-lr X with --lora also
+   not given come from the embedded model's recipe (train/methods.py): pivotal tuning
+   (`TINY_DREAMBOOTH_PIVOTAL`: the identifier's own token row "sks" at lr 5e-3 beside the UNet at
+   lr 3e-5, 400 steps, text encoder frozen, 20 class images; docs/training.md), measured on the
+   orange subject at subject 0.85 with plain squares 0.83 (0.80 / 0.33 with --no-prior;
+   docs/reports/teach.md, session 14); with --lora, `TINY_RECIPES["dreambooth"]` (lr 1e-4, 200
+   steps, the text encoder at text_encoder_lr 1e-5, no pivotal tuning). --identifier-lr X with --lora also
    writes OUT/sks.safetensors, the embedding to load with the LoRA
    (`stablekit generate "<lora:dreambooth:1> a sks square" --lora-dir ... --embeddings-dir ...`);
 3. judge "a sks square" (subject = a diamond of the subject colour) and "a {color} square" (still an
@@ -43,13 +43,11 @@ def main() -> None:
     parser.add_argument("--no-prior", action="store_true", help="train without prior preservation (prior loss weight 0)")
     parser.add_argument("--lora", action="store_true", help="DreamBooth-LoRA instead of the full UNet")
     parser.add_argument("--train-text-encoder", action=argparse.BooleanOptionalAction, default=None,
-                        help="train the text encoder (default: the recipe's: off with prior preservation, "
-                             "else on at text_encoder_lr 1e-5)")
+                        help="train the text encoder (default: the recipe's: off, with --lora on at text_encoder_lr 1e-5)")
     parser.add_argument("--identifier-lr", type=float, default=None,
-                        help="pivotal tuning: lr of the 'sks' row (0: off; default: the recipe's, 5e-3 with prior "
-                             "preservation and no --lora, else 0)")
-    parser.add_argument("--steps", type=int, default=None, help="default: the recipe's (400 with prior preservation, else 200)")
-    parser.add_argument("--lr", type=float, default=None, help="default: the recipe's (3e-5 with prior preservation, else 1e-4)")
+                        help="pivotal tuning: lr of the 'sks' row (0: off; default: the recipe's, 5e-3, with --lora 0)")
+    parser.add_argument("--steps", type=int, default=None, help="default: the recipe's (400, with --lora 200)")
+    parser.add_argument("--lr", type=float, default=None, help="default: the recipe's (3e-5, with --lora 1e-4)")
     parser.add_argument("--class-images", type=int, default=None, help="class images the model draws (default: 20)")
     parser.add_argument("--prompts", type=int, default=20, help="subject prompts judged (class prompts: 3 per color)")
     args = parser.parse_args()
