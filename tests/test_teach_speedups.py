@@ -146,3 +146,57 @@ def test_embedded_model_is_tiny_by_its_header_and_print_config_shows_the_recipe(
     assert printed["lr"] == 1e-4 and printed["steps"] == 200 and printed["num_class_images"] == 20
     # m3-db-orange-*-te1e-5: the text encoder at a tenth of the UNet's rate binds the subject's colour
     assert printed["train_text_encoder"] is True and printed["text_encoder_lr"] == 1e-5
+
+
+def _dreambooth(**settings) -> tuple:
+    s, tc = methods.resolve("dreambooth", instance_prompt="a sks square", **settings)
+    return tc.lr, tc.steps, s.identifier_lr, s.train_text_encoder, s.num_class_images, tc.text_encoder_lr
+
+
+PIVOTAL = (3e-5, 400, 5e-3, False, 20, 1e-5)  # m3-db-orange-recipe-s14: subject 0.85, plain squares 0.83
+PLAIN = (1e-4, 200, 0.0, True, 20, 1e-5)  # the recipe without pivotal tuning (m3-db-orange-*-te1e-5)
+
+
+def test_tiny_dreambooth_recipe_is_pivotal_with_a_class_prompt_and_without_lora(monkeypatch, tmp_path):
+    """The pivotal recipe where it was measured (full DreamBooth with a class prompt) and nowhere else."""
+    assert _dreambooth(class_prompt="a square") == PIVOTAL
+    assert _dreambooth() == PLAIN  # no class prompt: no identifier to tell apart (identifier_words)
+    assert _dreambooth(class_prompt="a square", lora=True) == PLAIN  # lr 3e-5 is no LoRA rate
+    # no prior preservation, class prompt given: m3-db-orange-noprior-idlr-s14 subject 0.80 vs 0.50
+    assert _dreambooth(class_prompt="a square", prior_loss_weight=0.0) == PIVOTAL
+    assert _dreambooth(class_prompt="a square", identifier_lr=0.0) == PLAIN  # pivotal tuning turned off
+    # the user's settings win over whichever recipe applies
+    assert _dreambooth(class_prompt="a square", lr=1e-4, train_text_encoder=True) == (1e-4, 400, 5e-3, True, 20, 1e-5)
+    assert _dreambooth(class_prompt="a square", identifier_lr=1e-3) == (3e-5, 400, 1e-3, False, 20, 1e-5)
+    assert _dreambooth(class_prompt="a square", lora=True, identifier_lr=1e-3) == (1e-4, 200, 1e-3, True, 20, 1e-5)
+    assert _dreambooth(class_prompt="a square", steps=50) == (3e-5, 50, 5e-3, False, 20, 1e-5)
+    # a TOML file's settings choose the recipe as flags do
+    toml = tmp_path / "db.toml"
+    toml.write_text('class-prompt = "a square"\n')
+    assert _dreambooth(config_path=toml) == PIVOTAL
+    toml.write_text('class_prompt = "a square"\nlora = true\n')
+    assert _dreambooth(config_path=toml) == PLAIN
+    # reference models keep the reference trainers' defaults, class prompt or not
+    monkeypatch.setattr(methods, "_unet_parameters", lambda path: 859_520_964)
+    assert _dreambooth(class_prompt="a square", model="sd15.safetensors")[:4] == (5e-6, 400, 0.0, False)
+
+
+def test_tiny_pivotal_recipe_needs_an_identifier_word_and_says_how_to_turn_it_off():
+    from stablekit.errors import StablekitError
+
+    with pytest.raises(StablekitError, match="identifier_lr 0"):
+        methods.resolve("dreambooth", instance_prompt="a square", class_prompt="a square")
+    s, tc = methods.resolve("dreambooth", instance_prompt="a square", class_prompt="a square", identifier_lr=0.0)
+    assert (s.identifier_lr, tc.lr) == (0.0, 1e-4)
+
+
+def test_print_config_of_the_embedded_model_shows_the_pivotal_recipe_with_a_class_prompt(capsys):
+    from stablekit.cli import main
+
+    flags = ["train", "dreambooth", "--instance-prompt", "a sks square", "--class-prompt", "a square", "--print-config"]
+    for extra, want in (([], PIVOTAL), (["--lora"], PLAIN), (["--no-train-text-encoder"], PIVOTAL),
+                        (["--lora", "--lr", "1e-3"], (1e-3, *PLAIN[1:]))):
+        assert main([*flags, *extra]) == 0
+        p = tomllib.loads(capsys.readouterr().out)
+        assert (p["lr"], p["steps"], p["identifier_lr"], p["train_text_encoder"], p["num_class_images"],
+                p["text_encoder_lr"]) == want, extra

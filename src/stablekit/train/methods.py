@@ -2,7 +2,8 @@
 
 A run's settings are the method's dataclass (model, data, output, what trains) plus TrainConfig
 (steps, lr, schedule, ...), read in this order, later winning: the method's defaults, the
-model family's recipe (TINY_RECIPES: for the embedded shapes model and other tiny models; SD 1.x,
+model family's recipe (TINY_RECIPES: for the embedded shapes model and other tiny models, chosen
+by the other settings given where one recipe does not fit all, as tiny DreamBooth's; SD 1.x,
 2.x and SDXL keep the reference trainers' defaults), a TOML file (flat keys, `batch_size` or
 `batch-size`), keyword arguments / CLI flags. Unknown keys are an error that names them. `resolve()` returns the typed pair; `as_record()` the flat dict written
 beside every checkpoint and printed by `--print-config`.
@@ -164,6 +165,8 @@ TINY_RECIPES: dict[str, dict] = {
     # 0.46, n 24) at prior weight 1.0; 5e-5 costs them (0.29), and so does prior weight 0.3 (0.17). It does not make "sks" a word of its own (its context
     # stays at cosine 0.983 to "a square", teach_db_probe.py), so prior preservation still blocks
     # the diamond. Measured on full DreamBooth; with --lora the text-encoder LoRA trains at it too.
+    # Without a class prompt and with --lora this is the recipe; full DreamBooth with a class prompt
+    # adds TINY_DREAMBOOTH_PIVOTAL on top (below).
     "dreambooth": dict(lr=1e-4, steps=200, num_class_images=20, train_text_encoder=True, text_encoder_lr=1e-5),
     # LCM-LoRA: first guesses (speed3, session 7), not yet a measured best. The UNet is 48/96/128
     # channels wide, so the reference's rank 64 would be close to full rank; the teacher's CFG range
@@ -175,6 +178,29 @@ TINY_RECIPES: dict[str, dict] = {
     "lcm": dict(lr=5e-4, steps=2000, batch_size=64, warmup_steps=10, ddim_steps=4, rank=16, alpha=16.0,
                 cfg_min=2.0, cfg_max=6.0),
 }
+
+
+# Full DreamBooth with a class prompt on a tiny model: pivotal tuning (train/pivotal.py), the
+# identifier's token row at a textual-inversion rate beside a slower UNet, text encoder frozen.
+# Model 3, orange diagnostic subject, n 20 subject / 24 plain-square prompts, with prior
+# preservation: subject 0.85 (target 0.80) with plain squares 0.83 (target 0.85;
+# m3-db-orange-prior-idlr5e-3, session 5, reproduced exactly as m3-db-orange-idlr-s13 and, with no
+# train flags, m3-db-orange-recipe-s14); the recipe above gives subject 0.00 (orange 0.40) with
+# plain squares 0.46 there (m3-db-orange-prior-te1e-5). Prior weight 0: subject 0.80, plain squares
+# 0.33 (m3-db-orange-noprior-idlr-s14) against the recipe above's 0.50 / 0.00. Teal target: plain
+# squares 0.88 against 0.67 (m3-db-teal-recipe-s14; teal itself is lost to the autoencoder). At
+# UNet lr 1e-4 the plain squares fell to 0.50, at 5e-5 to 0.67 (session 5).
+# Only where it was measured: identifier_lr needs a class prompt to find the identifier
+# (identifier_words), and DreamBooth-LoRA trains rank-8 factors, for which lr 3e-5 is far below the
+# LoRA recipe's 3e-3; there, and with an explicit identifier_lr 0 (pivotal off), the recipe above.
+TINY_DREAMBOOTH_PIVOTAL = dict(identifier_lr=5e-3, lr=3e-5, steps=400, train_text_encoder=False)
+
+
+def dreambooth_pivotal_applies(given: dict) -> bool:
+    """Whether the tiny pivotal DreamBooth recipe fits these settings: full DreamBooth (no lora)
+    with a class prompt (prior preservation or not) and identifier_lr not set to 0."""
+    return (bool(str(given.get("class_prompt", "")).strip()) and not given.get("lora", False)
+            and given.get("identifier_lr", None) != 0)
 
 
 def model_family(model: str) -> str:
@@ -206,9 +232,17 @@ def _unet_parameters(path) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(prefix))
 
 
-def recipe(method: str, model: str) -> dict:
-    """The family recipe's settings for `method` on `model` ({} for SD 1.x/2.x/SDXL)."""
-    return dict(TINY_RECIPES.get(check_method(method), {})) if model_family(model) == "tiny" else {}
+def recipe(method: str, model: str, given: dict | None = None) -> dict:
+    """The family recipe's settings for `method` on `model` ({} for SD 1.x/2.x/SDXL), for the
+    user's other settings `given` (tiny DreamBooth: pivotal tuning only with a class prompt and
+    no LoRA, see TINY_DREAMBOOTH_PIVOTAL)."""
+    method = check_method(method)
+    if model_family(model) != "tiny":
+        return {}
+    settings = dict(TINY_RECIPES.get(method, {}))
+    if method == "dreambooth" and dreambooth_pivotal_applies(given or {}):
+        settings.update(TINY_DREAMBOOTH_PIVOTAL)
+    return settings
 
 
 def method_names() -> list[str]:
@@ -248,7 +282,7 @@ def resolve(method: str, config_path=None, check: bool = True, **overrides) -> t
     unknown = sorted(set(given) - own_names - loop_names)
     if unknown:
         raise StablekitError(f"unknown setting(s) {unknown} for {method}; valid ones: {sorted(own_names | loop_names)}")
-    given = {**recipe(method, given.get("model", "")), **given}  # the model family's recipe, below the user's
+    given = {**recipe(method, given.get("model", ""), given), **given}  # the model family's recipe, below the user's
     settings = cls(**{k: v for k, v in given.items() if k in own_names})
     loop_values = {**loop_defaults, **{k: v for k, v in given.items() if k in loop_names}}
     if "betas" in loop_values:
