@@ -130,6 +130,30 @@ def test_release_can_be_turned_off_and_the_compile_settings_are_exact_ones(small
         _uninstall(c.unet)
 
 
+def test_openvino_maps_of_the_entry_are_found_and_paged_out(small, tmp_path):
+    from stablekit.generate import openvino_weights
+
+    entry = (tmp_path / "unet-abc").resolve()
+    maps = "\n".join([
+        f"7f0000000000-7f0000100000 r--s 00000000 fd:01 11 {entry}/compiled/123.blob",
+        f"7f0000200000-7f0000300000 rw-p 00000000 fd:01 12 {entry}/unet.bin",  # the torch tensors' own map
+        f"7f0000400000-7f0000500000 r--p 00000000 fd:01 12 {entry}/unet.bin (deleted)",
+        f"7f0000600000-7f0000700000 r--s 00000000 fd:01 13 {entry}-other/unet.bin",
+        "7f0000800000-7f0000900000 r-xp 00000000 fd:01 14 /usr/lib/libc.so.6",
+        "7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]"])
+    assert openvino_weights.entry_mappings(entry, maps) == [(0x7f0000000000, 0x7f0000100000),
+                                                           (0x7f0000400000, 0x7f0000500000)]
+    c, pipe, reference, cache = small
+    fwd = openvino_unet.install(c.unet, "f32", cache)
+    try:
+        first = pipe.generate("a cat", **SETTINGS)[0]
+        assert fwd.paged_out > 0 and fwd.stats["openvino"] == SETTINGS["steps"]  # OpenVINO's maps of the entry
+        assert np.array_equal(pipe.generate("a cat", **SETTINGS)[0], first)  # read back where still needed
+        assert np.abs(first - reference).max() < 1e-4
+    finally:
+        _uninstall(c.unet)
+
+
 def test_other_weights_do_not_load_the_cached_model(small):
     c, _, _, cache = small
     other = small_components()

@@ -118,6 +118,7 @@ class OpenVINOForward(TracedForward):
         self.stats = {"openvino": 0, "torch": 0, "converted": 0, "loaded": 0, "released": 0}
         self.release_weights = release_weights  # map the torch weights from the cache entry (openvino_weights.py)
         self.mapped: list = []  # the torch tensors now mapped from an entry's unet.bin
+        self.paged_out = 0  # bytes of OpenVINO's own weight maps handed back to the kernel after compiling
 
     def __call__(self, sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
         key = self._key(sample, timestep, encoder_hidden_states, args, kwargs)
@@ -251,6 +252,10 @@ class OpenVINOForward(TracedForward):
                 if model == str(entry / "unet.xml"):  # before compiling: the peak is torch's copy + OpenVINO's
                     self._release_weights(entry)
             request = core.compile_model(model, "CPU", config).create_infer_request()
+            if entry is not None:
+                from stablekit.generate.openvino_weights import page_out
+
+                self.paged_out += page_out(entry)
         except Exception as exc:  # noqa: BLE001 - any failure: this signature runs on torch
             _note_once("failed", f"OpenVINO UNet: conversion failed ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); running on the torch path")
