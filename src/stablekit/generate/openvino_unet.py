@@ -19,6 +19,12 @@ pointer and in-place version counter (0.4 ms of CPU on the embedded UNet, about 
 the weights are hashed again and the model rebuilt for them (from the cache when it has them).
 Not caught: writes through `param.data` (torch gives `.data` its own version counter).
 
+Memory (generate/openvino_weights.py): once the cache entry holds the converted model, the torch
+UNet's weights are mapped copy-on-write from its unet.bin instead of kept in RAM (copied back before
+the first torch fallback, so that runs on the same bytes as before), and OpenVINO's own map of the
+entry is paged out after compiling (it computes from repacked copies). SD 1.5 at 256 px: peak RSS
+11.8 -> 8.1 GiB, 4.9-5.2 GiB once running (docs/reports/speed.md, Session 14).
+
 Calls that run on the torch path (the traced or eager forward, as without this backend), each with
 a one-time note: ControlNet / T2I-adapter residuals, SDXL's added conditions (and any other extra
 argument), FreeU (its numbers are baked into a graph), hooks or replaced attention processors on

@@ -16,6 +16,9 @@ The IR packs constants without alignment, and oneDNN sums in another order for u
 (formats/weights.py measured 1e-7..1e-6), so before the first torch fallback `restore` copies the
 mapped tensors into fresh memory: the fallback then runs on exactly the bytes, in exactly the memory
 layout, it would have had without the release.
+
+`page_out` does the same for OpenVINO's side: the CPU plugin keeps its read-only map of the entry
+after compiling, though it computes from repacked copies, so those pages are handed back to the kernel.
 """
 from __future__ import annotations
 
