@@ -68,7 +68,8 @@ def test_f32_matches_torch_and_the_cache_is_reused_without_converting(small, mon
         fwd = openvino_unet.install(c.unet, "f32", cache)
         fwd._trace = lambda *a: pytest.fail("traced again despite the cache")
         again = pipe.generate("a cat", **SETTINGS)[0]
-        assert fwd.stats == {"openvino": SETTINGS["steps"], "torch": 0, "converted": 0, "loaded": 1, "released": fwd.stats["released"]}
+        assert fwd.stats == {"openvino": SETTINGS["steps"], "torch": 0, "converted": 0, "loaded": 1,
+                             "released": fwd.stats["released"]}
         assert np.array_equal(again, first)
     finally:
         _uninstall(c.unet)

@@ -73,7 +73,8 @@ def release(unet: torch.nn.Module, entry: Path) -> list[torch.Tensor]:
                     or size == 0 or offset % t.element_size() or offset + size > len(whole)):
                 continue
             f.seek(offset)
-            if not np.array_equal(np.frombuffer(f.read(size), np.uint8), t.detach().reshape(-1).view(torch.uint8).numpy()):
+            ours = t.detach().cpu().reshape(-1).view(torch.uint8).numpy()
+            if not np.array_equal(np.frombuffer(f.read(size), np.uint8), ours):
                 continue
             t.data = torch.frombuffer(whole, dtype=t.dtype, count=t.numel(), offset=offset).view(t.shape)
             mapped.append(t)
