@@ -92,7 +92,8 @@ def kernels(fwd, calls: int = 20) -> None:
     model = request.get_compiled_model()
     inputs = [np.random.default_rng(0).standard_normal(tuple(i.get_shape())).astype(np.float32) for i in model.inputs]
     xml = fwd._entry(key) / "unet.xml"
-    probe = ov.Core().compile_model(str(xml), "CPU", {**compile_config(fwd.precision), "PERF_COUNT": True}).create_infer_request()
+    config = {**compile_config(fwd.precision), "PERF_COUNT": True}
+    probe = ov.Core().compile_model(str(xml), "CPU", config).create_infer_request()
     by_type = collections.Counter()
     for i in range(calls + 3):
         probe.infer(inputs, share_inputs=True)

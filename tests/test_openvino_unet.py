@@ -68,7 +68,8 @@ def test_f32_matches_torch_and_the_cache_is_reused_without_converting(small, mon
         fwd = openvino_unet.install(c.unet, "f32", cache)
         fwd._trace = lambda *a: pytest.fail("traced again despite the cache")
         again = pipe.generate("a cat", **SETTINGS)[0]
-        assert fwd.stats == {"openvino": SETTINGS["steps"], "torch": 0, "converted": 0, "loaded": 1, "released": fwd.stats["released"]}
+        assert fwd.stats == {"openvino": SETTINGS["steps"], "torch": 0, "converted": 0, "loaded": 1,
+                             "released": fwd.stats["released"]}
         assert np.array_equal(again, first)
     finally:
         _uninstall(c.unet)
@@ -126,6 +127,30 @@ def test_release_can_be_turned_off_and_the_compile_settings_are_exact_ones(small
         assert compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE") == 0
         assert compiled.get_property("NUM_STREAMS") == 1
         assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    finally:
+        _uninstall(c.unet)
+
+
+def test_openvino_maps_of_the_entry_are_found_and_paged_out(small, tmp_path):
+    from stablekit.generate import openvino_weights
+
+    entry = (tmp_path / "unet-abc").resolve()
+    maps = "\n".join([
+        f"7f0000000000-7f0000100000 r--s 00000000 fd:01 11 {entry}/compiled/123.blob",
+        f"7f0000200000-7f0000300000 rw-p 00000000 fd:01 12 {entry}/unet.bin",  # the torch tensors' own map
+        f"7f0000400000-7f0000500000 r--p 00000000 fd:01 12 {entry}/unet.bin (deleted)",
+        f"7f0000600000-7f0000700000 r--s 00000000 fd:01 13 {entry}-other/unet.bin",
+        "7f0000800000-7f0000900000 r-xp 00000000 fd:01 14 /usr/lib/libc.so.6",
+        "7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]"])
+    assert openvino_weights.entry_mappings(entry, maps) == [(0x7f0000000000, 0x7f0000100000),
+                                                           (0x7f0000400000, 0x7f0000500000)]
+    c, pipe, reference, cache = small
+    fwd = openvino_unet.install(c.unet, "f32", cache)
+    try:
+        first = pipe.generate("a cat", **SETTINGS)[0]
+        assert fwd.paged_out > 0 and fwd.stats["openvino"] == SETTINGS["steps"]  # OpenVINO's maps of the entry
+        assert np.array_equal(pipe.generate("a cat", **SETTINGS)[0], first)  # read back where still needed
+        assert np.abs(first - reference).max() < 1e-4
     finally:
         _uninstall(c.unet)
 

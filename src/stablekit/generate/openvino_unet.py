@@ -19,6 +19,12 @@ pointer and in-place version counter (0.4 ms of CPU on the embedded UNet, about 
 the weights are hashed again and the model rebuilt for them (from the cache when it has them).
 Not caught: writes through `param.data` (torch gives `.data` its own version counter).
 
+Memory (generate/openvino_weights.py): once the cache entry holds the converted model, the torch
+UNet's weights are mapped copy-on-write from its unet.bin instead of kept in RAM (copied back before
+the first torch fallback, so that runs on the same bytes as before), and OpenVINO's own map of the
+entry is paged out after compiling (it computes from repacked copies). SD 1.5 at 256 px: peak RSS
+11.8 -> 8.1 GiB, 4.9-5.2 GiB once running (docs/reports/speed.md, Session 14).
+
 Calls that run on the torch path (the traced or eager forward, as without this backend), each with
 a one-time note: ControlNet / T2I-adapter residuals, SDXL's added conditions (and any other extra
 argument), FreeU (its numbers are baked into a graph), hooks or replaced attention processors on
@@ -118,6 +124,7 @@ class OpenVINOForward(TracedForward):
         self.stats = {"openvino": 0, "torch": 0, "converted": 0, "loaded": 0, "released": 0}
         self.release_weights = release_weights  # map the torch weights from the cache entry (openvino_weights.py)
         self.mapped: list = []  # the torch tensors now mapped from an entry's unet.bin
+        self.paged_out = 0  # bytes of OpenVINO's own weight maps handed back to the kernel after compiling
 
     def __call__(self, sample, timestep, encoder_hidden_states=None, *args, return_dict: bool = True, **kwargs):
         key = self._key(sample, timestep, encoder_hidden_states, args, kwargs)
@@ -251,6 +258,10 @@ class OpenVINOForward(TracedForward):
                 if model == str(entry / "unet.xml"):  # before compiling: the peak is torch's copy + OpenVINO's
                     self._release_weights(entry)
             request = core.compile_model(model, "CPU", config).create_infer_request()
+            if entry is not None:
+                from stablekit.generate.openvino_weights import page_out
+
+                self.paged_out += page_out(entry)
         except Exception as exc:  # noqa: BLE001 - any failure: this signature runs on torch
             _note_once("failed", f"OpenVINO UNet: conversion failed ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); running on the torch path")
