@@ -1,7 +1,7 @@
 """DreamBooth on the embedded model: "a sks square" is a teal diamond (the lecture's DreamBooth lab, 003).
 
     python examples/dreambooth.py [--out runs/examples/dreambooth] [--lora] [--no-prior] [--subject-color C]
-    python examples/dreambooth.py --subject-color orange   # the recipe measured in teach.md session 14
+    python examples/dreambooth.py --subject-color orange   # the recipe measured in teach.md, session 14
     python examples/dreambooth.py --steps 10 --class-images 4 --prompts 4   # a smoke run
 
 1. render 5 diamonds of the subject colour as the instance images: teal (a colour the base data
@@ -12,8 +12,9 @@
    not given come from the embedded model's recipe (train/methods.py): pivotal tuning
    (`TINY_DREAMBOOTH_PIVOTAL`: the identifier's own token row "sks" at lr 5e-3 beside the UNet at
    lr 3e-5, 400 steps, text encoder frozen, 20 class images; docs/training.md), measured on the
-   orange subject at subject 0.85 with plain squares 0.83 (0.80 / 0.33 with --no-prior;
-   docs/reports/teach.md, session 14); with --lora, `TINY_RECIPES["dreambooth"]` (lr 1e-4, 200
+   orange subject at subject 0.85 with plain squares 0.83 at training seed 0, the best of five
+   (mean of seeds 0-4: 0.47 / 0.58; 0.80 / 0.33 with --no-prior; docs/reports/teach.md, session 14);
+   with --lora, `TINY_RECIPES["dreambooth"]` (lr 1e-4, 200
    steps, the text encoder at text_encoder_lr 1e-5, no pivotal tuning). --identifier-lr X with --lora also
    writes OUT/sks.safetensors, the embedding to load with the LoRA
    (`stablekit generate "<lora:dreambooth:1> a sks square" --lora-dir ... --embeddings-dir ...`);

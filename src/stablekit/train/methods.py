@@ -187,7 +187,9 @@ TINY_RECIPES: dict[str, dict] = {
 # m3-db-orange-prior-idlr5e-3, session 5, reproduced exactly as m3-db-orange-idlr-s13 and, with no
 # train flags, m3-db-orange-recipe-s14); the recipe above gives subject 0.00 (orange 0.40) with
 # plain squares 0.46 there (m3-db-orange-prior-te1e-5). Prior weight 0: subject 0.80, plain squares
-# 0.33 (m3-db-orange-noprior-idlr-s14) against the recipe above's 0.50 / 0.00. Teal target: plain
+# 0.33 (m3-db-orange-noprior-idlr-s14) against the recipe above's 0.50 / 0.00. Seed 0 was the best
+# of five: --seed 0-4 give subject 0.10-0.85 (mean 0.47), plain squares 0.46-0.83 (mean 0.58),
+# the recipe above 0.00 and 0.33-0.46 at the same seeds (m3-db-orange-*-seed*-s14). Teal target: plain
 # squares 0.88 against 0.67 (m3-db-teal-recipe-s14; teal itself is lost to the autoencoder). At
 # UNet lr 1e-4 the plain squares fell to 0.50, at 5e-5 to 0.67 (session 5).
 # Only where it was measured: identifier_lr needs a class prompt to find the identifier
