@@ -35,7 +35,8 @@ def load(path: str | Path | None = None, *, device="auto", dtype="auto", arch: s
     reference computation). compile: torch.compile the UNet and VAE decoder (slow first image).
     backend: "torch" (default) or "openvino": UNet calls compiled by OpenVINO for the CPU
     (generate/openvino_unet.py; needs `pip install openvino==2026.4.1`); there dtype is OpenVINO's
-    precision (auto: bf16 where the CPU has bf16 kernels, else f32) and the torch modules stay fp32.
+    precision (auto: bf16 where the CPU has bf16 kernels, else f32) and the torch modules stay fp32,
+    except the VAE under dtype auto where the probe picks bf16 for this model (bf16, channels_last).
     The choice is in `pipe.acceleration` (generate/acceleration.py). Bad values are one-line
     StablekitErrors naming the argument.
     """
@@ -55,9 +56,11 @@ def load(path: str | Path | None = None, *, device="auto", dtype="auto", arch: s
     path = path or default_model_path()
     precision = _openvino_precision(backend, dtype, target, compile)  # before loading: a missing package fails at once
     # chosen before reading weights, so they are read straight into the chosen dtype
-    acc = choose("fp32" if precision else dtype, target, unet_config_of(path, arch, allow_pickle), compile)
+    unet_config = unet_config_of(path, arch, allow_pickle)
+    acc = choose("fp32" if precision else dtype, target, unet_config, compile)
+    vae_dtype = _openvino_vae(acc, precision, dtype, target, unet_config)
     components = load_model(path, arch=arch, dtype=acc.dtype, allow_pickle=allow_pickle,
-                            prediction_type=prediction_type)
+                            prediction_type=prediction_type, component_dtypes=vae_dtype)
     pipe = Pipeline(components, progress=progress, device=target)
     apply(components, acc)
     if precision:
@@ -67,6 +70,26 @@ def load(path: str | Path | None = None, *, device="auto", dtype="auto", arch: s
         acc.backend, acc.openvino_precision = "openvino", precision
     pipe.acceleration = acc
     return pipe
+
+
+def _openvino_vae(acc, precision, dtype, device, unet_config) -> dict | None:
+    """With backend="openvino" and dtype auto, the VAE (which stays on torch) takes the torch
+    default's bf16 + channels_last where the probe picks bf16 for this model: at SD 1.5 size, 512 px,
+    on an AMX CPU the fp32 contiguous decode was 20.1 of the image's 84.6 CPU s against 4.2 in the
+    torch default's bf16 (docs/reports/speed.md, Session 15). The UNet stays fp32 for OpenVINO's
+    conversion and the bit-exact torch fallback; an explicit dtype keeps everything fp32 as before."""
+    import torch
+
+    from stablekit.generate.acceleration import choose, requested_dtype
+
+    if not precision or requested_dtype(dtype) != "auto":
+        return None
+    torch_default = choose(dtype, device, unet_config)
+    if torch_default.dtype != torch.bfloat16:
+        return None
+    acc.vae_channels_last = True
+    acc.reason += "; VAE bf16 channels_last (the torch default's verdict for this model)"
+    return {"vae": torch.bfloat16}
 
 
 def _openvino_precision(backend, dtype, device, compile: bool) -> str | None:
